@@ -1,0 +1,350 @@
+"""The ``wallwatch`` command line.
+
+Machine output (JSONL records) goes to stdout or ``-o``; progress and warnings go
+to stderr, so ``wallwatch probe ... | jq`` works. Verbs follow the habits of
+miniooni and zdns (names on stdin, ``-o``, ``-A key=value`` annotations).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from wallwatch import __version__
+from wallwatch.journal import read_records
+from wallwatch.names import BadLine, QueryName, parse_lines, read_names
+from wallwatch.probe.engine import ProbeConfig, Stats
+from wallwatch.probe.stream import StreamServer, parse_stream_server
+from wallwatch.probe.sweep import SweepPlan, run_sweep
+from wallwatch.records import InputError, Measurement, Record
+from wallwatch.render import RENDERERS, Format
+from wallwatch.targets import Target, parse_target
+from wallwatch.vocab import Engine
+from wallwatch.wire import qtype_value
+
+err = Console(stderr=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wallwatch")
+def main() -> None:
+    """Detect, measure and prove DNS tampering by national firewalls."""
+
+
+def _targets(specs: tuple[str, ...], files: tuple[str, ...]) -> list[Target]:
+    out = []
+    for spec in specs:
+        try:
+            out.append(parse_target(spec))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--target") from None
+    for path in files:
+        for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                out.append(parse_target(text))
+            except ValueError as exc:
+                raise click.BadParameter(
+                    f"{path}:{number}: {exc}", param_hint="--targets"
+                ) from None
+    if not out:
+        raise click.UsageError("give at least one target (-t ADDRESS or --targets FILE)")
+    return out
+
+
+def _names(files: tuple[str, ...], names: tuple[str, ...]) -> tuple[list[QueryName], list[BadLine]]:
+    good: list[QueryName] = []
+    bad: list[BadLine] = []
+    sources = [parse_lines(names, "--name")] if names else []
+    sources += [read_names(f) for f in files or (("-",) if not names else ())]
+    for source in sources:
+        for item in source:
+            (good if isinstance(item, QueryName) else bad).append(item)  # type: ignore[arg-type]
+    return good, bad
+
+
+def _annotations(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="-A")
+        out[key] = text
+    return out
+
+
+@main.command()
+@click.option(
+    "-f",
+    "--names",
+    "name_files",
+    multiple=True,
+    metavar="FILE",
+    help="File of names, one per line ('-' = stdin; the default without -n).",
+)
+@click.option("-n", "--name", "names", multiple=True, help="A name to query (repeatable).")
+@click.option(
+    "-t",
+    "--target",
+    "target_specs",
+    multiple=True,
+    metavar="[KIND:]ADDR[:PORT]",
+    help="Where to send queries; KIND is resolver (default), dark, authoritative.",
+)
+@click.option(
+    "--targets",
+    "target_files",
+    multiple=True,
+    metavar="FILE",
+    help="File of targets, one spec per line.",
+)
+@click.option(
+    "-q",
+    "--qtype",
+    "qtypes",
+    multiple=True,
+    default=("A",),
+    show_default=True,
+    help="Query type (repeatable).",
+)
+@click.option(
+    "--control",
+    "controls",
+    multiple=True,
+    metavar="ENGINE:SERVER",
+    help="Trusted control per name: tcp:ADDR, dot:ADDR[#tls-name] or doh:URL.",
+)
+@click.option("--engine", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True)
+@click.option(
+    "--rate",
+    type=float,
+    default=1000.0,
+    show_default=True,
+    help="Queries per second over all workers (0 = unlimited).",
+)
+@click.option(
+    "--max-inflight",
+    type=int,
+    default=2000,
+    show_default=True,
+    help="Queries awaiting a first reply, per worker.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds of silence before a retry.",
+)
+@click.option(
+    "--window",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds to keep listening after the first reply.",
+)
+@click.option("--retries", type=int, default=1, show_default=True)
+@click.option("--rd/--no-rd", default=True, show_default=True, help="Ask for recursion.")
+@click.option(
+    "--edns-payload",
+    type=int,
+    default=1232,
+    show_default=True,
+    help="EDNS UDP size to advertise; 0 sends no OPT record.",
+)
+@click.option(
+    "--ip-ttl",
+    type=click.IntRange(1, 255),
+    default=None,
+    help="IP TTL / hop limit of outgoing queries.",
+)
+@click.option(
+    "--source-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Send every query from this local port.",
+)
+@click.option(
+    "--ports",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Spread queries over this many local ports.",
+)
+@click.option(
+    "--tcp-fallback/--no-tcp-fallback",
+    default=True,
+    show_default=True,
+    help="Retry truncated replies over TCP.",
+)
+@click.option(
+    "--procs",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes (shards of the name list).",
+)
+@click.option("-o", "--output", default="-", show_default=True, help="JSONL output file.")
+@click.option("--resume", is_flag=True, help="Skip queries already complete in --output.")
+@click.option("--vantage", default=None, help="Vantage name written into records.")
+@click.option("-A", "--annotation", "annotations", multiple=True, metavar="KEY=VALUE")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def probe(
+    name_files: tuple[str, ...], names: tuple[str, ...], target_specs: tuple[str, ...],
+    target_files: tuple[str, ...], qtypes: tuple[str, ...], controls: tuple[str, ...],
+    engine: str, rate: float, max_inflight: int, timeout: float, window: float, retries: int,
+    rd: bool, edns_payload: int, ip_ttl: int | None, source_port: int | None, ports: int,
+    tcp_fallback: bool, procs: int, output: str, resume: bool, vantage: str | None,
+    annotations: tuple[str, ...], quiet: bool,
+) -> None:  # fmt: skip
+    """Sweep names x targets x qtypes, keeping every reply to every query."""
+    targets = _targets(target_specs, target_files)
+    try:
+        types = [qtype_value(q) for q in qtypes]
+        streams: list[StreamServer] = [parse_stream_server(c) for c in controls]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    good, bad = _names(name_files, names)
+    plan = SweepPlan(good, targets, types, streams, Engine(engine), ip_ttl, source_port, bad)
+    config_args: dict[str, object] = dict(
+        rate=rate or None, max_inflight=max_inflight, timeout=timeout, window=window,
+        retries=retries, rd=rd, edns_payload=edns_payload or None, ports=ports,
+        tcp_fallback=tcp_fallback, annotations=_annotations(annotations),
+    )  # fmt: skip
+    if vantage:
+        config_args["vantage"] = vantage
+    config = ProbeConfig(**config_args)  # type: ignore[arg-type]
+    with _progress(quiet) as show:
+        try:
+            result = run_sweep(
+                plan, config, output, resume=resume, procs=procs, progress=show,
+                warn=lambda text: err.print(f"[yellow]{text}[/]", highlight=False),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    s = result.stats
+    err.print(
+        f"report {result.report_id}: {s.measurements} measurements, {s.responses} replies, "
+        f"{s.strays} stray ({s.unmatched} unmatched), {s.timeouts} timeouts, "
+        f"{s.parse_failures} unparseable, {s.kernel_drops} kernel drops"
+        + (f", {result.skipped} skipped (resume)" if result.skipped else "")
+        + (f", {len(bad)} bad input lines" if bad else ""),
+        highlight=False,
+    )
+    if result.failed_workers:
+        for shard, code in result.failed_workers:
+            err.print(f"[red]worker {shard} failed with exit code {code}; rerun with --resume[/]")
+        sys.exit(1)
+
+
+class _progress:
+    """A rich progress bar on stderr driven by the prober's callbacks."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet or not err.is_terminal
+        self.bar = Progress(
+            TextColumn("[bold]probe"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}"), console=err, auto_refresh=False,
+        )  # fmt: skip
+        self.task = self.bar.add_task("probe", total=None, detail="")
+
+    def __enter__(self) -> _progress:
+        if not self.quiet:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.quiet:
+            self.bar.stop()
+
+    def __call__(self, stats: Stats, total: int) -> None:
+        if self.quiet:
+            return
+        detail = f"{stats.responses} replies, {stats.timeouts} timeouts, {stats.strays} stray"
+        self.bar.update(self.task, completed=stats.measurements, total=total, detail=detail)
+        self.bar.refresh()
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice([f.value for f in Format]),
+    default="dig",
+    show_default=True,
+)
+@click.option("--uid", "uids", multiple=True, help="Only these measurement_uids.")
+@click.option("--hostname", "hostnames", multiple=True, help="Only these query names.")
+@click.option("--limit", type=int, default=None, help="Stop after this many records.")
+def show(
+    files: tuple[str, ...], fmt: str, uids: tuple[str, ...], hostnames: tuple[str, ...],
+    limit: int | None,
+) -> None:  # fmt: skip
+    """Render records of JSONL files dig-style, one line each, or as JSON."""
+    render = RENDERERS[Format(fmt)]
+    shown = 0
+    for path in files:
+        try:
+            for record in read_records(path):
+                if not _wanted(record, uids, hostnames):
+                    continue
+                click.echo(render(record))
+                shown += 1
+                if limit is not None and shown >= limit:
+                    return
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _wanted(record: Record, uids: tuple[str, ...], hostnames: tuple[str, ...]) -> bool:
+    if uids and getattr(record, "measurement_uid", None) not in uids:
+        return False
+    if hostnames:
+        return isinstance(record, Measurement) and record.hostname in hostnames
+    return not isinstance(record, InputError) or not uids
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", default="wallwatch.duckdb", show_default=True, help="DuckDB file.")
+@click.option("--parquet", "parquet_dir", default=None, help="Also write tables as Parquet here.")
+def ingest(files: tuple[str, ...], db: str, parquet_dir: str | None) -> None:
+    """Load JSONL records into the DuckDB store (and Parquet)."""
+    from wallwatch import store
+
+    try:
+        report = store.ingest(list(files), db, parquet_dir=parquet_dir)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    err.print(
+        f"{db}: +{report.measurements} measurements, +{report.responses} replies "
+        f"from {report.records} records in {report.files} file(s)",
+        highlight=False,
+    )
+
+
+@main.command()
+@click.option(
+    "--out",
+    "out_dir",
+    default="demo-out",
+    show_default=True,
+    help="Directory for the records, the store and the Parquet files.",
+)
+@click.option("--rate", type=float, default=2000.0, show_default=True)
+def demo(out_dir: str, rate: float) -> None:
+    """Replay 21 January 2014 in miniature on the loopback lab and show the evidence."""
+    from wallwatch.demo import run_demo
+
+    run_demo(Path(out_dir), rate=rate, console=Console())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,143 @@
+"""Append-only, crash-safe JSONL output, and what a resumed sweep must skip.
+
+Why this shape: a sweep of millions of names runs for hours and must survive a
+crash, a reboot or a ``kill -9`` without losing what it measured and without
+measuring anything twice. So the prober only ever *appends whole lines* to a file
+opened with ``O_APPEND`` (several ``--procs`` workers may share it: each
+``write(2)`` lands at the end atomically). A kill in the middle of a write can
+leave one torn line; :func:`recover` finds torn lines, reports them with their
+line numbers, rewrites the file without them (atomically, by rename) and returns
+the keys of the measurements already complete, so ``--resume`` re-measures
+exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from wallwatch import records
+from wallwatch.records import InputError, Measurement, Record
+
+
+class Journal:
+    """Buffered appends of whole records to a file descriptor.
+
+    ``flush_bytes`` and ``flush_seconds`` bound what a SIGKILL can cost: records in
+    the buffer are simply re-measured by ``--resume``.
+    """
+
+    def __init__(self, fd: int, *, flush_bytes: int = 1 << 20, flush_seconds: float = 0.25) -> None:
+        self.fd = fd
+        self.flush_bytes = flush_bytes
+        self.flush_seconds = flush_seconds
+        self._buf = bytearray()
+        self._last = time.monotonic()
+        self.records = 0
+
+    @classmethod
+    def open(cls, path: str | Path | None) -> Journal:
+        """Append to ``path`` (created if missing), or write to stdout when None/``-``."""
+        if path is None or str(path) == "-":
+            return cls(sys.stdout.fileno())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return cls(fd)
+
+    def write(self, record: Record) -> None:
+        self._buf += records.encode(record)
+        self.records += 1
+        if len(self._buf) >= self.flush_bytes:
+            self.flush()
+
+    def write_line(self, line: bytes) -> None:
+        """Append an already encoded line (ends with a newline)."""
+        self._buf += line
+        self.records += 1
+        if len(self._buf) >= self.flush_bytes:
+            self.flush()
+
+    def tick(self, now: float) -> None:
+        """Flush when the buffer has waited ``flush_seconds``."""
+        if self._buf and now - self._last >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            with memoryview(self._buf) as view:
+                done = 0
+                while done < len(view):
+                    done += os.write(self.fd, view[done:])
+            self._buf.clear()
+        self._last = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        if self.fd > 2:
+            os.close(self.fd)
+
+
+@dataclass(slots=True)
+class Recovered:
+    """What an existing output file already holds."""
+
+    #: Keys (hostname, resolver_address, query_type, engine) of complete measurements.
+    done: set[tuple[str, str, str, str]] = field(default_factory=set)
+    #: (source, line) of input errors already recorded.
+    input_errors: set[tuple[str, int]] = field(default_factory=set)
+    #: 1-based line numbers of torn or unreadable lines that were removed.
+    dropped: list[tuple[int, str]] = field(default_factory=list)
+    records: int = 0
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) for every line of a file, the last one possibly unterminated."""
+    with open(path, "rb") as handle:
+        yield from enumerate(handle, start=1)
+
+
+def recover(path: str | Path) -> Recovered:
+    """Scan an output file for ``--resume``; drop torn lines (atomic rewrite)."""
+    out = Recovered()
+    target = Path(path)
+    if not target.exists():
+        return out
+    keep: list[bytes] = []
+    for number, line in iter_lines(target):
+        try:
+            if not line.endswith(b"\n"):
+                raise msgspec.DecodeError("line is not terminated (torn by a crash)")
+            record = records.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            out.dropped.append((number, str(exc)))
+            continue
+        keep.append(line)
+        out.records += 1
+        if isinstance(record, Measurement):
+            out.done.add(record.key())
+        elif isinstance(record, InputError):
+            out.input_errors.add((record.source, record.line))
+    if out.dropped:
+        tmp = target.with_name(target.name + ".resume-tmp")
+        with open(tmp, "wb") as handle:
+            handle.writelines(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    return out
+
+
+def read_records(path: str | Path) -> Iterator[Record]:
+    """Every record of a JSONL file; a bad line raises ``ValueError`` naming file and line."""
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield records.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ValueError(f"{path}:{number}: not a wallwatch record: {exc}") from None

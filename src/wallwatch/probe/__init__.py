@@ -1,0 +1,1 @@
+"""The prober: send queries at a polite rate and keep every reply to each of them."""

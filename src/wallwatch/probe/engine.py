@@ -1,0 +1,692 @@
+"""The sweep loop: send at a polite rate, keep listening, record every reply.
+
+Design (measured in perf.md section 2; this is its "batch loop"):
+
+* one non-blocking capturing socket per family (more with ``ports``), drained
+  with ``recvmsg`` until ``EAGAIN``; sends go out in token-bucket bursts of at
+  most 64 while fewer than ``max_inflight`` queries await their first reply;
+* a reply is matched by (socket, source address, source port, DNS ID); its
+  question is then compared with the query's and a mismatch is *kept* and
+  flagged, never dropped;
+* a query stays open for ``window`` seconds after its first reply, so the genuine
+  answer that loses the race against an injector (or a second and third injector)
+  is recorded too (Hold-On; Triplet; OONI tq-002). Silence for ``timeout``
+  seconds triggers a retry with a fresh ID, up to ``retries`` times; the old IDs
+  stay valid so a late reply to an earlier attempt still counts;
+* a reply after its query closed becomes a :class:`~wallwatch.records.Stray`
+  record naming the measurement it belonged to (a two-generation table of recent
+  IDs), so no packet is lost;
+* truncated replies are retried over TCP, and queries whose engine is TCP, DoT or
+  DoH (including the trusted control) run in a small thread pool whose results
+  wake the loop through a socket pair.
+
+Nothing here parses more than :mod:`wallwatch.wire` must, and nothing allocates
+per packet beyond the record it will write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import queue
+import random
+import select
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from wallwatch import records
+from wallwatch.journal import Journal
+from wallwatch.names import QueryName
+from wallwatch.probe.ratelimit import TokenBucket
+from wallwatch.probe.stream import StreamError, StreamReply, StreamServer, exchange
+from wallwatch.probe.udp import UdpChannel
+from wallwatch.records import Answer, IcmpError, Measurement, Response, Stray
+from wallwatch.targets import Target
+from wallwatch.vocab import Engine, Failure, TargetKind
+from wallwatch.wire import TC, ParsedReply, encode_name, parse_reply, qtype_text, query_tail
+
+_ID = struct.Struct("!H")
+_B64 = __import__("binascii").b2a_base64
+_TYPE_TEXT: dict[int, str] = {}
+_RCODE_FAILURE = {
+    3: Failure.DNS_NXDOMAIN,
+    5: Failure.DNS_REFUSED,
+    2: Failure.DNS_SERVFAIL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """How a sweep behaves.
+
+    ProbeConfig(rate=5000)                 # 5k queries/s, defaults otherwise
+    ProbeConfig(window=2.0, retries=0)     # listen 2 s after the first reply, never retry
+    """
+
+    #: Queries per second (None = as fast as the loop can go).
+    rate: float | None = 1000.0
+    #: Queries awaiting their first reply at any time.
+    max_inflight: int = 2000
+    #: Seconds of silence before a retry (or, after the last retry, a timeout).
+    timeout: float = 2.0
+    #: Seconds to keep listening after the first reply.
+    window: float = 1.0
+    #: Extra attempts after silence.
+    retries: int = 1
+    #: Ask for recursion.
+    rd: bool = True
+    #: EDNS UDP payload size to advertise, or None for no OPT.
+    edns_payload: int | None = 1232
+    #: Capturing sockets per address family (source-port spread).
+    ports: int = 1
+    #: Retry truncated UDP replies over TCP.
+    tcp_fallback: bool = True
+    #: Timeout of TCP/DoT/DoH lookups.
+    stream_timeout: float = 5.0
+    #: Threads for TCP/DoT/DoH lookups.
+    stream_workers: int = 8
+    #: Largest burst of sends in one loop iteration.
+    burst: int = 64
+    #: Name of the vantage point written into every record.
+    vantage: str = field(default_factory=socket.gethostname)
+    #: ``key=value`` annotations written into every record.
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One unit of work: a name, a type, and where and how to ask."""
+
+    name: QueryName
+    qtype: int
+    #: UDP destination (None for stream-only queries such as the control).
+    target: Target | None = None
+    engine: Engine = Engine.UDP
+    #: The server of a TCP/DoT/DoH query.
+    stream: StreamServer | None = None
+    kind: TargetKind = TargetKind.RESOLVER
+    #: Outgoing IP TTL (None = system default).
+    ip_ttl: int | None = None
+    #: Fixed local port (None = one of the sweep's shared sockets).
+    source_port: int | None = None
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one sweep (shown as progress, printed at the end)."""
+
+    sent: int = 0
+    measurements: int = 0
+    responses: int = 0
+    strays: int = 0
+    unmatched: int = 0
+    timeouts: int = 0
+    parse_failures: int = 0
+    icmp: int = 0
+    kernel_drops: int = 0
+    retries: int = 0
+
+
+class _Slot:
+    __slots__ = (
+        "query", "tail", "qwire", "qtype", "channel", "dest", "txids", "sent_ns", "attempt",
+        "t0", "responses", "icmp", "answered", "window_over", "stream_pending", "closed",
+        "resolver_address",
+    )  # fmt: skip
+
+    def __init__(self, query: Query) -> None:
+        self.query = query
+        self.qtype = query.qtype
+        self.txids: list[int] = []
+        self.sent_ns: list[int] = []
+        self.attempt = -1
+        self.responses: list[Response] = []
+        self.icmp: list[IcmpError] = []
+        self.answered = False
+        self.window_over = False
+        self.stream_pending = False
+        self.closed = False
+        self.channel = -1
+        self.tail = b""
+        self.qwire = b""
+        self.dest: tuple[str, int] = ("", 0)
+        self.t0 = 0.0
+        self.resolver_address = ""
+
+
+def _type_text(value: int) -> str:
+    text = _TYPE_TEXT.get(value)
+    if text is None:
+        text = _TYPE_TEXT[value] = qtype_text(value)
+    return text
+
+
+def _answers(parsed: ParsedReply) -> tuple[Answer, ...]:
+    out = []
+    for a in parsed.answers:
+        rtype = a.rtype
+        if rtype == 1:
+            out.append(Answer("A", a.ttl, a.name, ipv4=a.data))
+        elif rtype == 28:
+            out.append(Answer("AAAA", a.ttl, a.name, ipv6=a.data))
+        elif rtype in (2, 5, 12, 39):
+            out.append(Answer(_type_text(rtype), a.ttl, a.name, hostname=a.data))
+        else:
+            out.append(Answer(_type_text(rtype), a.ttl, a.name, rdata=a.data))
+    return tuple(out)
+
+
+def make_response(
+    data: bytes,
+    parsed: ParsedReply,
+    *,
+    src: str,
+    sport: int,
+    ip_ttl: int | None,
+    t: float,
+    rtt: float,
+    attempt: int = 0,
+    engine: Engine = Engine.UDP,
+    mismatch: bool = False,
+) -> Response:
+    """Turn one received packet and its parse into a :class:`Response` record."""
+    return Response(
+        t=round(t, 6),
+        rtt=round(rtt, 6),
+        src=src,
+        sport=sport,
+        ip_ttl=ip_ttl,
+        raw_response=_B64(data, newline=False).decode("ascii"),
+        engine=engine,
+        attempt=attempt,
+        failure=parsed.failure,
+        transaction_id=parsed.id,
+        flags=parsed.flags,
+        rcode=parsed.rcode,
+        qname=parsed.qname,
+        qtype=parsed.qtype,
+        edns=parsed.edns,
+        ancount=parsed.ancount,
+        nscount=parsed.nscount,
+        arcount=parsed.arcount,
+        answers=_answers(parsed),
+        question_mismatch=mismatch,
+    )
+
+
+def first_reply_failure(responses: Iterable[Response], icmp: Iterable[IcmpError]) -> Failure | None:
+    """OONI's ``failure`` of a lookup: from its first reply, else from the transport."""
+    for first in responses:
+        if first.failure is not None:
+            return Failure.DNS_SERVER_MISBEHAVING
+        rcode = first.rcode or 0
+        if rcode:
+            return _RCODE_FAILURE.get(rcode, Failure.DNS_SERVER_MISBEHAVING)
+        if not first.answers:
+            return Failure.DNS_NO_ANSWER
+        return None
+    for error in icmp:
+        if error.icmp_type in (3, 1) and error.icmp_code in (3, 4):  # port unreachable
+            return Failure.CONNECTION_REFUSED
+        return Failure.HOST_UNREACHABLE
+    return Failure.GENERIC_TIMEOUT
+
+
+class Prober:
+    """Runs one sweep and writes its records to a :class:`~wallwatch.journal.Journal`.
+
+    Prober(config, journal).run(queries)   # returns the sweep's Stats
+    """
+
+    def __init__(
+        self,
+        config: ProbeConfig,
+        journal: Journal,
+        *,
+        report_id: str | None = None,
+        progress: Callable[[Stats], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.start_ns = time.time_ns()
+        self.start_time = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.start_ns / 1e9))
+        self.report_id = report_id or make_report_id(config.vantage, self.start_ns)
+        self.stats = Stats()
+        self._progress = progress
+        self._channels: list[UdpChannel] = []
+        self._receivers: list[Callable[[bytes, tuple[str, int], int | None, int], None]] = []
+        self._icmp_receivers: list[
+            Callable[[bytes, tuple[str, int], str, int, int, int], None]
+        ] = []
+        self._shared: dict[int, list[int]] = {}  # family -> indices of shared channels
+        self._fixed: dict[tuple[int, int], int] = {}  # (family, port) -> index
+        self._rr = 0
+        self._pending: dict[tuple[int, str, int, int], _Slot] = {}
+        self._recent: dict[tuple[int, str, int, int], tuple[str, int]] = {}
+        self._recent_old: dict[tuple[int, str, int, int], tuple[str, int]] = {}
+        self._recent_rotated = 0.0
+        self._awaiting: deque[tuple[float, _Slot, int]] = deque()
+        self._collecting: deque[tuple[float, _Slot]] = deque()
+        self._outstanding = 0
+        self._open_streams = 0
+        self._tails: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+        self._now = time.monotonic()
+        self._poll = select.poll()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._poll.register(self._wake_r.fileno(), select.POLLIN)
+        self._results: queue.SimpleQueue[tuple[_Slot, StreamReply | StreamError, int]] = (
+            queue.SimpleQueue()
+        )
+        self._executor: ThreadPoolExecutor | None = None
+        self._getrandbits = random.SystemRandom().getrandbits
+
+    # -- public -------------------------------------------------------------------
+
+    def run(self, queries: Iterable[Query]) -> Stats:
+        """Probe every query; return the counters. Records stream into the journal."""
+        source: Iterator[Query] | None = iter(queries)
+        bucket = TokenBucket(self.config.rate, self.config.burst, now=time.monotonic())
+        next_progress = 0.0
+        try:
+            while True:
+                now = self._now = time.monotonic()
+                if source is not None:
+                    room = self.config.max_inflight - self._outstanding
+                    if room > 0:
+                        for _ in range(bucket.take(now, min(room, self.config.burst))):
+                            query = next(source, None)
+                            if query is None:
+                                source = None
+                                break
+                            self._start(query)
+                for index, channel in enumerate(self._channels):
+                    channel.drain(self._receivers[index], self._icmp_receivers[index])
+                self._collect_streams()
+                self._expire(now)
+                self.journal.tick(now)
+                if now >= next_progress:
+                    self._report_progress()
+                    next_progress = now + 0.5
+                if (
+                    source is None
+                    and not self._awaiting
+                    and not self._collecting
+                    and not (self._open_streams)
+                ):
+                    break
+                self._wait(bucket, source is not None)
+        finally:
+            self._shutdown()
+        return self.stats
+
+    # -- sending ------------------------------------------------------------------
+
+    def _channel_index(self, query: Query, family: int) -> int:
+        if query.source_port is not None:
+            index = self._fixed.get((family, query.source_port))
+            if index is None:
+                index = self._fixed[(family, query.source_port)] = self._add_channel(
+                    family, query.source_port
+                )
+            return index
+        shared = self._shared.get(family)
+        if shared is None:
+            shared = self._shared[family] = [
+                self._add_channel(family, 0) for _ in range(max(1, self.config.ports))
+            ]
+        self._rr += 1
+        return shared[self._rr % len(shared)]
+
+    def _add_channel(self, family: int, port: int) -> int:
+        channel = UdpChannel(socket.AddressFamily(family), port=port)
+        index = len(self._channels)
+        self._channels.append(channel)
+        self._poll.register(channel.fileno(), select.POLLIN)
+        self._receivers.append(lambda d, a, ttl, ts: self._on_datagram(index, d, a, ttl, ts))
+        self._icmp_receivers.append(
+            lambda d, a, off, ty, co, ts: self._on_icmp(index, d, a, off, ty, co, ts)
+        )
+        return index
+
+    def _start(self, query: Query) -> None:
+        slot = _Slot(query)
+        slot.t0 = round((time.time_ns() - self.start_ns) / 1e9, 6)
+        if query.engine != Engine.UDP:
+            assert query.stream is not None
+            slot.resolver_address = query.stream.resolver_address
+            slot.tail = self._tail(query)[0]
+            self._outstanding += 1
+            self._submit_stream(slot, query.stream)
+            return
+        assert query.target is not None
+        target = query.target
+        slot.resolver_address = target.resolver_address
+        slot.dest = (target.address, target.port)
+        slot.channel = self._channel_index(query, target.family)
+        slot.tail, slot.qwire = self._tail(query)
+        self._outstanding += 1
+        self._send(slot)
+
+    def _tail(self, query: Query) -> tuple[bytes, bytes]:
+        key = (query.name.hostname, query.qtype)
+        cached = self._tails.get(key)
+        if cached is None:
+            if len(self._tails) > 4096:
+                self._tails.clear()
+            qwire = encode_name(query.name.hostname)
+            tail = query_tail(
+                qwire, query.qtype, rd=self.config.rd, edns_payload=self.config.edns_payload
+            )
+            cached = self._tails[key] = (tail, qwire.lower())
+        return cached
+
+    def _send(self, slot: _Slot) -> None:
+        channel = self._channels[slot.channel]
+        ip, port = slot.dest
+        while True:
+            txid = self._getrandbits(16)
+            key = (slot.channel, ip, port, txid)
+            if key not in self._pending:
+                break
+        self._pending[key] = slot
+        slot.attempt += 1
+        slot.txids.append(txid)
+        payload = _ID.pack(txid) + slot.tail
+        slot.sent_ns.append(time.time_ns())
+        try:
+            channel.send(payload, slot.dest, slot.query.ip_ttl)
+        except ConnectionRefusedError:
+            # A queued ICMP error of an earlier query surfaced on this send: read it
+            # (attributing it to that query) and send again.
+            channel.drain_errors(self._icmp_receivers[slot.channel])
+            channel.send(payload, slot.dest, slot.query.ip_ttl)
+        except OSError as exc:
+            self._fail_send(slot, exc)
+            return
+        self.stats.sent += 1
+        self._awaiting.append((self._now + self.config.timeout, slot, slot.attempt))
+
+    def _fail_send(self, slot: _Slot, exc: OSError) -> None:
+        failure = Failure.HOST_UNREACHABLE if exc.errno in (101, 113) else Failure.UNKNOWN
+        self._outstanding -= 1
+        self._finish(slot, failure)
+
+    # -- receiving ----------------------------------------------------------------
+
+    def _on_datagram(
+        self, index: int, data: bytes, addr: tuple[str, int], ttl: int | None, stamp: int
+    ) -> None:
+        parsed = parse_reply(data)
+        if parsed.failure is not None:
+            self.stats.parse_failures += 1
+        self.stats.responses += 1
+        stamp = stamp or time.time_ns()
+        key = (index, addr[0], addr[1], parsed.id if parsed.id is not None else -1)
+        slot = self._pending.get(key)
+        if slot is None:
+            self._stray(index, key, data, parsed, addr, ttl, stamp)
+            return
+        attempt = slot.txids.index(key[3])
+        mismatch = parsed.qtype != slot.qtype or (
+            parsed.qname_wire is None or parsed.qname_wire.lower() != slot.qwire
+        )
+        slot.responses.append(
+            make_response(
+                data, parsed, src=addr[0], sport=addr[1], ip_ttl=ttl,
+                t=(stamp - self.start_ns) / 1e9, rtt=(stamp - slot.sent_ns[attempt]) / 1e9,
+                attempt=attempt, mismatch=mismatch,
+            )
+        )  # fmt: skip
+        if not slot.answered:
+            slot.answered = True
+            self._outstanding -= 1
+            self._collecting.append((self._now + self.config.window, slot))
+        if (
+            parsed.flags is not None
+            and parsed.flags & TC
+            and self.config.tcp_fallback
+            and not slot.stream_pending
+            and slot.query.engine == Engine.UDP
+            and not any(r.engine == Engine.TCP for r in slot.responses)
+        ):
+            server = StreamServer(Engine.TCP, slot.dest[0], slot.dest[1])
+            self._submit_stream(slot, server)
+
+    def _stray(
+        self,
+        index: int,
+        key: tuple[int, str, int, int],
+        data: bytes,
+        parsed: ParsedReply,
+        addr: tuple[str, int],
+        ttl: int | None,
+        stamp: int,
+    ) -> None:
+        self.stats.strays += 1
+        known = self._recent.get(key) or self._recent_old.get(key)
+        if known is None:
+            self.stats.unmatched += 1
+        uid, sent_ns = known if known is not None else (None, stamp)
+        response = make_response(
+            data, parsed, src=addr[0], sport=addr[1], ip_ttl=ttl,
+            t=(stamp - self.start_ns) / 1e9, rtt=(stamp - sent_ns) / 1e9,
+        )  # fmt: skip
+        self.journal.write(
+            Stray(
+                schema_version=records.SCHEMA_VERSION,
+                report_id=self.report_id,
+                local_port=self._channels[index].port,
+                response=response,
+                measurement_uid=uid,
+            )
+        )
+
+    def _on_icmp(
+        self,
+        index: int,
+        payload: bytes,
+        dest: tuple[str, int],
+        offender: str,
+        icmp_type: int,
+        icmp_code: int,
+        stamp: int,
+    ) -> None:
+        self.stats.icmp += 1
+        if len(payload) < 2:
+            return
+        key = (index, dest[0], dest[1], _ID.unpack_from(payload)[0])
+        slot = self._pending.get(key)
+        if slot is None:
+            return
+        stamp = stamp or time.time_ns()
+        slot.icmp.append(
+            IcmpError(
+                t=round((stamp - self.start_ns) / 1e9, 6),
+                src=offender,
+                icmp_type=icmp_type,
+                icmp_code=icmp_code,
+                attempt=slot.txids.index(key[3]),
+            )
+        )
+
+    # -- streams (TCP / DoT / DoH) ------------------------------------------------
+
+    def _submit_stream(self, slot: _Slot, server: StreamServer) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.config.stream_workers, thread_name_prefix="ww-stream"
+            )
+        slot.stream_pending = True
+        self._open_streams += 1
+        txid = self._getrandbits(16)
+        slot.txids.append(txid)
+        slot.sent_ns.append(time.time_ns())
+        attempt = len(slot.txids) - 1
+        payload = _ID.pack(txid) + slot.tail
+        timeout = self.config.stream_timeout
+
+        def job() -> None:
+            result: StreamReply | StreamError
+            try:
+                result = exchange(server, payload, timeout)
+            except StreamError as exc:
+                result = exc
+            except Exception as exc:  # a bug must not hang the sweep: record it
+                result = StreamError(Failure.UNKNOWN, repr(exc))
+            self._results.put((slot, result, attempt))
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+
+        self.stats.sent += 1
+        self._executor.submit(job)
+
+    def _collect_streams(self) -> None:
+        if not self._open_streams:
+            return
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                slot, result, attempt = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._open_streams -= 1
+            slot.stream_pending = False
+            failure: Failure | None = None
+            if isinstance(result, StreamError):
+                failure = result.failure
+            else:
+                self.stats.responses += 1
+                parsed = parse_reply(result.payload)
+                mismatch = parsed.qtype != slot.qtype
+                engine = slot.query.engine if slot.query.engine != Engine.UDP else Engine.TCP
+                slot.responses.append(
+                    make_response(
+                        result.payload, parsed, src=result.src, sport=result.sport, ip_ttl=None,
+                        t=(result.received_ns - self.start_ns) / 1e9,
+                        rtt=(result.received_ns - slot.sent_ns[attempt]) / 1e9,
+                        attempt=attempt, engine=engine, mismatch=mismatch,
+                    )
+                )  # fmt: skip
+            if slot.query.engine != Engine.UDP:
+                self._outstanding -= 1
+                self._finish(slot, failure if not slot.responses else None)
+            elif slot.window_over:
+                self._finish(slot)
+
+    # -- closing ------------------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        awaiting = self._awaiting
+        while awaiting and awaiting[0][0] <= now:
+            _, slot, attempt = awaiting.popleft()
+            if slot.answered or slot.closed or slot.attempt != attempt:
+                continue
+            if slot.icmp or attempt >= self.config.retries:
+                self._outstanding -= 1
+                self.stats.timeouts += 0 if slot.icmp else 1
+                self._finish(slot)
+            else:
+                self.stats.retries += 1
+                self._send(slot)
+        collecting = self._collecting
+        while collecting and collecting[0][0] <= now:
+            _, slot = collecting.popleft()
+            slot.window_over = True
+            if not slot.stream_pending:
+                self._finish(slot)
+        if now - self._recent_rotated > max(4 * self.config.window, 5.0):
+            self._recent_old, self._recent = self._recent, {}
+            self._recent_rotated = now
+
+    def _finish(self, slot: _Slot, failure: Failure | None = None) -> None:
+        if slot.closed:
+            return
+        slot.closed = True
+        query = slot.query
+        key = (query.name.hostname, slot.resolver_address, _type_text(query.qtype), query.engine)
+        uid = hashlib.blake2b(
+            f"{self.report_id}|{'|'.join(key)}".encode(), digest_size=8
+        ).hexdigest()
+        if slot.channel >= 0:
+            ip, port = slot.dest
+            for attempt, txid in enumerate(slot.txids):
+                pkey = (slot.channel, ip, port, txid)
+                if self._pending.pop(pkey, None) is not None:
+                    self._recent[pkey] = (uid, slot.sent_ns[attempt])
+        responses = tuple(slot.responses)
+        icmp = tuple(slot.icmp)
+        measurement = Measurement(
+            schema_version=records.SCHEMA_VERSION,
+            measurement_uid=uid,
+            report_id=self.report_id,
+            measurement_start_time=self.start_time,
+            vantage=self.config.vantage,
+            hostname=query.name.hostname,
+            query_type=key[2],
+            engine=query.engine,
+            resolver_address=slot.resolver_address,
+            target_kind=query.kind,
+            transaction_id=slot.txids[0] if slot.txids else 0,
+            source_port=self._channels[slot.channel].port if slot.channel >= 0 else 0,
+            t0=slot.t0,
+            t=round((time.time_ns() - self.start_ns) / 1e9, 6),
+            failure=failure or first_reply_failure(responses, icmp),
+            ip_ttl=query.ip_ttl,
+            attempts=len(slot.sent_ns),
+            rd=self.config.rd,
+            edns_payload=self.config.edns_payload,
+            input=query.name.input,
+            responses=responses,
+            icmp=icmp,
+            annotations=self.config.annotations,
+        )
+        self.stats.measurements += 1
+        self.journal.write(measurement)
+
+    # -- waiting and teardown -----------------------------------------------------
+
+    def _wait(self, bucket: TokenBucket, sending: bool) -> None:
+        deadlines = []
+        if sending and self._outstanding < self.config.max_inflight:
+            deadlines.append(bucket.wait_time())
+        if self._awaiting:
+            deadlines.append(self._awaiting[0][0] - self._now)
+        if self._collecting:
+            deadlines.append(self._collecting[0][0] - self._now)
+        deadlines.append(0.25)  # journal flush and progress
+        delay = min(deadlines)
+        if delay <= 0:
+            return
+        self._poll.poll(delay * 1000.0)
+
+    def _report_progress(self) -> None:
+        self.stats.kernel_drops = sum(c.kernel_drops for c in self._channels)
+        if self._progress is not None:
+            self._progress(self.stats)
+
+    def _shutdown(self) -> None:
+        self.journal.flush()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        for channel in self._channels:
+            channel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._report_progress()
+
+
+def make_report_id(vantage: str, start_ns: int) -> str:
+    """``20140121T071500Z_<vantage>_<8 hex>``: sortable, unique per sweep."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start_ns / 1e9))
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in vantage)[:32] or "vantage"
+    return f"{stamp}_{safe}_{random.getrandbits(32):08x}"

@@ -1,0 +1,211 @@
+"""The embedded store: JSONL segments loaded into DuckDB tables and Parquet files.
+
+Why DuckDB: one file, no server, SQL over millions of replies on a laptop, and it
+reads JSON and writes Parquet with its built-in extensions, offline. DuckDB allows
+one writing process, so the prober never writes to it: it appends JSONL (the
+truth), and ``wallwatch ingest`` loads those files here afterwards.
+
+Tables (one row per ...), documented in docs/schema.md:
+
+* ``measurements``: measurement (query); the lists are in the other tables;
+* ``responses``: reply packet, with ``measurement_uid`` and ``response_index``;
+* ``answers``: answer record of a reply;
+* ``strays``: reply that matched no open query;
+* ``input_errors``: input line that was not a name.
+
+Every file is validated line by line first (a bad line is named by file and line
+number and nothing of that file is loaded), and a measurement already in the
+store (same ``measurement_uid``) is not loaded twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wallwatch.journal import read_records
+from wallwatch.records import InputError, Measurement, Stray
+
+_ANSWER = (
+    "STRUCT(answer_type VARCHAR, ttl BIGINT, name VARCHAR, ipv4 VARCHAR, ipv6 VARCHAR, "
+    "hostname VARCHAR, rdata VARCHAR)"
+)
+_RESPONSE = (
+    "STRUCT(t DOUBLE, rtt DOUBLE, src VARCHAR, sport INTEGER, ip_ttl INTEGER, "
+    "raw_response VARCHAR, engine VARCHAR, attempt INTEGER, failure VARCHAR, "
+    "transaction_id INTEGER, flags INTEGER, rcode INTEGER, qname VARCHAR, qtype INTEGER, "
+    f"edns BOOLEAN, ancount INTEGER, nscount INTEGER, arcount INTEGER, answers {_ANSWER}[], "
+    "question_mismatch BOOLEAN)"
+)
+_ICMP = "STRUCT(t DOUBLE, src VARCHAR, icmp_type INTEGER, icmp_code INTEGER, attempt INTEGER)"
+
+#: Every field of every record type, with its DuckDB type (read_json's ``columns``).
+COLUMNS: dict[str, str] = {
+    "record_type": "VARCHAR",
+    "schema_version": "INTEGER",
+    "measurement_uid": "VARCHAR",
+    "report_id": "VARCHAR",
+    "measurement_start_time": "VARCHAR",
+    "vantage": "VARCHAR",
+    "hostname": "VARCHAR",
+    "query_type": "VARCHAR",
+    "engine": "VARCHAR",
+    "resolver_address": "VARCHAR",
+    "target_kind": "VARCHAR",
+    "transaction_id": "INTEGER",
+    "source_port": "INTEGER",
+    "t0": "DOUBLE",
+    "t": "DOUBLE",
+    "failure": "VARCHAR",
+    "ip_ttl": "INTEGER",
+    "attempts": "INTEGER",
+    "rd": "BOOLEAN",
+    "edns_payload": "INTEGER",
+    "input": "VARCHAR",
+    "responses": f"{_RESPONSE}[]",
+    "icmp": f"{_ICMP}[]",
+    "annotations": "MAP(VARCHAR, VARCHAR)",
+    "local_port": "INTEGER",
+    "response": _RESPONSE,
+    "source": "VARCHAR",
+    "line": "INTEGER",
+    "text": "VARCHAR",
+    "error": "VARCHAR",
+}
+
+_MEASUREMENT_COLS = [
+    "measurement_uid", "report_id", "measurement_start_time", "vantage", "hostname",
+    "query_type", "engine", "resolver_address", "target_kind", "transaction_id", "source_port",
+    "t0", "t", "failure", "ip_ttl", "attempts", "rd", "edns_payload", "input", "annotations",
+    "schema_version",
+]  # fmt: skip
+
+_KEY = ("measurement_uid", "hostname", "query_type", "resolver_address", "target_kind", "vantage")
+
+TABLES: dict[str, str] = {
+    "measurements": (
+        f"SELECT {', '.join(_MEASUREMENT_COLS)}, len(responses) AS response_count, "
+        "len(icmp) AS icmp_count, icmp FROM staged WHERE record_type = 'measurement'"
+    ),
+    "responses": (
+        f"SELECT {', '.join(_KEY)}, i - 1 AS response_index, r.* EXCLUDE (answers) FROM ("
+        f"SELECT {', '.join(_KEY)}, unnest(responses) AS r, generate_subscripts(responses, 1) AS i "
+        "FROM staged WHERE record_type = 'measurement')"
+    ),
+    "answers": (
+        f"SELECT {', '.join(_KEY)}, ri - 1 AS response_index, ai - 1 AS answer_index, "
+        "a.answer_type, a.ttl, a.name, a.ipv4, a.ipv6, a.hostname AS target, a.rdata FROM ("
+        f"SELECT {', '.join(_KEY)}, ri, unnest(r.answers) AS a, generate_subscripts(r.answers, 1) AS ai "
+        f"FROM (SELECT {', '.join(_KEY)}, unnest(responses) AS r, "
+        "generate_subscripts(responses, 1) AS ri FROM staged WHERE record_type = 'measurement'))"
+    ),
+    "strays": (
+        "SELECT report_id, measurement_uid, local_port, response.* EXCLUDE (answers), "
+        "response.answers AS answers FROM staged WHERE record_type = 'stray'"
+    ),
+    "input_errors": (
+        "SELECT report_id, source, line, text, error FROM staged WHERE record_type = 'input_error'"
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IngestReport:
+    """What one ingest added."""
+
+    files: int
+    records: int
+    measurements: int
+    responses: int
+
+
+def _duckdb() -> Any:
+    try:
+        import duckdb
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError("the store needs DuckDB: pip install 'wallwatch[store]'") from exc
+    return duckdb
+
+
+def validate(paths: Sequence[str | Path]) -> int:
+    """Check every line of every file; raise ``ValueError`` naming the first bad one."""
+    count = 0
+    for path in paths:
+        for record in read_records(path):
+            if not isinstance(record, Measurement | Stray | InputError):  # pragma: no cover
+                raise ValueError(f"{path}: unexpected record {type(record).__name__}")
+            count += 1
+    return count
+
+
+def ingest(
+    paths: Sequence[str | Path], db: str | Path, *, parquet_dir: str | Path | None = None
+) -> IngestReport:
+    """Load JSONL files into the DuckDB file ``db`` (created if missing)."""
+    records = validate(paths)
+    duckdb = _duckdb()
+    con = duckdb.connect(str(db))
+    try:
+        before = _counts(con)
+        columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
+        files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE staged AS SELECT * FROM read_json({files}, "
+            f"format='newline_delimited', columns={columns})"
+        )
+        con.execute(
+            "DELETE FROM staged WHERE record_type = 'measurement' AND measurement_uid IN "
+            "(SELECT measurement_uid FROM measurements)"
+            if "measurements" in _tables(con)
+            else "SELECT 1"
+        )
+        for table, query in TABLES.items():
+            if table in _tables(con):
+                con.execute(f"INSERT INTO {table} BY NAME {query}")
+            else:
+                con.execute(f"CREATE TABLE {table} AS {query}")
+        after = _counts(con)
+        if parquet_dir is not None:
+            export_parquet(con, parquet_dir)
+    finally:
+        con.close()
+    return IngestReport(
+        files=len(paths),
+        records=records,
+        measurements=after["measurements"] - before.get("measurements", 0),
+        responses=after["responses"] - before.get("responses", 0),
+    )
+
+
+def export_parquet(con: Any, directory: str | Path) -> None:
+    """Write every table as ``<directory>/<table>.parquet``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for table in TABLES:
+        target = str(out / f"{table}.parquet").replace("'", "''")
+        con.execute(f"COPY {table} TO '{target}' (FORMAT parquet)")
+
+
+def _tables(con: Any) -> set[str]:
+    return {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+
+
+def _counts(con: Any) -> dict[str, int]:
+    present = _tables(con)
+    return {
+        t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+        for t in TABLES
+        if t in present
+    }
+
+
+def query(db: str | Path, sql: str) -> list[tuple[Any, ...]]:
+    """Run a read-only query against the store."""
+    con = _duckdb().connect(str(db), read_only=True)
+    try:
+        rows: list[tuple[Any, ...]] = con.execute(sql).fetchall()
+        return rows
+    finally:
+        con.close()

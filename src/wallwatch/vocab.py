@@ -1,0 +1,145 @@
+"""Closed vocabularies of wallwatch records.
+
+Every string that a record may carry in one of these fields is a member of an
+enum here, so that a consumer can switch on it exhaustively and a typo is a type
+error rather than a new, silent category. Members serialise as their value.
+
+Failure strings are OONI's (ooni/spec ``data-formats/df-007-errors.md``) where
+OONI has one, so that wallwatch records and OONI measurements can be judged by
+the same code; wallwatch-only members say so.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TargetKind(StrEnum):
+    """What the prober believes it is sending a query to.
+
+    The kind decides how a reply is read later: any reply from a ``dark`` host is
+    an injection (gfw-dns.md 3.1, OONI ts-012, Triplet 2.1), a ``resolver``'s
+    reply may be its own lie or the path's, an ``authoritative`` server's reply is
+    the ground truth unless the path lies, and a ``control`` is reached over a
+    channel the on-path injector cannot forge (TCP, DoT, DoH).
+    """
+
+    #: A recursive resolver (the ISP's, or a public one such as 8.8.8.8).
+    RESOLVER = "resolver"
+    #: A host that runs no DNS server: every reply to it was injected on the path.
+    DARK = "dark"
+    #: An authoritative server for the queried zone.
+    AUTHORITATIVE = "authoritative"
+    #: A trusted resolver reached over a channel the injector cannot race.
+    CONTROL = "control"
+
+
+class Engine(StrEnum):
+    """The transport a query used (OONI's ``engine`` values)."""
+
+    UDP = "udp"
+    TCP = "tcp"
+    DOT = "dot"
+    DOH = "doh"
+
+
+class Failure(StrEnum):
+    """Why a measurement did not end with a usable NOERROR answer.
+
+    OONI derives ``failure`` from the first answer of a lookup; wallwatch does the
+    same, so ``dns_nxdomain_error`` means the *first* reply said NXDOMAIN, even if
+    a later, genuine reply disagrees. The replies themselves are all kept.
+    """
+
+    #: No reply at all within the timeout, after every retry.
+    GENERIC_TIMEOUT = "generic_timeout_error"
+    #: An ICMP port-unreachable came back and no DNS reply did.
+    CONNECTION_REFUSED = "connection_refused"
+    #: The first reply had RCODE NXDOMAIN.
+    DNS_NXDOMAIN = "dns_nxdomain_error"
+    #: The first reply had RCODE REFUSED.
+    DNS_REFUSED = "dns_refused_error"
+    #: The first reply had RCODE SERVFAIL.
+    DNS_SERVFAIL = "dns_servfail_error"
+    #: The first reply was NOERROR with no answer of the queried type.
+    DNS_NO_ANSWER = "dns_no_answer"
+    #: The first reply had another non-zero RCODE, or would not parse.
+    DNS_SERVER_MISBEHAVING = "dns_server_misbehaving"
+    #: A TCP/TLS/HTTPS control channel was reset or closed early.
+    CONNECTION_RESET = "connection_reset"
+    #: The destination could not be reached at all (ICMP host/net unreachable).
+    HOST_UNREACHABLE = "host_unreachable"
+    #: A TLS or HTTPS error on a DoT/DoH control lookup (wallwatch-only).
+    SSL_ERROR = "ssl_failed_handshake"
+    #: Any other local error, with details in the log (OONI's catch-all).
+    UNKNOWN = "unknown_failure"
+
+
+class ParseFailure(StrEnum):
+    """Why the bytes of one reply would not parse as a DNS message.
+
+    A reply that fails to parse is never dropped: it is kept raw, base64, with one
+    of these codes, because malformed replies are themselves a fingerprint
+    (Wallbleed's leaking injector, gfw-dns.md 2.2).
+    """
+
+    #: Fewer than the 12 bytes of a DNS header.
+    SHORT_HEADER = "short_header"
+    #: A name ran past the end of the message.
+    NAME_TRUNCATED = "name_truncated"
+    #: A compression pointer pointed forward or at itself (a loop).
+    BAD_POINTER = "bad_pointer"
+    #: A label type other than a plain label or a pointer (0x40, 0x80).
+    BAD_LABEL = "bad_label"
+    #: A name longer than 255 bytes once decompressed.
+    NAME_TOO_LONG = "name_too_long"
+    #: A question or record ran past the end of the message.
+    SECTION_TRUNCATED = "section_truncated"
+    #: RDATA whose length does not fit its type (an A record that is not 4 bytes).
+    BAD_RDATA = "bad_rdata"
+    #: Bytes left over after the last record the header announces.
+    TRAILING_DATA = "trailing_data"
+    #: Any other reason the reference parser (dnspython) refused the message.
+    OTHER = "other"
+
+
+class RecordType(StrEnum):
+    """The kinds of line in a wallwatch JSONL file (its ``record_type``)."""
+
+    #: One query (with its retries) and every reply it drew.
+    MEASUREMENT = "measurement"
+    #: A reply that matched no open query: late beyond the window, or unknown.
+    STRAY = "stray"
+    #: An input line that could not be turned into a query name.
+    INPUT_ERROR = "input_error"
+
+
+class Outcome(StrEnum):
+    """The verdict vocabulary (documented in docs/outcomes.md).
+
+    Values are ``stage.outcome`` in the style of Censored Planet's outcome strings,
+    never a bare "anomaly". The analysis assigns them; the prober never does.
+    """
+
+    #: The reply agrees with the trusted control by address.
+    OK_MATCH_IP = "ok.match_ip"
+    #: The reply agrees with the control by origin AS only (CDNs, GeoDNS).
+    OK_MATCH_ASN = "ok.match_asn"
+    #: A reply came from a host that runs no DNS server.
+    INJECTED_DARK = "injected.dark_destination"
+    #: More than one differing reply to one query.
+    INJECTED_MULTI_REPLY = "injected.multi_reply"
+    #: The answer is in a published forged-address pool.
+    INJECTED_FORGED_POOL = "injected.forged_pool"
+    #: The resolver itself answered with an address the control disowns.
+    RESOLVER_TAMPERED = "resolver.tampered"
+    #: Every vantage, the control included, sees the new address.
+    AUTHORITATIVE_CHANGED = "authoritative.changed"
+    #: NXDOMAIN was rewritten into an address (ISP advertising redirect).
+    NXDOMAIN_REWRITE = "resolver.nxdomain_rewrite"
+    #: The answer is a bogon (private, loopback, reserved).
+    IP_BOGON = "ip.bogon"
+    #: The query drew no reply.
+    DNS_TIMEOUT = "dns.timeout"
+    #: The evidence does not support any of the other outcomes.
+    UNKNOWN = "unknown"
