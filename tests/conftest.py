@@ -1,0 +1,76 @@
+"""Shared fixtures: the loopback lab and a one-call prober run.
+
+No test sends a packet anywhere but 127.0.0.0/8 or ::1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from wallwatch.journal import Journal, read_records
+from wallwatch.lab.loopback import Handler, LoopbackServer
+from wallwatch.names import QueryName
+from wallwatch.probe.engine import ProbeConfig, Prober, Query, Stats
+from wallwatch.records import Measurement, Record
+from wallwatch.targets import parse_target
+from wallwatch.vocab import TargetKind
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy settings may leak into DoH tests."""
+    for key in list(os.environ):
+        if key.lower().endswith("_proxy"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., LoopbackServer]]:
+    """Start loopback servers; all are stopped after the test."""
+    started: list[LoopbackServer] = []
+
+    def start(handler: Handler, host: str = "127.0.0.1", **kwargs: object) -> LoopbackServer:
+        server = LoopbackServer(handler, host, **kwargs).start()  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def qn(name: str, line: int = 1) -> QueryName:
+    return QueryName(name, None, "test", line)
+
+
+def run_probe(
+    tmp_path: Path,
+    queries: Sequence[Query],
+    **config: object,
+) -> tuple[list[Record], Stats]:
+    """Probe ``queries`` with a fast test configuration; return the records written."""
+    defaults: dict[str, object] = dict(rate=None, timeout=0.5, window=0.3, retries=0, vantage="test")
+    defaults.update(config)
+    out = tmp_path / "out.jsonl"
+    journal = Journal.open(out)
+    stats = Prober(ProbeConfig(**defaults), journal).run(queries)  # type: ignore[arg-type]
+    journal.close()
+    records = list(read_records(out))
+    out.unlink()
+    return records, stats
+
+
+def udp_query(server: LoopbackServer | str, name: str, qtype: int = 1, **kw: object) -> Query:
+    spec = server if isinstance(server, str) else server.spec
+    kind = kw.pop("kind", TargetKind.RESOLVER)
+    return Query(qn(name), qtype, parse_target(spec, kind), kind=kind, **kw)  # type: ignore[arg-type]
+
+
+def measurements(records: Sequence[Record]) -> list[Measurement]:
+    return [r for r in records if isinstance(r, Measurement)]
