@@ -55,7 +55,9 @@ def run_probe(
     **config: object,
 ) -> tuple[list[Record], Stats]:
     """Probe ``queries`` with a fast test configuration; return the records written."""
-    defaults: dict[str, object] = dict(rate=None, timeout=0.5, window=0.3, retries=0, vantage="test")
+    defaults: dict[str, object] = dict(
+        rate=None, timeout=0.5, window=0.3, retries=0, vantage="test"
+    )
     defaults.update(config)
     out = tmp_path / "out.jsonl"
     journal = Journal.open(out)

@@ -17,7 +17,10 @@ from wallwatch.probe.stream import StreamServer
 from wallwatch.records import Stray
 from wallwatch.vocab import Engine, Failure, ParseFailure, TargetKind
 
-ZONE = {"www.example.com": ["93.184.216.34", "2606:2800:220:1::1"], "www.google.com": ["142.250.1.1"]}
+ZONE = {
+    "www.example.com": ["93.184.216.34", "2606:2800:220:1::1"],
+    "www.google.com": ["142.250.1.1"],
+}
 
 
 def triplet(delay: float = 0.06) -> object:
@@ -120,7 +123,9 @@ def test_question_mismatch_is_flagged_not_dropped(serve, tmp_path: Path) -> None
 
 def test_silence_is_retried_then_times_out(serve, tmp_path: Path) -> None:
     server = serve(lambda request: None)
-    records, stats = run_probe(tmp_path, [udp_query(server, "www.example.com")], timeout=0.2, retries=2)
+    records, stats = run_probe(
+        tmp_path, [udp_query(server, "www.example.com")], timeout=0.2, retries=2
+    )
     (m,) = measurements(records)
     assert m.failure is Failure.GENERIC_TIMEOUT
     assert m.attempts == 3 and server.stats.queries == 3
@@ -138,7 +143,9 @@ def test_reply_to_an_earlier_attempt_still_counts(serve, tmp_path: Path) -> None
         return None
 
     server = serve(slow_first)
-    records, _ = run_probe(tmp_path, [udp_query(server, "www.example.com")], timeout=0.2, retries=1, window=0.5)
+    records, _ = run_probe(
+        tmp_path, [udp_query(server, "www.example.com")], timeout=0.2, retries=1, window=0.5
+    )
     (m,) = measurements(records)
     assert m.attempts == 2
     assert [r.attempt for r in m.responses] == [0]

@@ -16,7 +16,11 @@ from hypothesis import strategies as st
 from wallwatch import wire
 from wallwatch.vocab import ParseFailure
 
-LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", min_size=1, max_size=20)
+LABEL = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_",
+    min_size=1,
+    max_size=20,
+)
 ODD_LABEL = st.binary(min_size=1, max_size=12)
 NAMES = st.lists(st.one_of(LABEL.map(str.encode), ODD_LABEL), min_size=1, max_size=5).map(
     lambda labels: dns.name.Name([*labels, b""])
@@ -72,7 +76,15 @@ def reference(msg: bytes) -> tuple[object, ...]:
         }
     )
     q = m.question[0]
-    return (m.id, int(m.flags), int(m.rcode()), q.name.to_text(), int(q.rdtype), answers, m.edns >= 0)
+    return (
+        m.id,
+        int(m.flags),
+        int(m.rcode()),
+        q.name.to_text(),
+        int(q.rdtype),
+        answers,
+        m.edns >= 0,
+    )
 
 
 def fast(msg: bytes) -> tuple[object, ...]:
@@ -97,8 +109,12 @@ def test_common_replies_take_the_fast_path(message: dns.message.Message) -> None
 
 
 @settings(max_examples=300)
-@given(st.lists(LABEL, min_size=1, max_size=5).map(lambda ls: dns.name.from_text(".".join(ls))),
-       st.sampled_from([1, 28, 16, 255]), st.booleans(), st.integers(0, 65535))
+@given(
+    st.lists(LABEL, min_size=1, max_size=5).map(lambda ls: dns.name.from_text(".".join(ls))),
+    st.sampled_from([1, 28, 16, 255]),
+    st.booleans(),
+    st.integers(0, 65535),
+)
 def test_built_queries_parse_as_dnspython_builds_them(
     name: dns.name.Name, qtype: int, rd: bool, txid: int
 ) -> None:
@@ -118,7 +134,9 @@ def test_mangled_replies_never_raise_and_are_classified(
 ) -> None:
     msg = bytearray(message.to_wire())
     cut = data.draw(st.integers(0, len(msg)))
-    flips = data.draw(st.lists(st.tuples(st.integers(0, len(msg) - 1), st.integers(0, 255)), max_size=4))
+    flips = data.draw(
+        st.lists(st.tuples(st.integers(0, len(msg) - 1), st.integers(0, 255)), max_size=4)
+    )
     for pos, value in flips:
         msg[pos] = value
     mangled = bytes(msg[:cut]) + data.draw(st.binary(max_size=8))
@@ -137,14 +155,24 @@ def test_mangled_replies_never_raise_and_are_classified(
         (b"\x12\x34\x81", ParseFailure.SHORT_HEADER),
         (bytes.fromhex("1234818000010000000000000377777703"), ParseFailure.NAME_TRUNCATED),
         (bytes.fromhex("123481800001000000000000c00c00010001"), ParseFailure.BAD_POINTER),
-        (bytes.fromhex("1234818000010000000000004177777700") + b"\x00\x01\x00\x01", ParseFailure.BAD_LABEL),
-        (bytes.fromhex("123481800001000100000000037777770000010001c00c0001"), ParseFailure.SECTION_TRUNCATED),
         (
-            bytes.fromhex("123481800001000100000000037777770000010001c00c000100010000003c000501020304ff"),
+            bytes.fromhex("1234818000010000000000004177777700") + b"\x00\x01\x00\x01",
+            ParseFailure.BAD_LABEL,
+        ),
+        (
+            bytes.fromhex("123481800001000100000000037777770000010001c00c0001"),
+            ParseFailure.SECTION_TRUNCATED,
+        ),
+        (
+            bytes.fromhex(
+                "123481800001000100000000037777770000010001c00c000100010000003c000501020304ff"
+            ),
             ParseFailure.BAD_RDATA,
         ),
         (
-            bytes.fromhex("123481800001000100000000037777770000010001c00c000100010000003c000401020304ff"),
+            bytes.fromhex(
+                "123481800001000100000000037777770000010001c00c000100010000003c000401020304ff"
+            ),
             ParseFailure.TRAILING_DATA,
         ),
     ],
@@ -157,7 +185,9 @@ def test_malformed_replies_get_a_failure_code(data: bytes, code: ParseFailure) -
 
 
 def test_trailing_data_keeps_what_parsed() -> None:
-    data = bytes.fromhex("123481800001000100000000037777770000010001c00c000100010000003c000401020304ff")
+    data = bytes.fromhex(
+        "123481800001000100000000037777770000010001c00c000100010000003c000401020304ff"
+    )
     parsed = wire.parse_reply(data)
     assert [a.data for a in parsed.answers] == ["1.2.3.4"]
     assert parsed.id == 0x1234

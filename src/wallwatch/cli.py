@@ -26,7 +26,7 @@ from wallwatch.targets import Target, parse_target
 from wallwatch.vocab import Engine
 from wallwatch.wire import qtype_value
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,5 @@
+"""``python -m wallwatch``."""
+
+from wallwatch.cli import main
+
+main()
