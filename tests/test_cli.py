@@ -58,7 +58,7 @@ def test_real_blocklist_reads_without_loss() -> None:
         pytest.skip(f"{path} is not beside the project")
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     items = list(parse_lines(lines, str(path)))
-    meaningful = [l for l in lines if l.strip() and not l.strip().startswith("#")]
+    meaningful = [t for t in lines if t.strip() and not t.strip().startswith("#")]
     assert len(items) == len(meaningful)  # every line is a name or a reported bad line
     assert sum(isinstance(i, QueryName) for i in items) > 0.95 * len(items)
     assert all(isinstance(i, QueryName | BadLine) for i in items)

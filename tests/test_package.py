@@ -6,6 +6,7 @@ import doctest
 import importlib
 import pkgutil
 
+import msgspec
 import pytest
 
 import wallwatch
@@ -44,7 +45,7 @@ def test_records_refuse_unknown_vocabulary_and_versions() -> None:
     assert isinstance(records.decode(line), records.InputError)
     with pytest.raises(Exception, match="schema_version 99"):
         records.decode(line.replace(b'"schema_version":1', b'"schema_version":99'))
-    with pytest.raises(Exception):
+    with pytest.raises(msgspec.ValidationError):
         records.decode(line.replace(b"input_error", b"anomaly"))
 
 

@@ -40,6 +40,9 @@ _NAME_TYPES = frozenset({TYPE_NS, TYPE_CNAME, TYPE_PTR, TYPE_DNAME})
 # Bytes dnspython prints as themselves inside a label; everything else is escaped.
 _PLAIN = bytes(c for c in range(0x21, 0x7F) if c not in b'"().;\\@$')
 _PLAIN_DOT = _PLAIN + b"."
+# Length byte of a label: 1-63 are valid; an empty or too long label maps to b"",
+# which makes the encoded length check in encode_name fail.
+_LENGTH = [bytes((n,)) if 0 < n <= 63 else b"" for n in range(256)] + [b""] * 65536
 
 
 class _Malformed(Exception):
@@ -104,18 +107,16 @@ def encode_name(name: str) -> bytes:
     text = name[:-1] if name.endswith(".") else name
     if not text:
         return b"\x00"
-    out = bytearray()
-    for label in text.encode("ascii").split(b"."):
+    labels = text.encode("ascii").split(b".")
+    out = b"".join([_LENGTH[len(label)] + label for label in labels]) + b"\x00"
+    if len(out) <= 255 and len(out) == len(text) + 2:
+        return out
+    for label in labels:
         if not label:
             raise NameError_(f"empty label in {name!r}")
         if len(label) > 63:
             raise NameError_(f"label longer than 63 bytes in {name!r}")
-        out.append(len(label))
-        out += label
-    out.append(0)
-    if len(out) > 255:
-        raise NameError_(f"name longer than 255 bytes: {name!r}")
-    return bytes(out)
+    raise NameError_(f"name longer than 255 bytes: {name!r}")
 
 
 def query_tail(

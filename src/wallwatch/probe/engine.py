@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import queue
 import random
 import select
@@ -38,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from wallwatch import records
 from wallwatch.journal import Journal
@@ -98,9 +100,8 @@ class ProbeConfig:
     annotations: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
-    """One unit of work: a name, a type, and where and how to ask."""
+class Query(NamedTuple):
+    """One unit of work: a name, a type, and where and how to ask (a tuple: cheap to make)."""
 
     name: QueryName
     qtype: int
@@ -171,9 +172,9 @@ def _answers(parsed: ParsedReply) -> tuple[Answer, ...]:
     for a in parsed.answers:
         rtype = a.rtype
         if rtype == 1:
-            out.append(Answer("A", a.ttl, a.name, ipv4=a.data))
+            out.append(Answer("A", a.ttl, a.name, a.data))
         elif rtype == 28:
-            out.append(Answer("AAAA", a.ttl, a.name, ipv6=a.data))
+            out.append(Answer("AAAA", a.ttl, a.name, None, a.data))
         elif rtype in (2, 5, 12, 39):
             out.append(Answer(_type_text(rtype), a.ttl, a.name, hostname=a.data))
         else:
@@ -195,27 +196,11 @@ def make_response(
     mismatch: bool = False,
 ) -> Response:
     """Turn one received packet and its parse into a :class:`Response` record."""
+    # Positional: this runs once per received packet, and keywords cost.
     return Response(
-        t=round(t, 6),
-        rtt=round(rtt, 6),
-        src=src,
-        sport=sport,
-        ip_ttl=ip_ttl,
-        raw_response=_B64(data, newline=False).decode("ascii"),
-        engine=engine,
-        attempt=attempt,
-        failure=parsed.failure,
-        transaction_id=parsed.id,
-        flags=parsed.flags,
-        rcode=parsed.rcode,
-        qname=parsed.qname,
-        qtype=parsed.qtype,
-        edns=parsed.edns,
-        ancount=parsed.ancount,
-        nscount=parsed.nscount,
-        arcount=parsed.arcount,
-        answers=_answers(parsed),
-        question_mismatch=mismatch,
+        t, rtt, src, sport, ip_ttl, _B64(data, newline=False).decode("ascii"), engine, attempt,
+        parsed.failure, parsed.id, parsed.flags, parsed.rcode, parsed.qname, parsed.qtype,
+        parsed.edns, parsed.ancount, parsed.nscount, parsed.arcount, _answers(parsed), mismatch,
     )
 
 
@@ -284,7 +269,14 @@ class Prober:
             queue.SimpleQueue()
         )
         self._executor: ThreadPoolExecutor | None = None
-        self._getrandbits = random.SystemRandom().getrandbits
+        # Not a CSPRNG (a system call per ID halved the send rate): the IDs only need to
+        # be unpredictable to off-path parties, and injectors are on-path anyway.
+        self._getrandbits = random.Random(os.urandom(16)).getrandbits
+        self._uid_prefix = hashlib.blake2b(
+            f"{self.report_id}|{os.getpid()}".encode(), digest_size=4
+        ).hexdigest()
+        self._uid_counter = 0
+        self._targets: dict[Target, tuple[str, tuple[str, int], int]] = {}
 
     # -- public -------------------------------------------------------------------
 
@@ -356,7 +348,7 @@ class Prober:
 
     def _start(self, query: Query) -> None:
         slot = _Slot(query)
-        slot.t0 = round((time.time_ns() - self.start_ns) / 1e9, 6)
+        slot.t0 = (time.time_ns() - self.start_ns) / 1e9
         if query.engine != Engine.UDP:
             assert query.stream is not None
             slot.resolver_address = query.stream.resolver_address
@@ -366,9 +358,13 @@ class Prober:
             return
         assert query.target is not None
         target = query.target
-        slot.resolver_address = target.resolver_address
-        slot.dest = (target.address, target.port)
-        slot.channel = self._channel_index(query, target.family)
+        known = self._targets.get(target)
+        if known is None:
+            known = self._targets[target] = (
+                target.resolver_address, (target.address, target.port), target.family
+            )
+        slot.resolver_address, slot.dest, family = known
+        slot.channel = self._channel_index(query, family)
         slot.tail, slot.qwire = self._tail(query)
         self._outstanding += 1
         self._send(slot)
@@ -507,7 +503,7 @@ class Prober:
         stamp = stamp or time.time_ns()
         slot.icmp.append(
             IcmpError(
-                t=round((stamp - self.start_ns) / 1e9, 6),
+                t=(stamp - self.start_ns) / 1e9,
                 src=offender,
                 icmp_type=icmp_type,
                 icmp_code=icmp_code,
@@ -613,10 +609,8 @@ class Prober:
             return
         slot.closed = True
         query = slot.query
-        key = (query.name.hostname, slot.resolver_address, _type_text(query.qtype), query.engine)
-        uid = hashlib.blake2b(
-            f"{self.report_id}|{'|'.join(key)}".encode(), digest_size=8
-        ).hexdigest()
+        self._uid_counter += 1
+        uid = f"{self._uid_prefix}{self._uid_counter:08x}"
         if slot.channel >= 0:
             ip, port = slot.dest
             for attempt, txid in enumerate(slot.txids):
@@ -632,14 +626,14 @@ class Prober:
             measurement_start_time=self.start_time,
             vantage=self.config.vantage,
             hostname=query.name.hostname,
-            query_type=key[2],
+            query_type=_type_text(query.qtype),
             engine=query.engine,
             resolver_address=slot.resolver_address,
             target_kind=query.kind,
             transaction_id=slot.txids[0] if slot.txids else 0,
             source_port=self._channels[slot.channel].port if slot.channel >= 0 else 0,
             t0=slot.t0,
-            t=round((time.time_ns() - self.start_ns) / 1e9, 6),
+            t=(time.time_ns() - self.start_ns) / 1e9,
             failure=failure or first_reply_failure(responses, icmp),
             ip_ttl=query.ip_ttl,
             attempts=len(slot.sent_ns),

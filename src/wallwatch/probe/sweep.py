@@ -54,28 +54,30 @@ class SweepPlan:
     ) -> Iterator[Query]:
         """The plan's queries for one shard, leaving out keys in ``skip``."""
         skip = skip or set()
+        qtypes = [(qtype, qtype_text(qtype)) for qtype in self.qtypes]
+        targets = [(target, target.resolver_address) for target in self.targets]
+        controls = [(control, control.resolver_address) for control in self.controls]
+        udp = self.engine == Engine.UDP
         for index, name in enumerate(self.names):
             if index % shards != shard:
                 continue
-            for qtype in self.qtypes:
-                qtext = qtype_text(qtype)
-                for control in self.controls:
-                    if (name.hostname, control.resolver_address, qtext, control.engine) in skip:
+            host = name.hostname
+            for qtype, qtext in qtypes:
+                for control, address in controls:
+                    if skip and (host, address, qtext, control.engine) in skip:
                         continue
                     yield Query(
                         name, qtype, engine=control.engine, stream=control,
                         kind=TargetKind.CONTROL,
                     )  # fmt: skip
-                for target in self.targets:
-                    if (name.hostname, target.resolver_address, qtext, self.engine) in skip:
+                for target, address in targets:
+                    if skip and (host, address, qtext, self.engine) in skip:
                         continue
-                    stream = None
-                    if self.engine != Engine.UDP:
-                        stream = StreamServer(self.engine, target.address, target.port)
+                    stream = None if udp else StreamServer(self.engine, target.address, target.port)
                     yield Query(
-                        name, qtype, target, engine=self.engine, stream=stream, kind=target.kind,
-                        ip_ttl=self.ip_ttl, source_port=self.source_port,
-                    )  # fmt: skip
+                        name, qtype, target, self.engine, stream, target.kind, self.ip_ttl,
+                        self.source_port,
+                    )
 
 
 @dataclass(slots=True)
