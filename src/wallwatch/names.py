@@ -9,9 +9,9 @@ comments are not junk.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Iterator
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TextIO
@@ -63,12 +63,13 @@ def to_hostname(text: str) -> str:
     token = token.rstrip(".")
     if not token:
         raise ValueError("empty name")
-    if any(c.isspace() for c in token):
-        raise ValueError("whitespace inside a name")
     if token.isascii():
         name = token.lower()
         if len(name) <= 253 and _ASCII_NAME.fullmatch(name):
             return name
+    if any(c.isspace() for c in token):
+        raise ValueError("whitespace inside a name")
+    if token.isascii():
         if any(not (c.isalnum() or c in "-_.*") for c in name):
             raise ValueError("character not allowed in a host name")
     else:

@@ -75,7 +75,13 @@ class SweepPlan:
                         continue
                     stream = None if udp else StreamServer(self.engine, target.address, target.port)
                     yield Query(
-                        name, qtype, target, self.engine, stream, target.kind, self.ip_ttl,
+                        name,
+                        qtype,
+                        target,
+                        self.engine,
+                        stream,
+                        target.kind,
+                        self.ip_ttl,
                         self.source_port,
                     )
 
