@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 
 import idna
 
+from wallwatch.wire import NameError_, encode_name
+
 # Host-name characters (plus '_' and '*', which real lists contain); labels 1-63 bytes.
 _ASCII_NAME = re.compile(r"(?:[a-z0-9_*-]{1,63}\.)*[a-z0-9_*-]{1,63}")
-
-from wallwatch.wire import NameError_, encode_name
 
 
 class QueryName(NamedTuple):
