@@ -29,17 +29,29 @@ def main() -> None:
     small.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "A", "93.184.216.34"))
     small_wire = small.to_wire()
     big = dns.message.make_response(query)
-    big.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "CNAME", "edge.example.net."))
-    big.answer.append(dns.rrset.from_text("edge.example.net.", 60, "IN", "A", "192.0.2.1", "192.0.2.2"))
-    big.authority.append(dns.rrset.from_text("example.net.", 3600, "IN", "NS", "a.ns.example.net.", "b.ns.example.net."))
+    big.answer.append(
+        dns.rrset.from_text("www.example.com.", 300, "IN", "CNAME", "edge.example.net.")
+    )
+    big.answer.append(
+        dns.rrset.from_text("edge.example.net.", 60, "IN", "A", "192.0.2.1", "192.0.2.2")
+    )
+    big.authority.append(
+        dns.rrset.from_text(
+            "example.net.", 3600, "IN", "NS", "a.ns.example.net.", "b.ns.example.net."
+        )
+    )
     big_wire = big.to_wire()
 
     ours_build = per_call_us(lambda: wire.build_query(0x1234, "www.example.com", 1), 20000)
-    ref_build = per_call_us(lambda: dns.message.make_query("www.example.com", "A", use_edns=0).to_wire(), 2000)
+    ref_build = per_call_us(
+        lambda: dns.message.make_query("www.example.com", "A", use_edns=0).to_wire(), 2000
+    )
     ours_parse = per_call_us(lambda: wire.parse_reply(small_wire), 20000)
     ref_parse = per_call_us(lambda: dns.message.from_wire(small_wire).answer[0][0].to_text(), 2000)
     ours_big = per_call_us(lambda: wire.parse_reply(big_wire), 20000)
-    ref_big = per_call_us(lambda: [r.to_text() for s in dns.message.from_wire(big_wire).answer for r in s], 2000)
+    ref_big = per_call_us(
+        lambda: [r.to_text() for s in dns.message.from_wire(big_wire).answer for r in s], 2000
+    )
     for label, ours, ref in (
         ("build query", ours_build, ref_build),
         (f"parse {len(small_wire)} B reply (1 A + OPT)", ours_parse, ref_parse),
