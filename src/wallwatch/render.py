@@ -20,7 +20,7 @@ import dns.rcode
 import msgspec
 
 from wallwatch import __version__
-from wallwatch.records import InputError, Measurement, Record, Response, Stray
+from wallwatch.records import InputError, Record, Response, Stray
 
 
 class Format(StrEnum):
@@ -147,5 +147,3 @@ def raw_hex(response: Response) -> str:
 
 
 __all__ = ["Format", "RENDERERS", "as_json", "compact", "dig", "dig_response", "raw_hex"]
-
-_ = Measurement  # re-exported type used in annotations by callers

@@ -46,21 +46,15 @@ from wallwatch import records
 from wallwatch.journal import Journal
 from wallwatch.names import QueryName
 from wallwatch.probe.ratelimit import TokenBucket
+from wallwatch.probe.reply import first_reply_failure, make_response, type_text
 from wallwatch.probe.stream import StreamError, StreamReply, StreamServer, exchange
 from wallwatch.probe.udp import UdpChannel
-from wallwatch.records import Answer, IcmpError, Measurement, Response, Stray
+from wallwatch.records import IcmpError, Measurement, Response, Stray
 from wallwatch.targets import Target
 from wallwatch.vocab import Engine, Failure, TargetKind
-from wallwatch.wire import TC, ParsedReply, encode_name, parse_reply, qtype_text, query_tail
+from wallwatch.wire import TC, ParsedReply, encode_name, parse_reply, query_tail
 
 _ID = struct.Struct("!H")
-_B64 = __import__("binascii").b2a_base64
-_TYPE_TEXT: dict[int, str] = {}
-_RCODE_FAILURE = {
-    3: Failure.DNS_NXDOMAIN,
-    5: Failure.DNS_REFUSED,
-    2: Failure.DNS_SERVFAIL,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,85 +153,6 @@ class _Slot:
         self.dest: tuple[str, int] = ("", 0)
         self.t0 = 0.0
         self.resolver_address = ""
-
-
-def _type_text(value: int) -> str:
-    text = _TYPE_TEXT.get(value)
-    if text is None:
-        text = _TYPE_TEXT[value] = qtype_text(value)
-    return text
-
-
-def _answers(parsed: ParsedReply) -> tuple[Answer, ...]:
-    out = []
-    for a in parsed.answers:
-        rtype = a.rtype
-        if rtype == 1:
-            out.append(Answer("A", a.ttl, a.name, a.data))
-        elif rtype == 28:
-            out.append(Answer("AAAA", a.ttl, a.name, None, a.data))
-        elif rtype in (2, 5, 12, 39):
-            out.append(Answer(_type_text(rtype), a.ttl, a.name, hostname=a.data))
-        else:
-            out.append(Answer(_type_text(rtype), a.ttl, a.name, rdata=a.data))
-    return tuple(out)
-
-
-def make_response(
-    data: bytes,
-    parsed: ParsedReply,
-    *,
-    src: str,
-    sport: int,
-    ip_ttl: int | None,
-    t: float,
-    rtt: float,
-    attempt: int = 0,
-    engine: Engine = Engine.UDP,
-    mismatch: bool = False,
-) -> Response:
-    """Turn one received packet and its parse into a :class:`Response` record."""
-    # Positional: this runs once per received packet, and keywords cost.
-    return Response(
-        t,
-        rtt,
-        src,
-        sport,
-        ip_ttl,
-        _B64(data, newline=False).decode("ascii"),
-        engine,
-        attempt,
-        parsed.failure,
-        parsed.id,
-        parsed.flags,
-        parsed.rcode,
-        parsed.qname,
-        parsed.qtype,
-        parsed.edns,
-        parsed.ancount,
-        parsed.nscount,
-        parsed.arcount,
-        _answers(parsed),
-        mismatch,
-    )
-
-
-def first_reply_failure(responses: Iterable[Response], icmp: Iterable[IcmpError]) -> Failure | None:
-    """OONI's ``failure`` of a lookup: from its first reply, else from the transport."""
-    for first in responses:
-        if first.failure is not None:
-            return Failure.DNS_SERVER_MISBEHAVING
-        rcode = first.rcode or 0
-        if rcode:
-            return _RCODE_FAILURE.get(rcode, Failure.DNS_SERVER_MISBEHAVING)
-        if not first.answers:
-            return Failure.DNS_NO_ANSWER
-        return None
-    for error in icmp:
-        if error.icmp_type in (3, 1) and error.icmp_code in (3, 4):  # port unreachable
-            return Failure.CONNECTION_REFUSED
-        return Failure.HOST_UNREACHABLE
-    return Failure.GENERIC_TIMEOUT
 
 
 class Prober:
@@ -655,7 +570,7 @@ class Prober:
             measurement_start_time=self.start_time,
             vantage=self.config.vantage,
             hostname=query.name.hostname,
-            query_type=_type_text(query.qtype),
+            query_type=type_text(query.qtype),
             engine=query.engine,
             resolver_address=slot.resolver_address,
             target_kind=query.kind,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -123,7 +124,7 @@ def run_sweep(
         done, seen_errors, dropped = recovered.done, recovered.input_errors, recovered.dropped
         for number, reason in dropped:
             warn(f"{output}:{number}: dropped a torn record ({reason}); it will be re-measured")
-    report_id = make_report_id(config.vantage, __import__("time").time_ns())
+    report_id = make_report_id(config.vantage, time.time_ns())
     journal = Journal.open(output)
     for bad in plan.bad_lines:
         if (bad.source, bad.line) in seen_errors:
