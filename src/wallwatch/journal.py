@@ -50,7 +50,7 @@ class Journal:
         return cls(fd)
 
     def write(self, record: Record) -> None:
-        self._buf += records.encode(record)
+        records.encode_into(record, self._buf)
         self.records += 1
         if len(self._buf) >= self.flush_bytes:
             self.flush()

@@ -206,6 +206,12 @@ def encode(record: Record) -> bytes:
     return _encoder.encode(record) + b"\n"
 
 
+def encode_into(record: Record, buffer: bytearray) -> None:
+    """Append one record as a JSON line to ``buffer`` (no intermediate copies)."""
+    _encoder.encode_into(record, buffer, -1)
+    buffer += b"\n"
+
+
 def decode(line: bytes | str) -> Record:
     """Parse one JSON line; raises :class:`msgspec.ValidationError` / ``DecodeError``."""
     record: Record = _decoder.decode(line)
