@@ -346,5 +346,66 @@ def demo(out_dir: str, rate: float) -> None:
     run_demo(Path(out_dir), rate=rate, console=Console())
 
 
+@main.group()
+def lab() -> None:
+    """The lab: an emulated firewall, real DNS servers, in network namespaces (root)."""
+
+
+@lab.command("up")
+@click.argument("scenario")
+def lab_up(scenario: str) -> None:
+    """Build the lab for SCENARIO (a shipped name or a .toml file)."""
+    from wallwatch.lab import scenario as scenarios
+    from wallwatch.lab import topology
+    from wallwatch.lab.netns import LabError
+
+    try:
+        loaded = scenarios.load(scenario)
+        state = topology.up(loaded, log=lambda text: err.print(text, highlight=False))
+    except (ValueError, LabError) as exc:
+        raise click.ClickException(str(exc)) from None
+    err.print(
+        f"lab '{state.scenario}' is up: {len(state.nodes)} nodes, {state.names} names; "
+        f"state in {topology.state_dir()}",
+        highlight=False,
+    )
+
+
+@lab.command("down")
+def lab_down() -> None:
+    """Remove every lab namespace and process (also after a crash)."""
+    from wallwatch.lab import topology
+
+    removed = topology.down()
+    err.print(f"removed {len(removed)} namespaces" if removed else "no lab was up")
+
+
+@lab.command("status")
+def lab_status() -> None:
+    """Show the lab's namespaces, processes and counters (JSON)."""
+    import json
+
+    from wallwatch.lab import topology
+
+    click.echo(json.dumps(topology.status(), indent=2))
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("node")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def lab_exec(node: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside lab NODE (e.g. lab exec client1 -- dig @8.8.8.8 www.example.com)."""
+    import os
+
+    from wallwatch.lab import netns
+
+    ns = netns.ns_name(node)
+    if ns not in netns.ours():
+        raise click.ClickException(
+            f"no lab node {node!r} (up: {', '.join(netns.ours()) or 'none'})"
+        )
+    os.execvp("ip", ["ip", "netns", "exec", ns, *command])
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
