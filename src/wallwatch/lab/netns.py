@@ -106,16 +106,22 @@ def assert_isolated(before: list[str], namespaces: Sequence[str]) -> None:
             raise LabError(f"{ns}: unexpected default route {routes.strip()}")
 
 
+#: Processes this interpreter started, reaped by :func:`teardown` (no zombies).
+_children: list[subprocess.Popen[bytes]] = []
+
+
 def spawn(ns: str, args: Sequence[str], log: str) -> subprocess.Popen[bytes]:
     """Start a long-running process inside a lab namespace, logging to ``log``."""
-    handle = open(log, "ab")  # noqa: SIM115 - owned by the child from here on
-    return subprocess.Popen(
-        ["ip", "netns", "exec", ns, *args],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with open(log, "ab") as handle:
+        child = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _children.append(child)
+    return child
 
 
 def pids(ns: str) -> list[int]:
@@ -139,4 +145,8 @@ def teardown(wait: float = 3.0) -> list[str]:
             os.kill(pid, signal.SIGKILL)
     for ns in namespaces:
         run(["ip", "netns", "del", ns], check=False)
+    while _children:
+        child = _children.pop()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=1)
     return namespaces

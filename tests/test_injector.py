@@ -1,0 +1,116 @@
+"""The injector model without namespaces: matching semantics, pools, profiles, packets."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import dns.message
+import pytest
+
+from wallwatch import wire
+from wallwatch.lab.border import checksum, ip_packet, udp_datagram
+from wallwatch.lab.injector import PROFILES, Anchor, Injector, Rule, flatten
+
+
+def query(name: str, qtype: int = 1) -> bytes:
+    return wire.build_query(0x1234, name, qtype)
+
+
+def injector(*rules: Rule, pool: list[str] | None = None, profile: str = "injector3") -> Injector:
+    return Injector("t", PROFILES[profile], list(rules), {"": pool or ["10.9.9.9"]})
+
+
+FLOW = ("10.10.1.10", 40000, "8.8.8.8", 53)
+
+
+@pytest.mark.parametrize(
+    ("rule", "name", "hit"),
+    [
+        # gfw-dns.md 2.3, Wallbleed III-A
+        (Rule("rsf.org"), "rsf.org", True),
+        (Rule("rsf.org"), "x.rsf.org", True),
+        (Rule("rsf.org"), "xrsf.org", False),
+        (Rule("rsf.org"), "rsf.org.x", False),
+        (Rule("shadowvpn.com", Anchor.PREFIX), "shadowvpn.comx", True),
+        (Rule("shadowvpn.com", Anchor.PREFIX), "shadowvpn.com.x", True),
+        (Rule("shadowvpn.com", Anchor.PREFIX), "xshadowvpn.com", False),
+        (Rule("69.mu", Anchor.ANYWHERE), "x69.mux", True),
+        (Rule("rsf.org"), "WWW.RSF.ORG", True),  # case-insensitive (REG_ICASE)
+    ],
+)
+def test_rule_anchoring(rule: Rule, name: str, hit: bool) -> None:
+    assert bool(injector(rule).forge(query(name), FLOW, 0.0)) is hit
+
+
+def test_name_is_flattened_before_matching() -> None:
+    # A literal dot inside a label acts as a separator (gfwrev09: \6wux.ru == \3wux\2ru).
+    odd = (
+        struct.pack("!H", 1)
+        + bytes.fromhex("0100000100000000000006")
+        + b"wux.ru\x00\x00\x01\x00\x01"
+    )
+    assert flatten(odd) == "wux.ru"
+    assert injector(Rule("wux.ru")).forge(odd, FLOW, 0.0)
+    # A NUL inside a label ends the name early.
+    nul = (
+        struct.pack("!H", 1)
+        + bytes.fromhex("010000010000000000000a")
+        + b"rsf.org\x00zz\x00\x00\x01\x00\x01"
+    )
+    assert flatten(nul) == "rsf.org"
+
+
+def test_only_the_first_127_bytes_count() -> None:
+    long_name = ".".join(["a" * 60, "b" * 60, "rsf", "org"])  # suffix beyond byte 127
+    assert not injector(Rule("rsf.org")).forge(query(long_name), FLOW, 0.0)
+    assert injector(Rule("a" * 20, Anchor.ANYWHERE)).forge(query(long_name), FLOW, 0.0)
+
+
+def test_replies_follow_the_published_construction() -> None:
+    inj = injector(Rule("example.com"), pool=["65.49.2.178"])
+    (mx,) = inj.forge(query("www.example.com", 15), FLOW, 0.0)
+    reply = dns.message.from_wire(mx)
+    assert reply.answer[0].rdtype == 1 and reply.answer[0][0].to_text() == "65.49.2.178"
+    assert reply.edns < 0  # OPT dropped
+    (aaaa,) = inj.forge(query("www.example.com", 28), FLOW, 0.0)
+    assert dns.message.from_wire(aaaa).answer[0].rdtype == 28
+
+
+def test_profiles() -> None:
+    one = injector(Rule("google", Anchor.ANYWHERE), profile="injector1").forge(
+        query("www.google.com"), FLOW, 0
+    )[0]
+    parsed = wire.parse_reply(one)
+    assert parsed.flags is not None and parsed.flags & wire.AA
+    assert parsed.answers[0].ttl == 60 and b"\xc0\x0c" not in one[-30:]  # full name, TTL 60
+    assert len(injector(Rule("x"), profile="type2-2009").forge(query("x"), FLOW, 0)) == 3
+    mirror = injector(Rule("x"))
+    assert mirror.ip_ttl(29) == 29
+    rising = injector(Rule("x"), profile="injector1")
+    first = rising.ip_ttl(64)
+    assert rising.ip_ttl(64) == first % 255 + 1
+
+
+def test_cyclic_pool_per_process() -> None:
+    pool = [f"10.0.0.{i}" for i in range(1, 8)]
+    inj = injector(Rule("x"), pool=pool)
+    got = [wire.parse_reply(inj.forge(query("x"), FLOW, 0)[0]).answers[0].data for _ in range(9)]
+    start = pool.index(got[0])
+    assert got == [pool[(start + i) % len(pool)] for i in range(9)]  # in order, wrapping
+
+
+def test_activity_windows() -> None:
+    inj = Injector(
+        "t", PROFILES["injector3"], [Rule("com")], {"": ["65.49.2.178"]}, active=[(300.0, 1740.0)]
+    )
+    assert not inj.forge(query("www.example.com"), FLOW, 299.0)
+    assert inj.forge(query("www.example.com"), FLOW, 300.0)
+    assert not inj.forge(query("www.example.com"), FLOW, 1740.0)
+
+
+def test_packets_have_valid_checksums() -> None:
+    src, dst = socket.inet_aton("8.8.8.8"), socket.inet_aton("10.10.1.10")
+    packet = ip_packet(src, dst, 17, udp_datagram(53, 40000, b"x" * 10), ttl=60, ip_id=0, df=True)
+    assert checksum(packet[:20]) == 0
+    assert packet[8] == 60 and struct.unpack("!H", packet[6:8])[0] == 0x4000

@@ -1,0 +1,191 @@
+"""Fidelity of the namespace lab, checked from outside with real clients (dig, wallwatch probe).
+
+Needs root; skipped with the reason otherwise. Each test brings a scenario up and
+takes it down again; only ``ww-lab-`` namespaces are touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from wallwatch import records
+from wallwatch.lab import netns, scenario, topology, zones
+from wallwatch.records import Measurement
+
+REASON = netns.can_use_namespaces() or (
+    None
+    if all(os.path.exists(p) for p in ("/usr/sbin/named", "/usr/sbin/unbound", "/usr/bin/dig"))
+    else "BIND9, Unbound and dig are needed (./scripts/setup installs them)"
+)
+pytestmark = [pytest.mark.root, pytest.mark.skipif(REASON is not None, reason=str(REASON))]
+
+
+@pytest.fixture
+def lab() -> Iterator[object]:
+    def up(name: str) -> scenario.Scenario:
+        loaded = scenario.load(name)
+        topology.up(loaded, log=lambda _text: None)
+        return loaded
+
+    yield up
+    topology.down()
+    assert netns.ours() == []
+
+
+def dig(node: str, server: str, name: str, *options: str) -> list[str]:
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns.ns_name(node), "dig", f"@{server}", name, "+short",
+         "+tries=1", "+time=2", *options], capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    return [line for line in out.stdout.splitlines() if line and not line.startswith(";")]
+
+
+def probe(node: str, *args: str) -> list[Measurement]:
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns.ns_name(node), sys.executable, "-m", "wallwatch", "probe",
+         "--quiet", "--window", "0.6", "--timeout", "1", "--retries", "0", *args],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr.decode()
+    return [
+        r for line in out.stdout.splitlines() if isinstance(r := records.decode(line), Measurement)
+    ]
+
+
+def answers(m: Measurement) -> list[str]:
+    return [a.ipv4 or "" for r in m.responses for a in r.answers]
+
+
+def wait_clock(seconds: float) -> None:
+    path = topology.state_dir() / "border-stats.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if json.loads(path.read_text())["clock"] >= seconds:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"scenario clock never reached {seconds}")
+
+
+def test_gfw_2014_01_21(lab) -> None:  # noqa: ANN001
+    s = lab("gfw-2014-01-21")
+    truth = {t.attribution: t for t in s.truth}
+    forged = truth["on_path_injector"].answer
+    start, end = (
+        s.seconds(truth["on_path_injector"].start),
+        s.seconds(truth["on_path_injector"].end),
+    )
+    genuine = zones.genuine_address("www.example.com")
+    assert dig("client1", "8.8.8.8", "www.example.com") == [genuine]  # before the window
+    wait_clock(start + 5)
+    # The argument that proved the firewall did it: 8.8.8.8 asked from inside lies...
+    assert dig("client1", "8.8.8.8", "www.example.com") == [forged]
+    # ... while the same question from outside gets the genuine address.
+    assert dig("outside", "8.8.8.8", "www.example.com") == [genuine]
+    # Waiting longer shows both: the forgery first, the genuine answer after the path delay.
+    (m,) = probe("client1", "-n", "www.example.com", "-t", "8.8.8.8")
+    assert answers(m) == [forged, genuine]
+    assert m.responses[0].rtt < 0.05 <= 2 * s.delay_ms / 1000 <= m.responses[1].rtt + 0.01
+    # .cn names are untouched; the ISP resolver caches the forgery.
+    assert dig("client1", "10.10.2.53", "www.example.cn") == [
+        zones.genuine_address("www.example.cn")
+    ]
+    assert dig("client1", "10.10.2.53", "www.example.org") == [forged]
+    # A host that runs no DNS server "answers" a query from outside.
+    dark = {
+        m.hostname: m
+        for m in probe(
+            "outside", "-n", "www.example.com", "-n", "www.example.cn", "-t", "dark:10.10.3.7"
+        )
+    }
+    assert answers(dark["www.example.com"]) == [forged]
+    assert (
+        not dark["www.example.cn"].responses
+        and dark["www.example.cn"].failure == "connection_refused"
+    )
+    # Traffic to the forged address lands on the sink host.
+    subprocess.run(["ip", "netns", "exec", netns.ns_name("client1"), sys.executable, "-c",
+                    f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('{forged}', 80))"],
+                   check=True)  # fmt: skip
+    wait_clock(end + 2)
+    assert dig("client1", "8.8.8.8", "www.example.net") == [
+        zones.genuine_address("www.example.net")
+    ]
+    # The cache tail: the honest ISP resolver still serves what it cached in the window.
+    assert dig("client1", "10.10.2.53", "www.example.org") == [forged]
+    time.sleep(0.6)
+    sink = json.loads((topology.state_dir() / "sink-stats.json").read_text())
+    assert sink.get(f"{forged}/udp", 0) >= 1
+
+
+def test_gfw_steady_three_injectors(lab) -> None:  # noqa: ANN001
+    lab("gfw-steady")
+    by_name = {m.hostname: m for m in probe("client1", "-n", "www.google.com", "-n", "www.facebook.com",
+                                            "-n", "www.example.com", "-t", "8.8.8.8")}  # fmt: skip
+    google = by_name["www.google.com"]
+    assert len(google.responses) == 3  # injectors 1 and 2, then the genuine answer
+    flags = [r.flags or 0 for r in google.responses[:2]]
+    assert sorted(bool(f & 0x0400) for f in flags) == [False, True]  # injector 1 sets AA
+    assert sorted(a.ttl for r in google.responses[:2] for a in r.answers) == [60, 180]
+    assert answers(google)[-1] == zones.genuine_address("www.google.com")
+    assert len(by_name["www.facebook.com"].responses) == 3  # injectors 2 and 3
+    assert answers(by_name["www.example.com"]) == [zones.genuine_address("www.example.com")]
+
+
+def test_gfw_2012_and_hop_count(lab) -> None:  # noqa: ANN001
+    s = lab("gfw-2012-11-09")
+    forged = s.truth[0].answer
+    assert dig("client1", "8.8.8.8", "www.google.com") == [forged]
+    assert dig("client1", "8.8.8.8", "www.example.com") == [
+        zones.genuine_address("www.example.com")
+    ]
+    hops = s.border_hops
+    below = probe("client1", "-n", "www.google.com", "-t", "8.8.8.8", "--ip-ttl", str(hops - 1))[0]
+    at = probe("client1", "-n", "www.google.com", "-t", "8.8.8.8", "--ip-ttl", str(hops))[0]
+    assert forged not in answers(below)
+    assert answers(at)[:1] == [forged]
+
+
+def test_resolver_hijack(lab) -> None:  # noqa: ANN001
+    s = lab("resolver-hijack")
+    bad = s.truth[0].answer
+    assert dig("client1", "10.10.2.53", "www.example.com") == [bad]
+    assert dig("client1", "8.8.8.8", "www.example.com") == [
+        zones.genuine_address("www.example.com")
+    ]
+    (m,) = probe("client1", "-n", "www.example.com", "-t", "10.10.2.53")
+    assert answers(m) == [bad]  # one reply: nothing raced it
+
+
+def test_authoritative_hijack(lab) -> None:  # noqa: ANN001
+    s = lab("authoritative-hijack")
+    new = s.truth[0].answer
+    for node, server in (("client1", "10.10.2.53"), ("client1", "8.8.8.8"), ("outside", "8.8.8.8")):
+        assert dig(node, server, "www.example.com") == [new]
+    assert dig("outside", "8.8.8.8", "www.example.net") == [
+        zones.genuine_address("www.example.net")
+    ]
+
+
+def test_down_cleans_up_after_a_crash(lab) -> None:  # noqa: ANN001
+    lab("gfw-steady")
+    with pytest.raises(netns.LabError, match="already up"):
+        topology.up(scenario.load("gfw-steady"))
+    border = netns.pids(netns.ns_name("border"))
+    assert border
+    for pid in border:
+        os.kill(pid, signal.SIGKILL)  # a crashed border must not block clean-up
+    inside = [p for ns in netns.ours() for p in netns.pids(ns)]
+    removed = topology.down()
+    assert len(removed) == 10 and netns.ours() == []
+    assert not [p for p in inside if os.path.exists(f"/proc/{p}")]
