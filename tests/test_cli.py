@@ -199,7 +199,7 @@ def test_show_and_ingest_name_the_bad_line(tmp_path: Path) -> None:
 
 
 def test_demo_replays_2014_on_loopback(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")])
+    result = CliRunner().invoke(main, ["demo", "--loopback", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     rows = store.query(
         tmp_path / "demo" / "wallwatch.duckdb",

@@ -189,3 +189,31 @@ def test_down_cleans_up_after_a_crash(lab) -> None:  # noqa: ANN001
     removed = topology.down()
     assert len(removed) == 10 and netns.ours() == []
     assert not [p for p in inside if os.path.exists(f"/proc/{p}")]
+
+
+def test_demo_replays_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN001
+    from wallwatch import store
+    from wallwatch.demo import run_demo
+
+    out = tmp_path / "demo"
+    try:
+        run_demo(out, rate=2000)
+    finally:
+        topology.down()
+    rows = store.query(
+        out / "wallwatch.duckdb",
+        """
+        SELECT annotations['phase'], m.vantage, m.resolver_address, m.engine,
+               bool_and(a.ipv4 = '65.49.2.178') AS all_forged, bool_or(a.ipv4 = '65.49.2.178') AS any_forged
+        FROM measurements m JOIN answers a USING (measurement_uid)
+        WHERE a.response_index = 0 AND m.hostname NOT LIKE '%.cn' GROUP BY ALL""",
+    )
+    seen = {(p, v, r, e): (all_f, any_f) for p, v, r, e, all_f, any_f in rows}
+    assert seen[("2-during", "client1", "8.8.8.8:53", "udp")] == (True, True)
+    assert seen[("2-during", "client1", "10.10.2.53:53", "udp")] == (True, True)
+    assert seen[("2-during", "outside", "10.10.3.7:53", "udp")] == (True, True)
+    assert seen[("2-during", "outside", "8.8.8.8:53", "udp")] == (False, False)
+    assert seen[("2-during", "client1", "8.8.8.8:53", "tcp")] == (False, False)
+    assert seen[("3-after", "client1", "10.10.2.53:53", "udp")] == (True, True)  # cache tail
+    assert seen[("3-after", "client1", "8.8.8.8:53", "udp")] == (False, False)
+    assert netns.ours() == []

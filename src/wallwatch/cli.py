@@ -339,11 +339,17 @@ def ingest(files: tuple[str, ...], db: str, parquet_dir: str | None) -> None:
     help="Directory for the records, the store and the Parquet files.",
 )
 @click.option("--rate", type=float, default=2000.0, show_default=True)
-def demo(out_dir: str, rate: float) -> None:
-    """Replay 21 January 2014 in miniature on the loopback lab and show the evidence."""
-    from wallwatch.demo import run_demo
+@click.option("--loopback", is_flag=True, help="Use the loopback miniature even as root.")
+def demo(out_dir: str, rate: float, loopback: bool) -> None:
+    """Replay 21 January 2014 in the lab and show the evidence.
 
-    run_demo(Path(out_dir), rate=rate, console=Console())
+    As root: the namespace lab with BIND9, Unbound and the border injector.
+    Otherwise (or with --loopback): the loopback miniature.
+    """
+    from wallwatch.demo import run_demo, run_loopback_demo
+
+    run = run_loopback_demo if loopback else run_demo
+    run(Path(out_dir), rate=rate, console=Console())
 
 
 @main.group()

@@ -1,4 +1,13 @@
-"""``wallwatch demo``: the 21 January 2014 outage, replayed in miniature on loopback.
+"""``wallwatch demo``: the 21 January 2014 outage, replayed in the lab.
+
+As root, the replay runs in the namespace lab (:mod:`wallwatch.lab.topology`):
+real BIND9 and Unbound servers, the border with its injector, scenario
+``gfw-2014-01-21`` at 60x speed. Three sweeps -- before, during and after the
+injection window -- from a client inside and from the outside vantage show the
+forged address, who sees it, the genuine answer racing behind it, the dark host
+"answering", and the ISP resolver's cache tail after the injection stopped.
+
+Without root it says why and runs the loopback miniature below instead.
 
 On that day every .com/.net/.org name (not .cn) was answered with 65.49.2.178
 (GreatFire 2014; gfw-dns.md 4.1). This demo stands up the loopback lab: a
@@ -58,7 +67,22 @@ def matches_2014(name: str) -> bool:
 
 
 def run_demo(out: Path, *, rate: float = 2000.0, console: Console | None = None) -> Path:
-    """Run the replay; return the JSONL file written under ``out``."""
+    """Run the replay (namespace lab as root, else loopback); return the JSONL file."""
+    console = console or Console()
+    from wallwatch.lab.netns import can_use_namespaces
+
+    reason = can_use_namespaces()
+    if reason is None and all(shutil.which(tool) for tool in ("named", "unbound")):
+        from wallwatch.demo_lab import run_lab_demo
+
+        return run_lab_demo(out, rate=rate, console=console)
+    console.print(f"[yellow]namespace lab unavailable ({reason or 'BIND9/Unbound missing'}); "
+                  "replaying on the loopback lab[/]")  # fmt: skip
+    return run_loopback_demo(out, rate=rate, console=console)
+
+
+def run_loopback_demo(out: Path, *, rate: float = 2000.0, console: Console | None = None) -> Path:
+    """The loopback miniature of the replay; return the JSONL file written under ``out``."""
     console = console or Console()
     names = demo_names()
     zone = {n.hostname: [genuine_address(n.hostname)] for n in names}
