@@ -38,6 +38,7 @@ from wallwatch.lab.injector import PROFILES, Anchor, Injector, Rule
 
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
+SOL_PACKET, PACKET_STATISTICS = 263, 6
 _IP = struct.Struct("!BBHHHBBH4s4s")
 
 
@@ -115,7 +116,8 @@ class Border:
         self.injectors = load_injectors(config.get("injectors", []))
         self.queue: list[tuple[float, int, socket.socket, bytes]] = []
         self.seq = 0
-        self.stats = {"forwarded": 0, "expired": 0, "no_route": 0, "forged": 0, "queries_seen": 0}
+        self.stats = {"forwarded": 0, "expired": 0, "no_route": 0, "forged": 0, "queries_seen": 0,
+                      "kernel_drops": 0}  # fmt: skip
         self.stats_path = Path(config["stats"]) if config.get("stats") else None
 
     def clock(self) -> float:
@@ -221,6 +223,10 @@ class Border:
 
     def write_stats(self) -> None:
         assert self.stats_path is not None
+        for side in self.sides.values():
+            # struct tpacket_stats {packets, drops}; reading it resets the counters.
+            raw = side.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+            self.stats["kernel_drops"] += struct.unpack("=II", raw)[1]
         data: dict[str, object] = dict(self.stats)
         data["clock"] = self.clock()
         data["injectors"] = {i.id: i.forged for i in self.injectors}
