@@ -21,7 +21,7 @@ def injector(*rules: Rule, pool: list[str] | None = None, profile: str = "inject
     return Injector("t", PROFILES[profile], list(rules), {"": pool or ["10.9.9.9"]})
 
 
-FLOW = ("10.10.1.10", 40000, "8.8.8.8", 53)
+FLOW = socket.inet_aton("10.10.1.10") + socket.inet_aton("8.8.8.8") + struct.pack("!HH", 40000, 53)
 
 
 @pytest.mark.parametrize(
@@ -107,6 +107,25 @@ def test_activity_windows() -> None:
     assert not inj.forge(query("www.example.com"), FLOW, 299.0)
     assert inj.forge(query("www.example.com"), FLOW, 300.0)
     assert not inj.forge(query("www.example.com"), FLOW, 1740.0)
+
+
+def test_forwarded_ttl_keeps_the_checksum_valid() -> None:
+    from wallwatch.lab.border import Border
+
+    packet = ip_packet(socket.inet_aton("1.2.3.4"), socket.inet_aton("10.10.1.10"), 17,
+                       udp_datagram(53, 40000, b"y"), ttl=64, ip_id=7, df=False)  # fmt: skip
+    class Side:
+        mac = b"\x02" * 6
+        sock = None
+
+    border = Border.__new__(Border)
+    border.macs = {packet[16:20]: b"\x04" * 6}
+    border.sides = {"inside": Side()}  # type: ignore[dict-item]
+    border.queue, border.seq, border.delay = [], 0, 0.0
+    border.stats = {"forwarded": 0, "expired": 0, "no_route": 0}
+    border.forward("inside", packet, 61)
+    frame = border.queue[0][3]
+    assert frame[14 + 8] == 61 and checksum(frame[14:34]) == 0
 
 
 def test_packets_have_valid_checksums() -> None:

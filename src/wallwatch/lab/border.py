@@ -96,7 +96,9 @@ class Border:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
-        self.inside_net = ipaddress.ip_network(config["inside"]["prefix"])
+        inside = ipaddress.IPv4Network(config["inside"]["prefix"])
+        self.inside_mask = int(inside.netmask)
+        self.inside_net = int(inside.network_address)
         self.sides = {}
         for key in ("inside", "outside"):
             spec = config[key]
@@ -162,7 +164,7 @@ class Border:
         _src, dst = packet[12:16], packet[16:20]
         if dst in self.own:
             return
-        inbound = ipaddress.IPv4Address(dst) in self.inside_net
+        inbound = int.from_bytes(dst, "big") & self.inside_mask == self.inside_net
         out_key = "inside" if inbound else "outside"
         if out_key == came_from:
             return
@@ -182,7 +184,7 @@ class Border:
         self.stats["queries_seen"] += 1
         query = packet[ihl + 8 :]
         src, dst = packet[12:16], packet[16:20]
-        flow = (socket.inet_ntoa(src), sport, socket.inet_ntoa(dst), 53)
+        flow = packet[12:20] + packet[ihl : ihl + 4]  # the UDP 4-tuple, raw
         clock = self.clock()
         side = self.sides[came_from]
         for injector in self.injectors:
@@ -212,9 +214,16 @@ class Border:
             return
         ihl = (packet[0] & 0x0F) * 4
         header = bytearray(packet[:ihl])
+        # RFC 1624 incremental update: only the TTL byte of the TTL/protocol word changed.
+        old_word = (packet[8] << 8) | packet[9]
+        new_word = (ttl << 8) | packet[9]
+        total = (
+            (~struct.unpack_from("!H", packet, 10)[0] & 0xFFFF) + (~old_word & 0xFFFF) + new_word
+        )
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
         header[8] = ttl
-        header[10:12] = b"\x00\x00"
-        struct.pack_into("!H", header, 10, checksum(bytes(header)))
+        struct.pack_into("!H", header, 10, ~total & 0xFFFF)
         side = self.sides[out_key]
         frame = mac + side.mac + b"\x08\x00" + bytes(header) + packet[ihl:]
         self.seq += 1

@@ -75,20 +75,29 @@ def forge_reply(
     """
     end = question_end(query)
     qtype = struct.unpack_from("!H", query, end - 4)[0]
-    rd = bool(query[2] & 0x01)
-    flags = 0x8180 if rd else 0x8400
+    ip = ipaddress.ip_address(address)
+    if (qtype == 28) != (ip.version == 6):
+        raise ValueError("an AAAA query needs an IPv6 forged address, any other query an IPv4 one")
+    return build_forged(query, end, qtype, ip.packed, answer_ttl=answer_ttl, aa=aa,
+                        name_form=name_form)  # fmt: skip
+
+
+def build_forged(
+    query: bytes,
+    end: int,
+    qtype: int,
+    packed: bytes,
+    *,
+    answer_ttl: int,
+    aa: bool | None,
+    name_form: NameForm,
+) -> bytes:
+    """:func:`forge_reply` for callers that already parsed the question (the border's hot path)."""
+    flags = 0x8180 if query[2] & 0x01 else 0x8400
     if aa:
         flags |= 0x0400
-    ip = ipaddress.ip_address(address)
-    if qtype == 28:
-        if ip.version != 6:
-            raise ValueError("an AAAA query needs an IPv6 forged address")
-        rtype = 28
-    else:
-        if ip.version != 4:
-            raise ValueError("a non-AAAA query needs an IPv4 forged address")
-        rtype = 1
+    rtype = 28 if qtype == 28 else 1
     owner = b"\xc0\x0c" if name_form == NameForm.POINTER else query[12 : end - 4]
     header = query[:2] + struct.pack("!HHHHH", flags, 1, 1, 0, 0)
-    answer = owner + struct.pack("!HHIH", rtype, 1, answer_ttl, len(ip.packed)) + ip.packed
+    answer = owner + struct.pack("!HHIH", rtype, 1, answer_ttl, len(packed)) + packed
     return header + query[12:end] + answer

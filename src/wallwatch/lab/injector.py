@@ -22,6 +22,7 @@ UDP packet to port 53 that crosses it, in either direction (2.1.2-2.1.3).
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 import struct
@@ -29,7 +30,7 @@ import zlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from wallwatch.lab.forge import NameForm, NotForgeable, forge_reply, question_end
+from wallwatch.lab.forge import NameForm, NotForgeable, build_forged, question_end
 
 
 class Anchor(StrEnum):
@@ -142,6 +143,8 @@ class Injector:
     _groups: list[str] = field(default_factory=list)
     _cursor: dict[tuple[str, int], int] = field(default_factory=dict)
     _ttl: int = 0
+    _packed: dict[str, list[bytes]] = field(default_factory=dict)
+    _packed6: list[bytes] = field(default_factory=list)
     forged: int = 0
 
     def __post_init__(self) -> None:
@@ -151,6 +154,10 @@ class Injector:
             )
             self._groups = [rule.pool for rule in self.rules]
         self._ttl = random.randint(30, 200)
+        self._packed = {
+            k: [ipaddress.IPv4Address(a).packed for a in v] for k, v in self.pools.items()
+        }
+        self._packed6 = [ipaddress.IPv6Address(a).packed for a in self.ipv6_pool]
 
     def is_active(self, clock: float) -> bool:
         return not self.active or any(start <= clock < end for start, end in self.active)
@@ -164,10 +171,14 @@ class Injector:
             return None
         return self._groups[int(found.lastgroup[1:])]
 
-    def next_address(self, pool: str, flow: tuple[str, int, str, int], ipv6: bool) -> str:
-        """Take the next address of the cyclic pool of the process ``flow`` hashes to."""
-        addresses = self.ipv6_pool if ipv6 else self.pools.get(pool) or self.pools[""]
-        process = zlib.crc32(repr(flow).encode()) % self.processes
+    def next_address(self, pool: str, flow: bytes, ipv6: bool) -> bytes:
+        """The next address (packed) of the cyclic pool of the process ``flow`` hashes to.
+
+        ``flow`` is the raw UDP 4-tuple (source and destination address, ports): the
+        process is picked by a hash of it, not of the payload (Wallbleed V-B).
+        """
+        addresses = self._packed6 if ipv6 else self._packed.get(pool) or self._packed[""]
+        process = zlib.crc32(flow) % self.processes
         key = (pool + ("/6" if ipv6 else ""), process)
         index = self._cursor.get(key, process * 7)  # processes start at different points
         self._cursor[key] = index + 1
@@ -184,9 +195,9 @@ class Injector:
             return self._ttl
         return self.profile.ttl
 
-    def forge(self, query: bytes, flow: tuple[str, int, str, int], clock: float) -> list[bytes]:
+    def forge(self, query: bytes, flow: bytes, clock: float) -> list[bytes]:
         """Forged DNS payloads for this query, or [] (not active, no match, unparseable)."""
-        if not self.is_active(clock):
+        if self.active and not self.is_active(clock):
             return []
         name = flatten(query)
         if name is None:
@@ -201,10 +212,10 @@ class Injector:
         qtype, qclass = struct.unpack_from("!HH", query, end - 4)
         if qclass != 1:
             return []  # since the 2023 patch QCLASS must be IN (Wallbleed)
-        address = self.next_address(pool, flow, qtype == 28)
+        packed = self.next_address(pool, flow, qtype == 28)
         profile = self.profile
-        payload = forge_reply(
-            query, address, answer_ttl=profile.answer_ttl, aa=profile.aa or None,
+        payload = build_forged(
+            query, end, qtype, packed, answer_ttl=profile.answer_ttl, aa=profile.aa or None,
             name_form=profile.name_form,
         )  # fmt: skip
         self.forged += profile.copies
