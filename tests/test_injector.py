@@ -114,6 +114,7 @@ def test_forwarded_ttl_keeps_the_checksum_valid() -> None:
 
     packet = ip_packet(socket.inet_aton("1.2.3.4"), socket.inet_aton("10.10.1.10"), 17,
                        udp_datagram(53, 40000, b"y"), ttl=64, ip_id=7, df=False)  # fmt: skip
+
     class Side:
         mac = b"\x02" * 6
         sock = None

@@ -217,3 +217,27 @@ def test_demo_replays_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN0
     assert seen[("3-after", "client1", "10.10.2.53:53", "udp")] == (True, True)  # cache tail
     assert seen[("3-after", "client1", "8.8.8.8:53", "udp")] == (False, False)
     assert netns.ours() == []
+
+
+def test_isp_nxdomain_rewrite(lab) -> None:  # noqa: ANN001
+    s = lab("isp-nxdomain-rewrite")
+    ad = s.truth[0].answer
+    assert dig("client1", "10.10.2.53", "no-such-name.example.com") == [ad]
+    assert dig("client1", "10.10.2.53", "www.example.com") == [
+        zones.genuine_address("www.example.com")
+    ]
+    assert dig("client1", "8.8.8.8", "no-such-name.example.com") == []  # an honest NXDOMAIN
+    (m,) = probe("client1", "-n", "no-such-name.example.org", "-t", "10.10.2.53")
+    assert answers(m) == [ad] and m.responses[0].ip_ttl == 64  # one reply, from the resolver
+
+
+def test_root_leak_2010_collateral_damage(lab) -> None:  # noqa: ANN001
+    s = lab("root-leak-2010")
+    pool = set(s.pool_addresses())
+    # Asked from outside, of a resolver outside: the forgery still comes back.
+    (leaked,) = dig("outside", "8.8.8.8", "www.facebook.com")
+    assert leaked in pool
+    assert dig("outside", "8.8.8.8", "www.example.com") == [
+        zones.genuine_address("www.example.com")
+    ]
+    assert dig("outside", "8.8.8.8", "www.example.cn") == [zones.genuine_address("www.example.cn")]

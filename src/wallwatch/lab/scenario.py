@@ -44,6 +44,10 @@ class Scenario:
     authoritative_override: dict[str, str] = field(default_factory=dict)
     truth: list[Truth] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    #: The ISP resolver rewrites NXDOMAIN (A queries) into this address.
+    nxdomain_rewrite: str | None = None
+    #: The public resolver's root server instance is inside the censored network.
+    public_root_inside: bool = False
 
     def seconds(self, when: str) -> float:
         """Scenario-clock seconds of an ISO time (0 = ``clock_start``)."""
@@ -105,6 +109,8 @@ def load(name_or_path: str) -> Scenario:
             authoritative_override=dict(data.get("authoritative", {}).get("override", {})),
             truth=[Truth(**t) for t in data.get("truth", [])],
             sources=list(data.get("sources", [])),
+            nxdomain_rewrite=data.get("resolver", {}).get("nxdomain_rewrite"),
+            public_root_inside=data.get("public_resolver", {}).get("root") == "inside",
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: bad scenario: {exc}") from None

@@ -48,11 +48,17 @@ class Node:
         return netns.ns_name(self.name)
 
 
+IROOT_IP = "10.10.5.1"
+
+
 def nodes(scenario: Scenario) -> list[Node]:
     sink = tuple(scenario.pool_addresses()) or ("65.49.2.178",)
     if "65.49.2.178" not in sink:
         sink = ("65.49.2.178", *sink)
-    return [
+    extra = []
+    if scenario.public_root_inside:
+        extra.append(Node("iroot", "inside", (IROOT_IP,), "a root server instance inside (BIND9)"))
+    return [*extra,
         Node("client1", "inside", ("10.10.1.10",), "vantage"),
         Node("client2", "inside", ("10.10.1.11",), "vantage"),
         Node("isp", "inside", ("10.10.2.53",), "ISP recursive resolver (Unbound)"),
@@ -194,26 +200,50 @@ def _start_processes(
                 str(directory / "border.log"))  # fmt: skip
     netns.spawn(by_name["sink"].ns, [python, "-m", "wallwatch.lab.sink", str(directory / "sink-stats.json")],
                 str(directory / "sink.log"))  # fmt: skip
-    for node, addresses in (("auth", list(by_name["auth"].addresses)), ("cnauth", [zones.CN_IP])):
+    servers: list[tuple[str, list[str], dict[str, tuple[str, str]]]] = [
+        ("auth", list(by_name["auth"].addresses), zone_data), ("cnauth", [zones.CN_IP], zone_data),
+    ]  # fmt: skip
+    if "iroot" in by_name:
+        # An anycast instance answers for the root's own name with its own address, so
+        # a resolver primed through it keeps using it.
+        local_root = zone_data["."][1].replace(f"IN A {zones.ROOT_IP}", f"IN A {IROOT_IP}")
+        servers.append(("iroot", [IROOT_IP], {".": (IROOT_IP, local_root)}))
+    for node, addresses, served in servers:
         conf = directory / f"{node}.named.conf"
-        conf.write_text(zones.named_conf(directory / node, zone_data, addresses))
+        conf.write_text(zones.named_conf(directory / node, served, addresses))
         netns.spawn(by_name[node].ns, ["named", "-g", "-u", "root", "-c", str(conf)],
                     str(directory / f"{node}.log"))  # fmt: skip
     # Resolvers start only once the servers they need answer: an Unbound that
     # meets a silent root backs off for minutes.
     _wait_ready([("client1", zones.ROOT_IP, "com", "NS"), ("client1", zones.CN_IP, "www.example.cn", "A"),
                  ("outside", zones.HOSTING_IP, "www.example.com", "A")], log)  # fmt: skip
-    for node, address, hijack in (
-        ("isp", "10.10.2.53", scenario.resolver_hijack),
-        ("pubdns", "8.8.8.8", {}),
-    ):
+    resolvers = [
+        ("isp", "10.10.2.53", scenario.resolver_hijack, zones.ROOT_IP),
+        ("pubdns", "8.8.8.8", {}, IROOT_IP if "iroot" in by_name else zones.ROOT_IP),
+    ]
+    for node, address, hijack, root in resolvers:
         conf = directory / f"{node}.unbound.conf"
-        conf.write_text(zones.unbound_conf(directory / node, address, hijack))
+        port = 53
+        if node == "isp" and scenario.nxdomain_rewrite:
+            # The rewriting front owns port 53; Unbound answers it on loopback.
+            port = 5353
+            front = [
+                python,
+                "-m",
+                "wallwatch.lab.rewriter",
+                address,
+                str(port),
+                scenario.nxdomain_rewrite,
+            ]
+            netns.spawn(by_name[node].ns, front, str(directory / "rewriter.log"))
+            address = "127.0.0.1"
+        conf.write_text(zones.unbound_conf(directory / node, address, hijack, port=port, root=root))
         netns.spawn(
             by_name[node].ns, ["unbound", "-d", "-c", str(conf)], str(directory / f"{node}.log")
         )
+    # .cn names only: a probe must not leave a com/net/org delegation in a cache.
     _wait_ready([("client1", "10.10.2.53", "www.example.cn", "A"),
-                 ("outside", "8.8.8.8", "www.example.com", "A")], log)  # fmt: skip
+                 ("outside", "8.8.8.8", "www.example.cn", "A")], log)  # fmt: skip
 
 
 def _wait_ready(probes: list[tuple[str, str, str, str]], log: Any, timeout: float = 30.0) -> None:

@@ -107,15 +107,22 @@ def named_conf(directory: Path, zones: dict[str, tuple[str, str]], addresses: li
     return "\n".join(out) + "\n"
 
 
-def unbound_conf(directory: Path, address: str, hijack: dict[str, str] | None = None) -> str:
-    """An Unbound recursive resolver on ``address`` whose root is the lab's root."""
+def unbound_conf(
+    directory: Path,
+    address: str,
+    hijack: dict[str, str] | None = None,
+    *,
+    port: int = 53,
+    root: str = ROOT_IP,
+) -> str:
+    """An Unbound recursive resolver on ``address`` whose root hint is ``root``."""
     directory.mkdir(parents=True, exist_ok=True)
     hints = directory / "root.hints"
-    hints.write_text(f". 3600000 NS a.root-servers.net.\na.root-servers.net. 3600000 A {ROOT_IP}\n")
+    hints.write_text(f". 3600000 NS a.root-servers.net.\na.root-servers.net. 3600000 A {root}\n")
     lines = [
         "server:",
         f"    interface: {address}",
-        "    port: 53",
+        f"    port: {port}",
         "    do-ip6: no",
         '    username: ""',
         '    chroot: ""',
