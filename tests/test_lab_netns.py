@@ -133,12 +133,14 @@ def test_gfw_steady_three_injectors(lab) -> None:  # noqa: ANN001
     by_name = {m.hostname: m for m in probe("client1", "-n", "www.google.com", "-n", "www.facebook.com",
                                             "-n", "www.example.com", "-t", "8.8.8.8")}  # fmt: skip
     google = by_name["www.google.com"]
-    assert len(google.responses) == 3  # injectors 1 and 2, then the genuine answer
-    flags = [r.flags or 0 for r in google.responses[:2]]
-    assert sorted(bool(f & 0x0400) for f in flags) == [False, True]  # injector 1 sets AA
-    assert sorted(a.ttl for r in google.responses[:2] for a in r.answers) == [60, 180]
+    forged = google.responses[:-1]
+    assert len(forged) >= 2  # injectors 1 and 2 (and 3, when the real blocklist is loaded)
+    assert all(r.rtt < google.responses[-1].rtt for r in forged)
+    aa = [r for r in forged if (r.flags or 0) & 0x0400]
+    assert len(aa) == 1 and aa[0].answers[0].ttl == 60  # injector 1: AA, answer TTL 60
+    assert 180 in {a.ttl for r in forged for a in r.answers}  # injector 2
     assert answers(google)[-1] == zones.genuine_address("www.google.com")
-    assert len(by_name["www.facebook.com"].responses) == 3  # injectors 2 and 3
+    assert len(by_name["www.facebook.com"].responses) >= 3  # injectors 2 and 3, then genuine
     assert answers(by_name["www.example.com"]) == [zones.genuine_address("www.example.com")]
 
 

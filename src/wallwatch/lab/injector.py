@@ -140,6 +140,7 @@ class Injector:
     active: list[tuple[float, float]] = field(default_factory=list)
     ipv6_pool: list[str] = field(default_factory=lambda: ["2001::1"])
     _compiled: re.Pattern[str] | None = None
+    _suffixes: dict[str, str] = field(default_factory=dict)
     _groups: list[str] = field(default_factory=list)
     _cursor: dict[tuple[str, int], int] = field(default_factory=dict)
     _ttl: int = 0
@@ -148,11 +149,17 @@ class Injector:
     forged: int = 0
 
     def __post_init__(self) -> None:
-        if self.rules:
+        # Plain suffix rules (the bulk of a real blocklist) go into a dict probed
+        # once per label boundary; only prefix/anywhere rules need the regex.
+        self._suffixes = {
+            r.pattern.lower().strip("."): r.pool for r in self.rules if r.anchor == Anchor.SUFFIX
+        }
+        others = [r for r in self.rules if r.anchor != Anchor.SUFFIX]
+        if others:
             self._compiled = re.compile(
-                "|".join(f"(?P<r{i}>{rule.regex()})" for i, rule in enumerate(self.rules))
+                "|".join(f"(?P<r{i}>{rule.regex()})" for i, rule in enumerate(others))
             )
-            self._groups = [rule.pool for rule in self.rules]
+            self._groups = [rule.pool for rule in others]
         self._ttl = random.randint(30, 200)
         self._packed = {
             k: [ipaddress.IPv4Address(a).packed for a in v] for k, v in self.pools.items()
@@ -164,6 +171,17 @@ class Injector:
 
     def match(self, name: str) -> str | None:
         """The pool name for ``name`` if a rule matches it, else None."""
+        suffixes = self._suffixes
+        if suffixes:
+            tail = name
+            while True:
+                pool = suffixes.get(tail)
+                if pool is not None:
+                    return pool
+                cut = tail.find(".")
+                if cut < 0:
+                    break
+                tail = tail[cut + 1 :]
         if self._compiled is None:
             return None
         found = self._compiled.search(name)

@@ -51,6 +51,13 @@ def run(args: Sequence[str], *, check: bool = True) -> str:
     return done.stdout
 
 
+def run_input(args: Sequence[str], text: str) -> None:
+    """Run a command fed ``text`` on stdin (``ip -batch -``); raise :class:`LabError` on failure."""
+    done = subprocess.run(list(args), input=text, capture_output=True, text=True)
+    if done.returncode:
+        raise LabError(f"{' '.join(args)}: {done.stderr.strip()}")
+
+
 def ns_name(node: str) -> str:
     return PREFIX + node
 

@@ -10,6 +10,7 @@ the 24 minutes of 21 January 2014 replay in 24 seconds. Shipped scenarios live i
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,10 +55,10 @@ class Scenario:
         return (datetime.fromisoformat(when) - self.clock_start).total_seconds()
 
     def border_injectors(self) -> list[dict[str, Any]]:
-        """Injector specs for the border process, windows in scenario seconds."""
+        """Injector specs for the border process: windows in scenario seconds, files read."""
         out = []
         for spec in self.injectors:
-            copy = dict(spec)
+            copy = expand_files(spec)
             copy["active"] = [[self.seconds(a), self.seconds(b)] for a, b in spec.get("active", [])]
             copy.setdefault("pools", {"": ["65.49.2.178"]})
             out.append(copy)
@@ -66,12 +67,40 @@ class Scenario:
     def pool_addresses(self) -> list[str]:
         """Every forged IPv4 address the scenario can send (for the sink host)."""
         seen: dict[str, None] = {}
-        for spec in self.injectors:
+        for spec in map(expand_files, self.injectors):
             for addresses in spec.get("pools", {}).values():
                 for address in addresses:
                     if ":" not in address:
                         seen[address] = None
         return list(seen)
+
+
+def shared_data() -> Path:
+    """Where third-party data lives: ``$WALLWATCH_SHARED_DATA``, else ``../shared/data``."""
+    env = os.environ.get("WALLWATCH_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+def _lines(relative: str, every: int = 1) -> list[str]:
+    path = shared_data() / relative
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return [t.strip() for t in lines[::every] if t.strip() and not t.startswith("#")]
+
+
+def expand_files(spec: dict[str, Any]) -> dict[str, Any]:
+    """Add the rules of ``rules_file`` and the pool of ``pool_file`` (paths under the shared
+    data directory) to an injector spec; a missing file adds nothing."""
+    copy = dict(spec)
+    if "rules_file" in spec:
+        names = _lines(spec["rules_file"], int(spec.get("rules_every", 1)))
+        copy["rules"] = [*spec.get("rules", []), *({"pattern": n} for n in names if "." in n)]
+    if "pool_file" in spec:
+        addresses = _lines(spec["pool_file"])
+        if addresses:
+            copy["pools"] = {**spec.get("pools", {}), "": addresses}
+    return copy
 
 
 def available() -> list[str]:

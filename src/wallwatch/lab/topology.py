@@ -149,10 +149,10 @@ def up(scenario: Scenario, *, log: Any = print) -> LabState:
                 "master",
                 "br-in" if node.side == "inside" else "br-out",
             )
-            for address in node.addresses:
-                macs[address] = _mac(index)
-                prefix = "/16" if node.side == "inside" else "/32"
-                netns.ip(ns, "addr", "add", address + prefix, "dev", "eth0")
+            prefix = "/16" if node.side == "inside" else "/32"
+            batch = "".join(f"addr add {a}{prefix} dev eth0\n" for a in node.addresses)
+            netns.run_input(["ip", "-n", ns, "-batch", "-"], batch)
+            macs.update(dict.fromkeys(node.addresses, _mac(index)))
             if node.side == "inside":
                 netns.ip(ns, "route", "add", "default", "via", BORDER_IN)
             else:
