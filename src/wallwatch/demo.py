@@ -24,7 +24,6 @@ Everything runs on 127.0.0.0/8: 65.49.2.178 exists only inside forged packets.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -34,6 +33,7 @@ from rich.table import Table
 
 from wallwatch import store
 from wallwatch.journal import read_records
+from wallwatch.lab import zones
 from wallwatch.lab.loopback import Forgery, LoopbackServer, authoritative, racing_injector
 from wallwatch.names import QueryName, parse_lines
 from wallwatch.probe.engine import ProbeConfig
@@ -46,19 +46,12 @@ from wallwatch.vocab import Engine, TargetKind
 
 #: The single address of the 2014 outage.
 FORGED_2014 = "65.49.2.178"
-_DOC_NETS = ("192.0.2", "198.51.100", "203.0.113")
 
 
 def demo_names() -> list[QueryName]:
     """The demo's name list (shipped with the package)."""
     text = resources.files("wallwatch.data").joinpath("demo-names.txt").read_text()
     return [n for n in parse_lines(text.splitlines(), "demo-names.txt") if isinstance(n, QueryName)]
-
-
-def genuine_address(name: str) -> str:
-    """A stable documentation-range address standing in for a name's real one."""
-    digest = hashlib.sha256(name.encode()).digest()
-    return f"{_DOC_NETS[digest[0] % 3]}.{1 + digest[1] % 254}"
 
 
 def matches_2014(name: str) -> bool:
@@ -85,7 +78,7 @@ def run_loopback_demo(out: Path, *, rate: float = 2000.0, console: Console | Non
     """The loopback miniature of the replay; return the JSONL file written under ``out``."""
     console = console or Console()
     names = demo_names()
-    zone = {n.hostname: [genuine_address(n.hostname)] for n in names}
+    zone = {n.hostname: [zones.genuine_address(n.hostname)] for n in names}
     forgery = Forgery(FORGED_2014, delay=0.0, ip_ttl=103, answer_ttl=3600)
     genuine = authoritative(zone)
     resolver = LoopbackServer(

@@ -55,13 +55,6 @@ class Journal:
         if len(self._buf) >= self.flush_bytes:
             self.flush()
 
-    def write_line(self, line: bytes) -> None:
-        """Append an already encoded line (ends with a newline)."""
-        self._buf += line
-        self.records += 1
-        if len(self._buf) >= self.flush_bytes:
-            self.flush()
-
     def tick(self, now: float) -> None:
         """Flush when the buffer has waited ``flush_seconds``."""
         if self._buf and now - self._last >= self.flush_seconds:

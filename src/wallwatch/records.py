@@ -19,7 +19,6 @@ file per version).
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 import msgspec
 
@@ -220,9 +219,3 @@ def decode(line: bytes | str) -> Record:
             f"schema_version {record.schema_version} is not supported (expected {SCHEMA_VERSION})"
         )
     return record
-
-
-def to_builtins(record: Record) -> dict[str, Any]:
-    """A record as plain dicts and lists (for JSON display and DuckDB)."""
-    out: dict[str, Any] = msgspec.to_builtins(record)
-    return out

@@ -9,7 +9,6 @@ that does not parse is shown as its parse-failure code and a hex dump.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from enum import StrEnum
 
@@ -141,9 +140,4 @@ RENDERERS: dict[Format, Callable[[Record], str]] = {
 }
 
 
-def raw_hex(response: Response) -> str:
-    """The reply's bytes in hex (for a researcher's own tools)."""
-    return base64.b64decode(response.raw_response).hex()
-
-
-__all__ = ["Format", "RENDERERS", "as_json", "compact", "dig", "dig_response", "raw_hex"]
+__all__ = ["Format", "RENDERERS", "as_json", "compact", "dig", "dig_response"]

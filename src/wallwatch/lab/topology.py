@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from wallwatch.lab import netns, zones
-from wallwatch.lab.scenario import Scenario
+from wallwatch.lab.scenario import Scenario, shared_data
 from wallwatch.names import QueryName, parse_lines
 
 INSIDE_PREFIX = "10.10.0.0/16"
@@ -83,8 +83,7 @@ def lab_names() -> list[str]:
     text = resources.files("wallwatch.data").joinpath("demo-names.txt").read_text()
     names = [n.hostname for n in parse_lines(text.splitlines(), "demo") if isinstance(n, QueryName)]
     names += ["www.example.cn", "www.rsf.org", "rsf.org", "shadowvpn.com", "www.69.mu.com"]
-    shared = Path(__file__).resolve().parents[3].parent / "shared/data/lists"
-    blocklist = shared / "gfw-report_quic-sni_dns-blocklist_2025-01-05.txt"
+    blocklist = shared_data() / "lists/gfw-report_quic-sni_dns-blocklist_2025-01-05.txt"
     if blocklist.exists():
         lines = blocklist.read_text(encoding="utf-8", errors="replace").splitlines()
         extra = [
