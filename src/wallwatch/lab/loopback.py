@@ -27,6 +27,7 @@ import ipaddress
 import itertools
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -106,11 +107,14 @@ class LoopbackServer:
         *,
         tcp: bool = True,
         tcp_handler: Handler | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"the loopback lab binds loopback addresses only, not {host}")
         self.handler = handler
         self.tcp_handler = tcp_handler or handler
+        #: With a server context, the TCP listener speaks DNS over TLS (RFC 7858).
+        self.tls = tls
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.udp = socket.socket(self.family, socket.SOCK_DGRAM)
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -215,9 +219,12 @@ class LoopbackServer:
                 conn, client = self.tcp.accept()
             except OSError:
                 continue
-            with conn:
-                conn.settimeout(2.0)
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if self.tls is not None:
+                    conn.settimeout(2.0)
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                with conn:
+                    conn.settimeout(2.0)
                     self._answer_tcp(conn, client[:2])
 
     def _answer_tcp(self, conn: socket.socket, client: tuple[str, int]) -> None:
