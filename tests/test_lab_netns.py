@@ -219,6 +219,11 @@ def test_demo_replays_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN0
     assert seen[("3-after", "client1", "10.10.2.53:53", "udp")] == (True, True)  # cache tail
     assert seen[("3-after", "client1", "8.8.8.8:53", "udp")] == (False, False)
     assert netns.ours() == []
+    got = dict(
+        store.query(out / "wallwatch.duckdb", "SELECT hostname, attribution FROM attributions")
+    )
+    assert {a for n, a in got.items() if not n.endswith(".cn")} == {"on_path_injector"}
+    assert {a for n, a in got.items() if n.endswith(".cn")} == {"none"}
 
 
 def test_isp_nxdomain_rewrite(lab) -> None:  # noqa: ANN001
@@ -243,3 +248,82 @@ def test_root_leak_2010_collateral_damage(lab) -> None:  # noqa: ANN001
         zones.genuine_address("www.example.com")
     ]
     assert dig("outside", "8.8.8.8", "www.example.cn") == [zones.genuine_address("www.example.cn")]
+
+
+def sweep_and_analyze(tmp_path, names: list[str], *runs: tuple[str, ...]) -> object:  # noqa: ANN001
+    """Probe ``names`` once per (node, args...) run into one file, ingest, analyze; return the store."""
+    from wallwatch import store
+    from wallwatch.analysis.run import analyze
+
+    listing = tmp_path / "names.txt"
+    listing.write_text("\n".join(names) + "\n")
+    out = tmp_path / "m.jsonl"
+    for node, *args in runs:
+        subprocess.run(
+            ["ip", "netns", "exec", netns.ns_name(node), sys.executable, "-m", "wallwatch", "probe",
+             "-f", str(listing), "-o", str(out), "--quiet", "--window", "0.5", "--timeout", "1",
+             "--retries", "1", "--vantage", node, *args], check=True, timeout=120,
+        )  # fmt: skip
+    db = tmp_path / "ww.duckdb"
+    store.ingest([out], db)
+    analyze(db)
+    return db
+
+
+def attributions(db) -> dict[str, str]:  # noqa: ANN001
+    from wallwatch import store
+
+    return dict(store.query(db, "SELECT hostname, attribution FROM attributions"))
+
+
+def test_analysis_attributes_the_resolver_hijack(lab, tmp_path) -> None:  # noqa: ANN001
+    s = lab("resolver-hijack")
+    names = ["www.example.com", "www.example.net", "www.python.org", "www.debian.org"]
+    db = sweep_and_analyze(
+        tmp_path,
+        names,
+        ("client1", "-t", "10.10.2.53", "-t", "8.8.8.8", "--control", "tcp:8.8.8.8"),
+    )
+    got = attributions(db)
+    assert {n: got[n] for n in names} == {
+        n: ("tampering_resolver" if n in s.resolver_hijack else "none") for n in names
+    }
+
+
+def test_analysis_attributes_the_nxdomain_rewrite(lab, tmp_path) -> None:  # noqa: ANN001
+    lab("isp-nxdomain-rewrite")
+    names = ["www.example.com", "no-such-name.example.com", "nothing-here.example.org"]
+    db = sweep_and_analyze(
+        tmp_path, names, ("client1", "-t", "10.10.2.53", "--control", "tcp:8.8.8.8")
+    )
+    got = attributions(db)
+    assert got["www.example.com"] == "none"
+    assert (
+        got["no-such-name.example.com"] == got["nothing-here.example.org"] == "isp_nxdomain_rewrite"
+    )
+
+
+def test_analysis_tells_forged_from_genuine_in_gfw_steady(lab, tmp_path) -> None:  # noqa: ANN001
+    from wallwatch import store
+
+    lab("gfw-steady")
+    names = topology.lab_names()[:200]
+    db = sweep_and_analyze(
+        tmp_path, names,
+        ("client1", "-t", "8.8.8.8", "-t", "10.10.2.53", "--control", "tcp:8.8.8.8"),
+        ("outside", "-t", "dark:10.10.3.7"),
+    )  # fmt: skip
+    rows = store.query(db, "SELECT hostname, ips, outcome FROM reply_verdicts WHERE len(ips) > 0")
+    judged = wrong = 0
+    for hostname, ips, outcome in rows:
+        forged = ips != [zones.genuine_address(hostname)]
+        judged += 1
+        if forged != outcome.startswith("injected."):
+            wrong += 1
+            print("misjudged", hostname, ips, outcome)
+    assert judged > 300 and wrong / judged <= 0.001, (wrong, judged)
+    got = attributions(db)
+    tampered = {n for n, a in got.items() if a != "none"}
+    forged_names = {h for h, ips, _ in rows if ips != [zones.genuine_address(h)]}
+    assert tampered == forged_names  # no clean name is called tampered, none is missed
+    assert {got[n] for n in tampered} == {"on_path_injector"}

@@ -332,6 +332,39 @@ def ingest(files: tuple[str, ...], db: str, parquet_dir: str | None) -> None:
 
 @main.command()
 @click.option(
+    "--db", default="wallwatch.duckdb", show_default=True, help="DuckDB store (see ingest)."
+)
+@click.option("--json", "as_json_out", is_flag=True, help="Print the attributions as JSON lines.")
+def analyze(db: str, as_json_out: bool) -> None:
+    """Judge every reply in the store and attribute each name (tables reply_verdicts, attributions)."""
+    import json
+
+    from wallwatch import store
+    from wallwatch.analysis.run import analyze as run_analysis
+
+    if not Path(db).exists():
+        raise click.ClickException(
+            f"{db}: no such store; load records with 'wallwatch ingest' first"
+        )
+    try:
+        summary = run_analysis(db)
+    except Exception as exc:  # DuckDB raises its own types; name the store in the message
+        raise click.ClickException(f"{db}: analysis failed: {exc}") from None
+    err.print(
+        f"{summary.replies} replies judged (rules v{summary.rules_version}, pools "
+        f"{summary.pools_version}): "
+        + ", ".join(f"{count} {name}" for name, count in sorted(summary.attributions.items())),
+        highlight=False,
+    )
+    if as_json_out:
+        columns = ["hostname", "query_type", "attribution", "confidence", "reasons", "bad_answers"]
+        sql = f"SELECT {', '.join(columns)} FROM attributions ORDER BY hostname, query_type"
+        for row in store.query(db, sql):
+            click.echo(json.dumps(dict(zip(columns, row, strict=True))))
+
+
+@main.command()
+@click.option(
     "--out",
     "out_dir",
     default="demo-out",

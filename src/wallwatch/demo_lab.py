@@ -95,7 +95,22 @@ def run_lab_demo(out: Path, *, rate: float = 2000.0, console: Console) -> Path:
                   f"{out / 'parquet'}/; the border forged {sink['forged']} replies")  # fmt: skip
     _summarise(db, console)
     _examples(path, console)
+    _attribute(db, console)
     return path
+
+
+def _attribute(db: Path, console: Console) -> None:
+    """Run the analysis and say who did it, per name, with the reasons."""
+    from wallwatch.analysis.run import analyze
+
+    summary = analyze(db)
+    console.print(f"analysis (rules v{summary.rules_version}): " + ", ".join(
+        f"{n} names {a}" for a, n in sorted(summary.attributions.items())))  # fmt: skip
+    rows = store.query(db, "SELECT hostname, attribution, confidence, reasons FROM attributions "
+                           "WHERE hostname IN ('www.example.com', 'www.gov.cn') ORDER BY 1")  # fmt: skip
+    for hostname, attribution, confidence, reasons in rows:
+        console.print(f"  {hostname}: {attribution} ({confidence}) because {', '.join(reasons)}",
+                      highlight=False)  # fmt: skip
 
 
 def _summarise(db: Path, console: Console) -> None:

@@ -131,6 +131,8 @@ class Outcome(StrEnum):
     INJECTED_MULTI_REPLY = "injected.multi_reply"
     #: The answer is in a published forged-address pool.
     INJECTED_FORGED_POOL = "injected.forged_pool"
+    #: The reply disagrees with the control and carries an injector's header fingerprint.
+    INJECTED_FINGERPRINT = "injected.fingerprint"
     #: The resolver itself answered with an address the control disowns.
     RESOLVER_TAMPERED = "resolver.tampered"
     #: Every vantage, the control included, sees the new address.
@@ -142,4 +144,34 @@ class Outcome(StrEnum):
     #: The query drew no reply.
     DNS_TIMEOUT = "dns.timeout"
     #: The evidence does not support any of the other outcomes.
+    UNKNOWN = "unknown"
+
+
+class Evidence(StrEnum):
+    """How strongly a verdict's rule supports it (after ooni/data's evidence levels)."""
+
+    #: Conclusive on its own (a dark host answered; a genuine reply raced the forged one).
+    CONFIRMED = "confirmed"
+    #: Strong, published basis, but not conclusive alone (forged pool, fingerprint).
+    STRONG = "strong"
+    #: Suggestive; combine with other evidence before claiming anything.
+    SCORED = "scored"
+    #: No evidence of tampering.
+    NONE = "none"
+
+
+class Attribution(StrEnum):
+    """Who tampered with the answers for a name (docs/outcomes.md)."""
+
+    #: Forged on the path by an injector (the firewall).
+    ON_PATH_INJECTOR = "on_path_injector"
+    #: The resolver itself answered with what the control disowns.
+    TAMPERING_RESOLVER = "tampering_resolver"
+    #: The authoritative data changed: every vantage agrees with the new answer.
+    HIJACKED_AUTHORITATIVE = "hijacked_authoritative"
+    #: The resolver rewrote NXDOMAIN into an address.
+    ISP_NXDOMAIN_REWRITE = "isp_nxdomain_rewrite"
+    #: Every answer agrees with the control.
+    NONE = "none"
+    #: The evidence does not support any of the above.
     UNKNOWN = "unknown"

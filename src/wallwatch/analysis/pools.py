@@ -1,0 +1,56 @@
+"""Known addresses: forged pools of the firewall and ISP NXDOMAIN-redirect addresses.
+
+Shipped as a versioned data file (``wallwatch/data/forged-pools.toml``) with the
+source of every list (gfw-dns.md 2.4 and 3.4); larger third-party lists are read
+from the shared data directory when it is present. Every IPv6 answer of the firewall
+in 2020 was in Teredo, 2001::/32 (GFWatch); that prefix is matched by the signals.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+from wallwatch.lab.scenario import shared_data
+
+_ADDRESS = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:]+")
+
+
+@dataclass(frozen=True, slots=True)
+class KnownAddress:
+    address: str
+    #: ``forged`` or ``nxdomain_redirect``.
+    kind: str
+    list_id: str
+
+
+def _file_addresses(relative: str) -> list[str]:
+    path = shared_data() / relative
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        text = line.split("#", 1)[0].strip()
+        if "=" in text:
+            text = text.split("=", 1)[1]
+        found = _ADDRESS.fullmatch(text.strip())
+        if found:
+            out.append(found.group(0).lower())
+    return out
+
+
+def load() -> tuple[str, list[KnownAddress]]:
+    """(version, addresses) of every known list."""
+    data = tomllib.loads(
+        resources.files("wallwatch.data").joinpath("forged-pools.toml").read_text()
+    )
+    out: list[KnownAddress] = []
+    for kind in ("forged", "nxdomain_redirect"):
+        for entry in data.get(kind, []):
+            addresses = list(entry.get("addresses", []))
+            for relative in entry.get("files", []):
+                addresses += _file_addresses(relative)
+            out += [KnownAddress(a, kind, entry["id"]) for a in dict.fromkeys(addresses)]
+    return str(data["version"]), out

@@ -1,0 +1,78 @@
+"""Rules as data: each turns evidence columns into a verdict, with a stable id and a reason.
+
+Why data and not code: a verdict must say *which* rule produced it, a rule must be
+testable on its own, and a change of meaning must be visible (the ooni/data design:
+``analysis/rules.py`` there). So each rule is a frozen record with a stable
+``rule_id``, a SQL condition over the columns of :mod:`wallwatch.analysis.signals`,
+the :class:`~wallwatch.vocab.Outcome` it assigns, an evidence level and a one-line
+rationale citing its source. Rules are tried in order; the first that holds gives
+the verdict, and every rule that holds is recorded. Never change what an existing
+``rule_id`` means: add a new one and bump :data:`RULES_VERSION`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wallwatch.vocab import Evidence, Outcome
+
+RULES_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    rule_id: str
+    #: A SQL boolean expression over the reply signal columns.
+    when: str
+    outcome: Outcome
+    evidence: Evidence
+    rationale: str
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("dark_destination", "s_dark AND s_has_answer", Outcome.INJECTED_DARK, Evidence.CONFIRMED,
+         "a host that runs no DNS server cannot answer (gfw-dns.md 3.1; OONI ts-012; Triplet 2.1)"),
+    Rule("raced_by_genuine", "s_later_genuine AND NOT s_control_match", Outcome.INJECTED_MULTI_REPLY,
+         Evidence.CONFIRMED,
+         "a later reply to the same query agrees with the control (Hold-On; gfw-dns.md 3.2)"),
+    Rule("nxdomain_redirect_address", "s_nx_redirect", Outcome.NXDOMAIN_REWRITE, Evidence.STRONG,
+         "a known ISP NXDOMAIN-redirect address (dnsmasq-china-list bogus-nxdomain)"),
+    Rule("nxdomain_in_control", "s_control_nx AND s_has_answer AND NOT s_control_match",
+         Outcome.NXDOMAIN_REWRITE, Evidence.SCORED,
+         "the control says the name does not exist, the reply gives an address"),
+    Rule("forged_pool", "s_forged_pool AND NOT s_control_match", Outcome.INJECTED_FORGED_POOL,
+         Evidence.STRONG, "the answer is in a published forged pool (gfw-dns.md 2.4, 3.4)"),
+    Rule("injector_fingerprint",
+         "s_control_mismatch AND (s_type_mismatch OR (s_no_opt AND (s_fast OR s_ttl_off)))",
+         Outcome.INJECTED_FINGERPRINT, Evidence.STRONG,
+         "A answer to a non-A query, or no OPT with a too-fast or off-path IP TTL (gfw-dns.md 3.3)"),
+    Rule("bogon_answer", "s_bogon AND NOT s_control_match", Outcome.IP_BOGON, Evidence.SCORED,
+         "a private, loopback or reserved address (Censored Planet ip.invalid)"),
+    Rule("control_match", "s_control_match", Outcome.OK_MATCH_IP, Evidence.NONE,
+         "the answer agrees with the trusted control by address"),
+    Rule("resolver_mismatch", "s_control_mismatch AND target_kind = 'resolver'",
+         Outcome.RESOLVER_TAMPERED, Evidence.SCORED,
+         "a resolver's single answer that the control disowns, with no sign of the path"),
+    Rule("no_reply", "NOT s_has_reply", Outcome.DNS_TIMEOUT, Evidence.NONE,
+         "the query drew no reply"),
+)  # fmt: skip
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def verdict_sql() -> str:
+    """SQL expressions: the first matching rule's id, and the list of every matching rule."""
+    first = " ".join(f"WHEN {r.when} THEN {_quote(r.rule_id)}" for r in RULES)
+    every = ", ".join(f"CASE WHEN {r.when} THEN {_quote(r.rule_id)} END" for r in RULES)
+    return (
+        f"CASE {first} ELSE 'unexplained' END AS rule_id, "
+        f"list_filter([{every}], lambda x: x IS NOT NULL) AS rules_fired"
+    )
+
+
+def rules_table() -> list[tuple[str, str, str, str]]:
+    """(rule_id, outcome, evidence, rationale) rows, plus the fallback."""
+    rows = [(r.rule_id, r.outcome.value, r.evidence.value, r.rationale) for r in RULES]
+    return [*rows, ("unexplained", Outcome.UNKNOWN.value, Evidence.NONE.value, "no rule applied")]

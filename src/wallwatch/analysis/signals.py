@@ -1,0 +1,164 @@
+"""Evidence columns per reply, in SQL over the store (gfw-dns.md section 3).
+
+One row per reply (and one per measurement that drew none), with boolean ``s_*``
+columns the rules read:
+
+* ``s_dark``: the query went to a host that runs no DNS server (3.1);
+* ``s_later_genuine``: a later reply to the same query agrees with the control (3.2);
+* ``s_control_match`` / ``s_control_mismatch``: the reply's addresses against the
+  trusted control's for the same name and type (TCP/DoT/DoH lookups, any vantage);
+  ``s_control_nx``: the control said NXDOMAIN;
+* ``s_forged_pool``: an answer in a known forged pool, in Teredo 2001::/32 (3.4), or
+  seen in a reply from a dark host anywhere in the dataset (learned);
+* ``s_nx_redirect``: an answer in a known ISP NXDOMAIN-redirect list;
+* ``s_type_mismatch``: an A record answering a non-A query (2.2);
+* ``s_no_opt``: no OPT in a UDP reply to a query that had one (2.2);
+* ``s_fast``: faster than half the path's baseline RTT, and ``s_ttl_off``: an IP TTL
+  more than 1 off the path's baseline -- Hold-On's two tests, with the baseline
+  learned from this dataset's control-matching replies per (vantage, resolver);
+* ``s_bogon``: a private, loopback, link-local, multicast or reserved address.
+"""
+
+from __future__ import annotations
+
+BOGON_V4 = (
+    r"^(0\.|10\.|127\.|169\.254\.|192\.168\.|172\.(1[6-9]|2[0-9]|3[01])\.|22[4-9]\.|2[3-5][0-9]\.)"
+)
+BOGON_V6 = r"^(::1?$|fe[89ab][0-9a-f]:|f[cd][0-9a-f]{2}:|ff[0-9a-f]{2}:)"
+TEREDO = r"^2001:(0{1,4})?:"
+
+STEPS: tuple[tuple[str, str], ...] = (
+    (
+        "reply_ips",
+        """
+        SELECT measurement_uid, response_index,
+               list(DISTINCT lower(coalesce(ipv4, ipv6)) ORDER BY lower(coalesce(ipv4, ipv6)))
+                   FILTER (WHERE coalesce(ipv4, ipv6) IS NOT NULL) AS ips,
+               bool_or(answer_type = 'A') AS has_a
+        FROM answers GROUP BY ALL
+        """,
+    ),
+    (
+        # Addresses seen in replies from hosts that run no DNS server: forged by
+        # definition, so the dataset teaches its own forged pool (as GFWatch built
+        # its list from daily data, gfw-dns.md 3.4).
+        "learned_forged",
+        """
+        SELECT DISTINCT unnest(ri.ips) AS address
+        FROM measurements m JOIN reply_ips ri ON ri.measurement_uid = m.measurement_uid
+        WHERE m.target_kind = 'dark'
+        """,
+    ),
+    (
+        "forged_addresses",
+        """
+        SELECT address FROM known_addresses WHERE kind = 'forged'
+        UNION SELECT address FROM learned_forged
+        """,
+    ),
+    (
+        # A control reached over TCP can still be wrong: a public resolver whose
+        # recursion crossed the border has the forgery in its cache (collateral
+        # damage, gfw-dns.md 3.8). Forged addresses are dropped from the control.
+        "control_answers",
+        """
+        SELECT hostname, query_type,
+               coalesce(list(DISTINCT ip ORDER BY ip) FILTER (
+                   WHERE ip IS NOT NULL AND ip NOT IN (SELECT address FROM forged_addresses)
+                         AND NOT regexp_matches(ip, '{teredo}')), []) AS ips,
+               bool_or(rcode = 3) AS nxdomain
+        FROM (SELECT m.hostname, m.query_type, r.rcode,
+                     unnest(CASE WHEN len(coalesce(ri.ips, [])) = 0 THEN [NULL] ELSE ri.ips END) AS ip
+              FROM measurements m
+              JOIN responses r ON r.measurement_uid = m.measurement_uid
+              LEFT JOIN reply_ips ri ON ri.measurement_uid = r.measurement_uid
+                   AND ri.response_index = r.response_index
+              WHERE m.target_kind = 'control' AND r.failure IS NULL)
+        GROUP BY ALL
+        """,
+    ),
+    (
+        "reply_base",
+        """
+        SELECT m.measurement_uid, m.hostname, m.query_type, m.vantage, m.resolver_address,
+               m.target_kind, m.edns_payload, m.t0,
+               r.response_index, r.rtt, r.ip_ttl, r.edns, r.rcode, r.failure AS parse_failure,
+               r.engine, coalesce(ri.ips, []) AS ips, coalesce(ri.has_a, false) AS has_a,
+               c.ips AS control_ips, coalesce(c.nxdomain, false) AS s_control_nx,
+               r.response_index IS NOT NULL AS s_has_reply
+        FROM measurements m
+        LEFT JOIN responses r ON r.measurement_uid = m.measurement_uid
+        LEFT JOIN reply_ips ri ON ri.measurement_uid = r.measurement_uid
+             AND ri.response_index = r.response_index
+        LEFT JOIN control_answers c ON c.hostname = m.hostname AND c.query_type = m.query_type
+        WHERE m.target_kind <> 'control'
+        """,
+    ),
+    (
+        "known_flags",
+        """
+        SELECT b.measurement_uid, b.response_index,
+               bool_or(k.kind = 'forged' OR regexp_matches(ip, '{teredo}')
+                       OR ip IN (SELECT address FROM learned_forged)) AS s_forged_pool,
+               bool_or(k.kind = 'nxdomain_redirect') AS s_nx_redirect,
+               bool_or(regexp_matches(ip, '{bogon4}') OR regexp_matches(ip, '{bogon6}')) AS s_bogon
+        FROM (SELECT measurement_uid, response_index, unnest(ips) AS ip FROM reply_base) b
+        LEFT JOIN known_addresses k ON k.address = b.ip
+        GROUP BY ALL
+        """,
+    ),
+    (
+        "reply_matched",
+        """
+        SELECT b.*,
+               len(b.ips) > 0 AS s_has_answer,
+               b.target_kind = 'dark' AS s_dark,
+               coalesce(len(b.control_ips) > 0 AND len(list_intersect(b.ips, b.control_ips)) > 0, false)
+                   AS s_control_match,
+               coalesce(len(b.control_ips) > 0 AND len(b.ips) > 0
+                        AND len(list_intersect(b.ips, b.control_ips)) = 0, false) AS s_control_mismatch,
+               b.query_type NOT IN ('A', 'ANY') AND b.has_a AS s_type_mismatch,
+               coalesce(b.edns_payload IS NOT NULL AND NOT b.edns AND b.parse_failure IS NULL
+                        AND b.engine = 'udp', false) AS s_no_opt,
+               coalesce(f.s_forged_pool, false) AS s_forged_pool,
+               coalesce(f.s_nx_redirect, false) AS s_nx_redirect,
+               coalesce(f.s_bogon, false) AS s_bogon
+        FROM reply_base b
+        LEFT JOIN known_flags f ON f.measurement_uid = b.measurement_uid
+             AND f.response_index IS NOT DISTINCT FROM b.response_index
+        """,
+    ),
+    (
+        "path_baseline",
+        """
+        SELECT vantage, resolver_address, median(rtt) AS base_rtt, mode(ip_ttl) AS base_ttl
+        FROM reply_matched WHERE s_control_match AND engine = 'udp' GROUP BY ALL
+        """,
+    ),
+    (
+        "reply_signals",
+        """
+        SELECT m.*,
+               coalesce(bool_or(m.s_control_match) OVER (
+                   PARTITION BY m.measurement_uid ORDER BY m.response_index
+                   ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), false) AS s_later_genuine,
+               coalesce(m.rtt < 0.5 * p.base_rtt, false) AS s_fast,
+               coalesce(abs(m.ip_ttl - p.base_ttl) > 1, false) AS s_ttl_off
+        FROM reply_matched m
+        LEFT JOIN path_baseline p ON p.vantage = m.vantage AND p.resolver_address = m.resolver_address
+        """,
+    ),
+)
+
+
+def steps() -> list[tuple[str, str]]:
+    """(table, query) pairs to run in order."""
+    return [
+        (
+            table,
+            sql.replace("{teredo}", TEREDO)
+            .replace("{bogon4}", BOGON_V4)
+            .replace("{bogon6}", BOGON_V6),
+        )
+        for table, sql in STEPS
+    ]

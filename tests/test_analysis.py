@@ -1,0 +1,147 @@
+"""The analysis against loopback data whose truth is known: verdicts and attribution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from conftest import udp_query
+from wallwatch import store
+from wallwatch.analysis.rules import RULES, verdict_sql
+from wallwatch.analysis.run import analyze
+from wallwatch.journal import Journal
+from wallwatch.lab.loopback import Forgery, Request, authoritative, racing_injector
+from wallwatch.names import QueryName
+from wallwatch.probe.engine import ProbeConfig, Prober, Query
+from wallwatch.probe.stream import StreamServer
+from wallwatch.vocab import Engine, TargetKind
+
+ZONE = {
+    "www.example.com": ["93.184.216.34"],
+    "blocked.example.com": ["198.51.100.7"],
+    "lied.example.org": ["203.0.113.9"],
+    "clean.example.net": ["192.0.2.44"],
+}
+AD = "123.125.81.12"  # a DNSPai NXDOMAIN-redirect address (dnsmasq-china-list)
+
+
+def isp(genuine):  # noqa: ANN001, ANN201
+    """An ISP resolver that lies about one name and rewrites NXDOMAIN."""
+
+    def handle(request: Request) -> object:
+        assert request.message is not None
+        name = request.message.question[0].name.to_text().rstrip(".")
+        reply = genuine(request)
+        if name == "lied.example.org":
+            reply.answer = [dns.rrset.from_text("lied.example.org.", 60, "IN", "A", "10.66.66.66")]
+        elif reply.rcode() == dns.rcode.NXDOMAIN:
+            reply.set_rcode(dns.rcode.NOERROR)
+            reply.answer = [
+                dns.rrset.from_text(request.message.question[0].name, 60, "IN", "A", AD)
+            ]
+        return reply
+
+    return handle
+
+
+@pytest.fixture
+def dataset(serve, tmp_path: Path) -> Path:  # noqa: ANN001
+    genuine = authoritative(ZONE)
+    blocked = lambda name: name.startswith("blocked.")  # noqa: E731
+    forged = [Forgery("65.49.2.178", ip_ttl=103), Forgery("8.7.198.45", delay=0.002, ip_ttl=110)]
+    path_resolver = serve(racing_injector(genuine, blocked, forged, genuine_delay=0.05, genuine_ip_ttl=52),
+                          tcp_handler=genuine)  # fmt: skip
+    dark = serve(racing_injector(lambda _r: None, blocked, forged), "127.0.0.2", tcp=False)
+    lying = serve(
+        racing_injector(isp(genuine), blocked, [], genuine_delay=0.001), "127.0.0.3", tcp=False
+    )
+    names = ["www.example.com", "blocked.example.com", "lied.example.org", "clean.example.net",
+             "missing.example.com"]  # fmt: skip
+    host, port = path_resolver.address
+    queries: list[Query] = []
+    for i, name in enumerate(names):
+        qn = QueryName(name, None, "t", i)
+        queries.append(Query(qn, 1, engine=Engine.TCP, stream=StreamServer(Engine.TCP, host, port),
+                             kind=TargetKind.CONTROL))  # fmt: skip
+        queries += [udp_query(path_resolver, name), udp_query(lying, name),
+                    udp_query(dark, name, kind=TargetKind.DARK)]  # fmt: skip
+    out = tmp_path / "m.jsonl"
+    journal = Journal.open(out)
+    Prober(ProbeConfig(rate=None, timeout=0.3, window=0.2, retries=0, vantage="t"), journal).run(
+        queries
+    )
+    journal.close()
+    db = tmp_path / "ww.duckdb"
+    store.ingest([out], db)
+    analyze(db)
+    return db
+
+
+def test_attribution_per_name(dataset: Path) -> None:
+    rows = dict(
+        (name, (attribution, confidence))
+        for name, attribution, confidence in store.query(
+            dataset, "SELECT hostname, attribution, confidence FROM attributions"
+        )
+    )
+    assert rows["blocked.example.com"] == ("on_path_injector", "high")
+    assert rows["lied.example.org"][0] == "tampering_resolver"
+    assert rows["missing.example.com"][0] == "isp_nxdomain_rewrite"
+    assert rows["www.example.com"] == ("none", "high")
+    assert rows["clean.example.net"] == ("none", "high")
+
+
+def test_every_forged_reply_is_told_from_the_genuine_one(dataset: Path) -> None:
+    rows = store.query(
+        dataset,
+        """
+        SELECT v.resolver_address, v.response_index, v.outcome, v.rule_id, v.ips
+        FROM reply_verdicts v WHERE v.hostname = 'blocked.example.com' ORDER BY 1, 2""",
+    )
+    by_target = {}
+    for address, index, outcome, rule_id, ips in rows:
+        by_target.setdefault(address.split(":")[0], []).append((index, outcome, rule_id, ips))
+    # The raced resolver: two forgeries, then the genuine answer.
+    assert [(o, r) for _, o, r, _ in by_target["127.0.0.1"]] == [
+        ("injected.multi_reply", "raced_by_genuine"), ("injected.multi_reply", "raced_by_genuine"),
+        ("ok.match_ip", "control_match")]  # fmt: skip
+    assert {o for _, o, _, _ in by_target["127.0.0.2"]} == {"injected.dark_destination"}
+    # No clean name is called tampered, on any path.
+    clean = store.query(
+        dataset,
+        """SELECT count(*) FROM reply_verdicts
+        WHERE hostname IN ('www.example.com', 'clean.example.net') AND outcome NOT IN ('ok.match_ip', 'dns.timeout')""",
+    )
+    assert clean == [(0,)]
+
+
+def test_verdicts_record_the_rules_that_fired(dataset: Path) -> None:
+    rows = store.query(
+        dataset,
+        """SELECT rules_fired, rules_version, pools_version FROM reply_verdicts
+        WHERE hostname = 'blocked.example.com' AND target_kind = 'dark'""",
+    )
+    assert rows and all(
+        "dark_destination" in fired and "forged_pool" in fired for fired, _, _ in rows
+    )
+    assert {version for _, version, _ in rows} == {1}
+
+
+def test_rule_ids_are_unique_and_sql_is_built_from_them() -> None:
+    ids = [r.rule_id for r in RULES]
+    assert len(ids) == len(set(ids))
+    sql = verdict_sql()
+    assert all(f"'{rule_id}'" in sql for rule_id in ids)
+
+
+def test_analyze_names_a_missing_store(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from wallwatch.cli import main
+
+    result = CliRunner().invoke(main, ["analyze", "--db", str(tmp_path / "none.duckdb")])
+    assert result.exit_code != 0 and "no such store" in result.output
