@@ -145,3 +145,19 @@ def test_analyze_names_a_missing_store(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(main, ["analyze", "--db", str(tmp_path / "none.duckdb")])
     assert result.exit_code != 0 and "no such store" in result.output
+
+
+def test_explain_gives_the_argument_and_the_packets(dataset: Path) -> None:
+    from wallwatch.explain import explain
+
+    (uid,) = store.query(
+        dataset,
+        """SELECT measurement_uid FROM measurements
+        WHERE hostname = 'blocked.example.com' AND resolver_address LIKE '127.0.0.1:%' AND engine = 'udp'""",
+    )[0]
+    text = explain(dataset, uid)
+    assert "forged on the network path" in text and "confidence high" in text
+    assert "by rule raced_by_genuine" in text and "65.49.2.178" in text
+    assert text.count(";QUESTION") == 3  # every packet, rendered from its raw bytes
+    with pytest.raises(ValueError, match="no measurement"):
+        explain(dataset, "nope")

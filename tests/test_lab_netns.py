@@ -327,3 +327,27 @@ def test_analysis_tells_forged_from_genuine_in_gfw_steady(lab, tmp_path) -> None
     forged_names = {h for h, ips, _ in rows if ips != [zones.genuine_address(h)]}
     assert tampered == forged_names  # no clean name is called tampered, none is missed
     assert {got[n] for n in tampered} == {"on_path_injector"}
+
+
+def test_locate_finds_the_border(lab) -> None:  # noqa: ANN001
+    s = lab("gfw-2012-11-09")
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns.ns_name("client1"), sys.executable, "-m", "wallwatch", "locate",
+         "-n", "www.google.com", "-t", "8.8.8.8", "--max-ttl", "8", "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    found = json.loads(out.stdout)
+    assert (found["hop"], found["mirrored"]) == (s.border_hops, False)
+
+
+def test_locate_corrects_for_a_mirroring_injector(lab) -> None:  # noqa: ANN001
+    s = lab("gfw-2014-01-21")
+    wait_clock(s.seconds(s.truth[0].start) + 5)
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns.ns_name("outside"), sys.executable, "-m", "wallwatch", "locate",
+         "-n", "www.example.com", "-t", "dark:10.10.3.7", "--max-ttl", "8", "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    found = json.loads(out.stdout)
+    assert found["mirrored"] and found["first_ttl"] == 2 * s.border_hops - 1
+    assert found["hop"] == s.border_hops

@@ -385,6 +385,69 @@ def demo(out_dir: str, rate: float, loopback: bool) -> None:
     run(Path(out_dir), rate=rate, console=Console())
 
 
+@main.command()
+@click.option("-n", "--name", "name", required=True, help="A name the injector reacts to.")
+@click.option(
+    "-t",
+    "--target",
+    "target_spec",
+    required=True,
+    metavar="[KIND:]ADDR[:PORT]",
+    help="Where to send the probes (a dark host or a resolver across the border).",
+)
+@click.option("-q", "--qtype", default="A", show_default=True)
+@click.option("--max-ttl", type=click.IntRange(1, 64), default=32, show_default=True)
+@click.option(
+    "--source-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Keep the 4-tuple fixed (load-balanced paths may differ per port).",
+)
+@click.option("-o", "--output", default=None, help="Also keep every probe's record (JSONL).")
+@click.option("--json", "as_json_out", is_flag=True, help="Print the result as JSON.")
+def locate(
+    name: str, target_spec: str, qtype: str, max_ttl: int, source_port: int | None,
+    output: str | None, as_json_out: bool,
+) -> None:  # fmt: skip
+    """Find the hop where injection starts: the same query with IP TTL 1, 2, 3, ..."""
+    import json
+    from dataclasses import asdict
+
+    from wallwatch.locate import locate as run_locate
+    from wallwatch.names import to_hostname
+
+    try:
+        target = parse_target(target_spec)
+        host = to_hostname(name)
+        qvalue = qtype_value(qtype)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    found = run_locate(QueryName(host, None, "--name", 1), target, qtype=qvalue, max_ttl=max_ttl,
+                       source_port=source_port, output=output)  # fmt: skip
+    if as_json_out:
+        click.echo(json.dumps(asdict(found)))
+        return
+    for seen in found.observations:
+        replies = ", ".join(
+            f"IP TTL {t} -> {a}" for t, a in zip(seen.reply_ttls, seen.answers, strict=False)
+        )
+        click.echo(f"TTL {seen.probe_ttl:2d}: {replies or '-'}")
+    click.echo(found.explain())
+
+
+@main.command()
+@click.argument("uid")
+@click.option("--db", default="wallwatch.duckdb", show_default=True, help="An analysed store.")
+def explain(uid: str, db: str) -> None:
+    """Explain measurement UID: who did it, why, and the packets behind it."""
+    from wallwatch.explain import explain as run_explain
+
+    try:
+        click.echo(run_explain(db, uid), nl=False)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.group()
 def lab() -> None:
     """The lab: an emulated firewall, real DNS servers, in network namespaces (root)."""
