@@ -37,8 +37,8 @@ SELECT hostname, query_type,
          ELSE 'low'
        END AS confidence,
        list(DISTINCT rule_id ORDER BY rule_id) AS reasons,
-       list(DISTINCT a ORDER BY a) FILTER (WHERE outcome <> 'ok.match_ip') AS bad_answers
-FROM (SELECT v.*, unnest(CASE WHEN len(v.ips) = 0 THEN [NULL] ELSE v.ips END) AS a
-      FROM reply_verdicts v)
+       list_sort(list_distinct(flatten(list(ips) FILTER (WHERE outcome <> 'ok.match_ip'))))
+           AS bad_answers
+FROM reply_verdicts
 GROUP BY ALL
 """

@@ -2,15 +2,15 @@
 
 Tables written beside the store's own (docs/schema.md):
 
-* ``reply_signals``: the evidence columns per reply (:mod:`.signals`);
-* ``reply_verdicts``: per reply, the first rule that holds, every rule that holds,
-  its outcome and evidence level, and ``rules_version``;
+* ``reply_verdicts``: per reply, the evidence columns (:mod:`.signals`), the first rule
+  that holds, every rule that holds, its outcome and evidence level, ``rules_version``;
 * ``attributions``: per (hostname, query_type), who did it, with confidence and reasons;
 * ``analysis_rules`` and ``known_addresses``: the rules and pools the verdicts used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,25 +33,23 @@ def analyze(db: str | Path) -> AnalysisSummary:
     import duckdb
 
     con: Any = duckdb.connect(str(db))
+    con.execute("SET enable_progress_bar = false")  # stderr belongs to wallwatch's own messages
     try:
         version, known = pools.load()
-        con.execute(
-            "CREATE OR REPLACE TABLE known_addresses (address VARCHAR, kind VARCHAR, list_id VARCHAR)"
+        _load_table(con, "known_addresses", ("address", "kind", "list_id"),
+                    [(k.address, k.kind, k.list_id) for k in known])  # fmt: skip
+        _load_table(
+            con, "analysis_rules", ("rule_id", "outcome", "evidence", "rationale"), rules_table()
         )
-        con.executemany("INSERT INTO known_addresses VALUES (?, ?, ?)",
-                        [(k.address, k.kind, k.list_id) for k in known])  # fmt: skip
-        con.execute(
-            "CREATE OR REPLACE TABLE analysis_rules (rule_id VARCHAR, outcome VARCHAR, "
-            "evidence VARCHAR, rationale VARCHAR)"
-        )
-        con.executemany("INSERT INTO analysis_rules VALUES (?, ?, ?, ?)", rules_table())
-        for table, sql in signals.steps():
+        *intermediate, (_, final) = signals.steps()
+        for table, sql in intermediate:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
-        con.execute("CREATE OR REPLACE TABLE reply_signals AS SELECT * FROM temp.reply_signals")
+        # The last step is not materialised on its own: the verdicts are computed in
+        # the same pass and stored with the evidence columns (one table, one write).
         con.execute(
             "CREATE OR REPLACE TABLE reply_verdicts AS "
             f"SELECT s.*, r.outcome, r.evidence, {RULES_VERSION} AS rules_version, "
-            f"'{version}' AS pools_version FROM (SELECT *, {verdict_sql()} FROM reply_signals) s "
+            f"'{version}' AS pools_version FROM (SELECT *, {verdict_sql()} FROM ({final})) s "
             "JOIN analysis_rules r USING (rule_id)"
         )
         con.execute(f"CREATE OR REPLACE TABLE attributions AS {ATTRIBUTION_SQL}")
@@ -64,3 +62,16 @@ def analyze(db: str | Path) -> AnalysisSummary:
     return AnalysisSummary(
         replies, {str(k): int(v) for k, v in counts.items()}, RULES_VERSION, version
     )
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _load_table(
+    con: Any, name: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]
+) -> None:
+    """A small VARCHAR table in one statement (``executemany`` costs a round trip per row)."""
+    values = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in rows)
+    names = ", ".join(columns)
+    con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM (VALUES {values}) v({names})")

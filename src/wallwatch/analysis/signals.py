@@ -95,15 +95,29 @@ STEPS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        # Flags per distinct address: addresses repeat across replies (a forged pool is
+        # small), so the pattern matching runs once per address, not once per reply.
+        "ip_flags",
+        """
+        SELECT i.ip,
+               bool_or(k.kind = 'forged' OR regexp_matches(i.ip, '{teredo}')
+                       OR i.ip IN (SELECT address FROM learned_forged)) AS forged,
+               bool_or(k.kind = 'nxdomain_redirect') AS nx_redirect,
+               bool_or(regexp_matches(i.ip, '{bogon4}') OR regexp_matches(i.ip, '{bogon6}')) AS bogon
+        FROM (SELECT DISTINCT unnest(ips) AS ip FROM reply_ips) i
+        LEFT JOIN known_addresses k ON k.address = i.ip
+        GROUP BY ALL
+        """,
+    ),
+    (
         "known_flags",
         """
-        SELECT b.measurement_uid, b.response_index,
-               bool_or(k.kind = 'forged' OR regexp_matches(ip, '{teredo}')
-                       OR ip IN (SELECT address FROM learned_forged)) AS s_forged_pool,
-               bool_or(k.kind = 'nxdomain_redirect') AS s_nx_redirect,
-               bool_or(regexp_matches(ip, '{bogon4}') OR regexp_matches(ip, '{bogon6}')) AS s_bogon
-        FROM (SELECT measurement_uid, response_index, unnest(ips) AS ip FROM reply_base) b
-        LEFT JOIN known_addresses k ON k.address = b.ip
+        SELECT r.measurement_uid, r.response_index,
+               bool_or(f.forged) AS s_forged_pool,
+               coalesce(bool_or(f.nx_redirect), false) AS s_nx_redirect,
+               bool_or(f.bogon) AS s_bogon
+        FROM (SELECT measurement_uid, response_index, unnest(ips) AS ip FROM reply_ips) r
+        JOIN ip_flags f ON f.ip = r.ip
         GROUP BY ALL
         """,
     ),
@@ -139,9 +153,8 @@ STEPS: tuple[tuple[str, str], ...] = (
         "reply_signals",
         """
         SELECT m.*,
-               coalesce(bool_or(m.s_control_match) OVER (
-                   PARTITION BY m.measurement_uid ORDER BY m.response_index
-                   ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), false) AS s_later_genuine,
+               coalesce(m.response_index < max(CASE WHEN m.s_control_match THEN m.response_index END)
+                   OVER (PARTITION BY m.measurement_uid), false) AS s_later_genuine,
                coalesce(m.rtt < 0.5 * p.base_rtt, false) AS s_fast,
                coalesce(abs(m.ip_ttl - p.base_ttl) > 1, false) AS s_ttl_off
         FROM reply_matched m
