@@ -161,3 +161,12 @@ def test_explain_gives_the_argument_and_the_packets(dataset: Path) -> None:
     assert text.count(";QUESTION") == 3  # every packet, rendered from its raw bytes
     with pytest.raises(ValueError, match="no measurement"):
         explain(dataset, "nope")
+
+
+def test_injector_families_are_grouped_then_named(dataset: Path) -> None:
+    rows = store.query(
+        dataset, "SELECT profile, aa, name_form, answer_ttl, replies FROM injector_families"
+    )
+    # Both loopback forgeries use Injector 3's construction (pointer, answer TTL 236).
+    assert rows and {r[0] for r in rows} == {"injector3"}
+    assert all(not aa and form == "pointer" and ttl == 236 for _, aa, form, ttl, _ in rows)

@@ -351,3 +351,16 @@ def test_locate_corrects_for_a_mirroring_injector(lab) -> None:  # noqa: ANN001
     found = json.loads(out.stdout)
     assert found["mirrored"] and found["first_ttl"] == 2 * s.border_hops - 1
     assert found["hop"] == s.border_hops
+
+
+def test_injector_families_in_gfw_steady(lab, tmp_path) -> None:  # noqa: ANN001
+    from wallwatch import store
+
+    lab("gfw-steady")
+    names = ["www.google.com", "www.facebook.com", "twitter.com", "www.youtube.com", "www.dropbox.com",
+             "www.example.com"] + [f"n{i}.google.com" for i in range(30)]  # fmt: skip
+    db = sweep_and_analyze(tmp_path, names, ("client1", "-t", "8.8.8.8", "--control", "tcp:8.8.8.8"),
+                           ("outside", "-t", "dark:10.10.3.7"))  # fmt: skip
+    profiles = {p for (p,) in store.query(db, "SELECT profile FROM injector_families")}
+    assert {"injector1", "injector2", "injector3"} <= profiles
+    assert "unknown" not in profiles

@@ -5,6 +5,7 @@ Tables written beside the store's own (docs/schema.md):
 * ``reply_verdicts``: per reply, the evidence columns (:mod:`.signals`), the first rule
   that holds, every rule that holds, its outcome and evidence level, ``rules_version``;
 * ``attributions``: per (hostname, query_type), who did it, with confidence and reasons;
+* ``injector_families``: forged replies grouped by fingerprint, named when they fit a profile;
 * ``analysis_rules`` and ``known_addresses``: the rules and pools the verdicts used.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from wallwatch.analysis import pools, signals
 from wallwatch.analysis.attribution import ATTRIBUTION_SQL
+from wallwatch.analysis.families import FAMILIES_SQL
 from wallwatch.analysis.rules import RULES_VERSION, rules_table, verdict_sql
 
 
@@ -53,6 +55,7 @@ def analyze(db: str | Path) -> AnalysisSummary:
             "JOIN analysis_rules r USING (rule_id)"
         )
         con.execute(f"CREATE OR REPLACE TABLE attributions AS {ATTRIBUTION_SQL}")
+        con.execute(f"CREATE OR REPLACE TABLE injector_families AS {FAMILIES_SQL}")
         replies = int(con.execute("SELECT count(*) FROM reply_verdicts").fetchone()[0])
         counts = dict(
             con.execute("SELECT attribution, count(*) FROM attributions GROUP BY ALL").fetchall()

@@ -1,0 +1,52 @@
+"""Injector families: group forged replies by their header fingerprint, then name them.
+
+Grouping comes first and needs no labels: replies judged injected are keyed by what
+the wire shows of their maker -- the AA bit, whether the answer names its owner with
+the ``c0 0c`` pointer or the full name, whether OPT was dropped, the answer TTL -- and
+each family is described by its IP TTL spread. A family is then *named* when it fits a
+published profile (gfw-dns.md 3.3, Triplet Table 3, gfwrev09); one that fits none is
+reported as ``unknown`` (Triplet's "Injector X") rather than forced into a label.
+"""
+
+from __future__ import annotations
+
+FAMILIES_SQL = """
+WITH injected AS (
+    SELECT v.measurement_uid, v.response_index, v.ip_ttl, v.edns, r.flags,
+           (SELECT a.ttl FROM answers a WHERE a.measurement_uid = v.measurement_uid
+              AND a.response_index = v.response_index ORDER BY a.answer_index LIMIT 1) AS answer_ttl,
+           -- The owner of the first answer starts right after the question:
+           -- 12 header bytes + the question name (its text length + 1) + type and class.
+           substr(hex(from_base64(r.raw_response)), 2 * (12 + length(r.qname) + 1 + 4) + 1, 4)
+               = 'C00C' AS pointer
+    FROM reply_verdicts v
+    JOIN responses r ON r.measurement_uid = v.measurement_uid
+         AND r.response_index = v.response_index
+    -- Packets the injector itself made (not a resolver's reply carrying forged data).
+    WHERE v.outcome IN ('injected.dark_destination', 'injected.multi_reply', 'injected.fingerprint')
+      AND r.qname IS NOT NULL AND r.ancount > 0
+),
+families AS (
+    SELECT (flags & 1024) <> 0 AS aa,
+           CASE WHEN pointer THEN 'pointer' ELSE 'full' END AS name_form,
+           edns, answer_ttl,
+           count(*) AS replies,
+           count(DISTINCT ip_ttl) AS distinct_ip_ttls,
+           min(ip_ttl) AS min_ip_ttl, max(ip_ttl) AS max_ip_ttl,
+           min(measurement_uid) AS example_measurement_uid
+    FROM injected GROUP BY ALL
+)
+SELECT 'F' || row_number() OVER (ORDER BY replies DESC, answer_ttl) AS family,
+       CASE
+         WHEN aa AND name_form = 'full' AND answer_ttl = 60 AND NOT edns THEN 'injector1'
+         WHEN NOT aa AND name_form = 'pointer' AND answer_ttl IN (130, 234, 236) AND NOT edns
+           THEN 'injector3'
+         WHEN name_form = 'pointer' AND answer_ttl = 300 AND NOT edns THEN 'type1-2009'
+         WHEN name_form = 'full' AND answer_ttl = 86400 AND NOT edns THEN 'type2-2009'
+         WHEN NOT aa AND name_form = 'pointer' AND NOT edns AND distinct_ip_ttls >= 5
+              AND max_ip_ttl - min_ip_ttl >= 32 THEN 'injector2'
+         ELSE 'unknown'
+       END AS profile,
+       *
+FROM families
+"""
