@@ -364,3 +364,49 @@ def test_injector_families_in_gfw_steady(lab, tmp_path) -> None:  # noqa: ANN001
     profiles = {p for (p,) in store.query(db, "SELECT profile FROM injector_families")}
     assert {"injector1", "injector2", "injector3"} <= profiles
     assert "unknown" not in profiles
+
+
+def test_analysis_attributes_the_root_leak(lab, tmp_path) -> None:  # noqa: ANN001
+    lab("root-leak-2010")
+    names = ["www.facebook.com", "twitter.com", "www.example.com", "www.python.org"]
+    # From abroad only: the public resolver's answers, its TCP answers, and a dark host.
+    db = sweep_and_analyze(tmp_path, names, ("outside", "-t", "8.8.8.8", "--control", "tcp:8.8.8.8"),
+                           ("outside", "-t", "dark:10.10.3.7"))  # fmt: skip
+    got = attributions(db)
+    assert got["www.facebook.com"] == got["twitter.com"] == "on_path_injector"
+    assert got["www.example.com"] == got["www.python.org"] == "none"
+
+
+def test_analysis_attributes_a_changed_authoritative_with_a_baseline(lab, tmp_path) -> None:  # noqa: ANN001
+    from wallwatch.analysis.run import analyze
+
+    names = ["www.example.com", "www.example.org", "www.example.net", "www.python.org"]
+    runs = (("client1", "-t", "10.10.2.53", "-t", "8.8.8.8", "--control", "tcp:8.8.8.8"),
+            ("outside", "-t", "8.8.8.8"))  # fmt: skip
+    lab("clean")
+    (tmp_path / "before").mkdir()
+    before = sweep_and_analyze(tmp_path / "before", names, *runs)
+    assert set(attributions(before).values()) == {"none"}
+    topology.down()
+    s = lab("authoritative-hijack")
+    (tmp_path / "after").mkdir()
+    after = sweep_and_analyze(tmp_path / "after", names, *runs)
+    assert set(attributions(after).values()) == {"none"}  # without history it looks genuine
+    analyze(after, baseline=before)
+    got = attributions(after)
+    assert {n: got[n] for n in names} == {
+        n: ("hijacked_authoritative" if n in s.authoritative_override else "none") for n in names
+    }
+
+
+def test_analysis_attributes_the_2012_google_poisoning(lab, tmp_path) -> None:  # noqa: ANN001
+    lab("gfw-2012-11-09")
+    names = ["www.google.com", "mail.google.com", "www.example.com"]
+    db = sweep_and_analyze(
+        tmp_path,
+        names,
+        ("client1", "-t", "8.8.8.8", "-t", "10.10.2.53", "--control", "tcp:8.8.8.8"),
+    )
+    got = attributions(db)
+    assert got["www.google.com"] == got["mail.google.com"] == "on_path_injector"
+    assert got["www.example.com"] == "none"

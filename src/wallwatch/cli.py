@@ -335,7 +335,13 @@ def ingest(files: tuple[str, ...], db: str, parquet_dir: str | None) -> None:
     "--db", default="wallwatch.duckdb", show_default=True, help="DuckDB store (see ingest)."
 )
 @click.option("--json", "as_json_out", is_flag=True, help="Print the attributions as JSON lines.")
-def analyze(db: str, as_json_out: bool) -> None:
+@click.option(
+    "--baseline",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="An earlier store of the same names (to tell a changed authoritative).",
+)
+def analyze(db: str, as_json_out: bool, baseline: str | None) -> None:
     """Judge every reply in the store and attribute each name (tables reply_verdicts, attributions)."""
     import json
 
@@ -347,7 +353,7 @@ def analyze(db: str, as_json_out: bool) -> None:
             f"{db}: no such store; load records with 'wallwatch ingest' first"
         )
     try:
-        summary = run_analysis(db)
+        summary = run_analysis(db, baseline=baseline)
     except Exception as exc:  # DuckDB raises its own types; name the store in the message
         raise click.ClickException(f"{db}: analysis failed: {exc}") from None
     err.print(

@@ -8,11 +8,27 @@ names is the resolver's NXDOMAIN rewrite; a resolver's single answer that the co
 disowns, with no sign of the path anywhere, is the resolver's own lie.
 
 A changed authoritative server cannot be told from the truth without history: every
-vantage and the control agree. That needs a baseline of earlier sweeps, which this
-version does not take yet; such names come out as ``none``.
+vantage and the control agree. Given a baseline (an earlier store), a name whose
+answers all agree with today's control while today's control shares no address with
+the baseline's is attributed to a changed authoritative (low confidence: a legitimate
+move looks the same; the report must say so). Without a baseline such names are ``none``.
 """
 
 from __future__ import annotations
+
+BASELINE_SQL = """
+SELECT m.hostname, m.query_type, list(DISTINCT lower(coalesce(a.ipv4, a.ipv6))) AS ips
+FROM base.measurements m JOIN base.answers a ON a.measurement_uid = m.measurement_uid
+WHERE m.target_kind = 'control' AND coalesce(a.ipv4, a.ipv6) IS NOT NULL
+GROUP BY ALL
+"""
+
+NAME_CHANGES_SQL = """
+SELECT c.hostname, c.query_type,
+       len(c.ips) > 0 AND len(b.ips) > 0 AND len(list_intersect(c.ips, b.ips)) = 0 AS changed
+FROM control_answers c JOIN baseline_answers b USING (hostname, query_type)
+"""
+
 
 ATTRIBUTION_SQL = """
 SELECT hostname, query_type,
@@ -25,6 +41,8 @@ SELECT hostname, query_type,
          WHEN bool_or(outcome = 'resolver.nxdomain_rewrite') THEN 'isp_nxdomain_rewrite'
          WHEN bool_or(outcome IN ('resolver.tampered', 'injected.forged_pool', 'ip.bogon'))
            THEN 'tampering_resolver'
+         WHEN bool_and(outcome IN ('ok.match_ip', 'dns.timeout')) AND bool_or(changed)
+           THEN 'hijacked_authoritative'
          WHEN bool_and(outcome IN ('ok.match_ip', 'dns.timeout'))
               AND bool_or(outcome = 'ok.match_ip') THEN 'none'
          ELSE 'unknown'
@@ -32,13 +50,16 @@ SELECT hostname, query_type,
        CASE
          WHEN bool_or(evidence = 'confirmed') THEN 'high'
          WHEN bool_or(evidence = 'strong') THEN 'medium'
+         WHEN bool_or(changed) THEN 'low'
          WHEN bool_or(outcome = 'ok.match_ip') AND bool_and(outcome IN ('ok.match_ip', 'dns.timeout'))
            THEN 'high'
          ELSE 'low'
        END AS confidence,
-       list(DISTINCT rule_id ORDER BY rule_id) AS reasons,
+       list_sort(list_distinct(list(rule_id) || CASE WHEN bool_or(changed)
+           THEN ['authoritative_changed'] ELSE [] END)) AS reasons,
        list_sort(list_distinct(flatten(list(ips) FILTER (WHERE outcome <> 'ok.match_ip'))))
            AS bad_answers
-FROM reply_verdicts
+FROM (SELECT v.*, coalesce(c.changed, false) AS changed
+      FROM reply_verdicts v LEFT JOIN name_changes c USING (hostname, query_type))
 GROUP BY ALL
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wallwatch.analysis import pools, signals
-from wallwatch.analysis.attribution import ATTRIBUTION_SQL
+from wallwatch.analysis.attribution import ATTRIBUTION_SQL, BASELINE_SQL, NAME_CHANGES_SQL
 from wallwatch.analysis.families import FAMILIES_SQL
 from wallwatch.analysis.rules import RULES_VERSION, rules_table, verdict_sql
 
@@ -30,8 +30,13 @@ class AnalysisSummary:
     pools_version: str
 
 
-def analyze(db: str | Path) -> AnalysisSummary:
-    """Compute (or recompute) the analysis tables of the store ``db``."""
+def analyze(db: str | Path, *, baseline: str | Path | None = None) -> AnalysisSummary:
+    """Compute (or recompute) the analysis tables of the store ``db``.
+
+    ``baseline`` is an earlier store of the same names: with it, answers that every
+    vantage and the control agree on but that changed since are told apart (see
+    :mod:`.attribution`).
+    """
     import duckdb
 
     con: Any = duckdb.connect(str(db))
@@ -54,6 +59,15 @@ def analyze(db: str | Path) -> AnalysisSummary:
             f"'{version}' AS pools_version FROM (SELECT *, {verdict_sql()} FROM ({final})) s "
             "JOIN analysis_rules r USING (rule_id)"
         )
+        if baseline is not None:
+            con.execute(f"ATTACH {_literal(str(baseline))} AS base (READ_ONLY)")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE baseline_answers AS {BASELINE_SQL}")
+        else:
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE baseline_answers "
+                "(hostname VARCHAR, query_type VARCHAR, ips VARCHAR[])"
+            )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE name_changes AS {NAME_CHANGES_SQL}")
         con.execute(f"CREATE OR REPLACE TABLE attributions AS {ATTRIBUTION_SQL}")
         con.execute(f"CREATE OR REPLACE TABLE injector_families AS {FAMILIES_SQL}")
         replies = int(con.execute("SELECT count(*) FROM reply_verdicts").fetchone()[0])
