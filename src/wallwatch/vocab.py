@@ -123,6 +123,8 @@ class Outcome(StrEnum):
 
     #: The reply agrees with the trusted control by address.
     OK_MATCH_IP = "ok.match_ip"
+    #: The reply says NXDOMAIN, and so does the control.
+    OK_MATCH_NXDOMAIN = "ok.match_nxdomain"
     #: The reply agrees with the control by origin AS only (CDNs, GeoDNS).
     OK_MATCH_ASN = "ok.match_asn"
     #: A reply came from a host that runs no DNS server.

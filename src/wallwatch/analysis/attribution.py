@@ -41,23 +41,23 @@ SELECT hostname, query_type,
          WHEN bool_or(outcome = 'resolver.nxdomain_rewrite') THEN 'isp_nxdomain_rewrite'
          WHEN bool_or(outcome IN ('resolver.tampered', 'injected.forged_pool', 'ip.bogon'))
            THEN 'tampering_resolver'
-         WHEN bool_and(outcome IN ('ok.match_ip', 'dns.timeout')) AND bool_or(changed)
+         WHEN bool_and(outcome LIKE 'ok.%' OR outcome = 'dns.timeout') AND bool_or(changed)
            THEN 'hijacked_authoritative'
-         WHEN bool_and(outcome IN ('ok.match_ip', 'dns.timeout'))
-              AND bool_or(outcome = 'ok.match_ip') THEN 'none'
+         WHEN bool_and(outcome LIKE 'ok.%' OR outcome = 'dns.timeout')
+              AND bool_or(outcome LIKE 'ok.%') THEN 'none'
          ELSE 'unknown'
        END AS attribution,
        CASE
          WHEN bool_or(evidence = 'confirmed') THEN 'high'
          WHEN bool_or(evidence = 'strong') THEN 'medium'
          WHEN bool_or(changed) THEN 'low'
-         WHEN bool_or(outcome = 'ok.match_ip') AND bool_and(outcome IN ('ok.match_ip', 'dns.timeout'))
+         WHEN bool_or(outcome LIKE 'ok.%') AND bool_and(outcome LIKE 'ok.%' OR outcome = 'dns.timeout')
            THEN 'high'
          ELSE 'low'
        END AS confidence,
        list_sort(list_distinct(list(rule_id) || CASE WHEN bool_or(changed)
            THEN ['authoritative_changed'] ELSE [] END)) AS reasons,
-       list_sort(list_distinct(flatten(list(ips) FILTER (WHERE outcome <> 'ok.match_ip'))))
+       list_sort(list_distinct(flatten(list(ips) FILTER (WHERE outcome NOT LIKE 'ok.%'))))
            AS bad_answers
 FROM (SELECT v.*, coalesce(c.changed, false) AS changed
       FROM reply_verdicts v LEFT JOIN name_changes c USING (hostname, query_type))

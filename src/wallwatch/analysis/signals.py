@@ -4,7 +4,8 @@ One row per reply (and one per measurement that drew none), with boolean ``s_*``
 columns the rules read:
 
 * ``s_dark``: the query went to a host that runs no DNS server (3.1);
-* ``s_later_genuine``: a later reply to the same query agrees with the control (3.2);
+* ``s_later_genuine``: a later reply to the same query agrees with the control, by
+  address or by NXDOMAIN (3.2);
 * ``s_control_match`` / ``s_control_mismatch``: the reply's addresses against the
   trusted control's for the same name and type (TCP/DoT/DoH lookups, any vantage);
   ``s_control_nx``: the control said NXDOMAIN;
@@ -153,7 +154,9 @@ STEPS: tuple[tuple[str, str], ...] = (
         "reply_signals",
         """
         SELECT m.*,
-               coalesce(m.response_index < max(CASE WHEN m.s_control_match THEN m.response_index END)
+               coalesce(m.response_index < max(
+                   CASE WHEN m.s_control_match OR (m.s_control_nx AND m.rcode = 3)
+                        THEN m.response_index END)
                    OVER (PARTITION BY m.measurement_uid), false) AS s_later_genuine,
                coalesce(m.rtt < 0.5 * p.base_rtt, false) AS s_fast,
                coalesce(abs(m.ip_ttl - p.base_ttl) > 1, false) AS s_ttl_off
