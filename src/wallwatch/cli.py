@@ -341,7 +341,13 @@ def ingest(files: tuple[str, ...], db: str, parquet_dir: str | None) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="An earlier store of the same names (to tell a changed authoritative).",
 )
-def analyze(db: str, as_json_out: bool, baseline: str | None) -> None:
+@click.option(
+    "--mmdb",
+    default=None,
+    type=click.Path(exists=True),
+    help="Dated MMDB snapshots (YYYYMMDD-*.mmdb) or one file, for origin-AS matching.",
+)
+def analyze(db: str, as_json_out: bool, baseline: str | None, mmdb: str | None) -> None:
     """Judge every reply in the store and attribute each name (tables reply_verdicts, attributions)."""
     import json
 
@@ -353,7 +359,7 @@ def analyze(db: str, as_json_out: bool, baseline: str | None) -> None:
             f"{db}: no such store; load records with 'wallwatch ingest' first"
         )
     try:
-        summary = run_analysis(db, baseline=baseline)
+        summary = run_analysis(db, baseline=baseline, mmdb=mmdb)
     except Exception as exc:  # DuckDB raises its own types; name the store in the message
         raise click.ClickException(f"{db}: analysis failed: {exc}") from None
     err.print(

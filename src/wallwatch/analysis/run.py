@@ -11,6 +11,8 @@ Tables written beside the store's own (docs/schema.md):
 
 from __future__ import annotations
 
+import csv
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +32,15 @@ class AnalysisSummary:
     pools_version: str
 
 
-def analyze(db: str | Path, *, baseline: str | Path | None = None) -> AnalysisSummary:
+def analyze(
+    db: str | Path, *, baseline: str | Path | None = None, mmdb: str | Path | None = None
+) -> AnalysisSummary:
     """Compute (or recompute) the analysis tables of the store ``db``.
 
     ``baseline`` is an earlier store of the same names: with it, answers that every
     vantage and the control agree on but that changed since are told apart (see
-    :mod:`.attribution`).
+    :mod:`.attribution`). ``mmdb`` is a directory of dated MMDB snapshots (or one
+    file) for origin-AS matching (:mod:`.netinfo`).
     """
     import duckdb
 
@@ -48,6 +53,7 @@ def analyze(db: str | Path, *, baseline: str | Path | None = None) -> AnalysisSu
         _load_table(
             con, "analysis_rules", ("rule_id", "outcome", "evidence", "rationale"), rules_table()
         )
+        _load_asns(con, mmdb)
         *intermediate, (_, final) = signals.steps()
         for table, sql in intermediate:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
@@ -92,3 +98,34 @@ def _load_table(
     values = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in rows)
     names = ", ".join(columns)
     con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM (VALUES {values}) v({names})")
+
+
+def _load_asns(con: Any, mmdb: str | Path | None) -> None:
+    """Table ``ip_asn``: one lookup per distinct (day, address) of the store."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE ip_asn (day DATE, ip VARCHAR, asn INTEGER, as_org VARCHAR)"
+    )
+    if mmdb is None:
+        return
+    from wallwatch.analysis.netinfo import NetinfoDB
+
+    pairs = con.execute(
+        "SELECT DISTINCT CAST(substr(m.measurement_start_time, 1, 10) AS DATE), "
+        "lower(coalesce(a.ipv4, a.ipv6)) FROM answers a JOIN measurements m "
+        "ON m.measurement_uid = a.measurement_uid WHERE coalesce(a.ipv4, a.ipv6) IS NOT NULL"
+    ).fetchall()
+    netinfo = NetinfoDB(mmdb)
+    try:
+        rows = netinfo.rows(pairs)
+    finally:
+        netinfo.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", newline="", delete=False) as handle:
+        csv.writer(handle).writerows(rows)
+        name = handle.name
+    try:
+        con.execute(
+            f"INSERT INTO ip_asn SELECT * FROM read_csv({_literal(name)}, header=false, "
+            "columns={'day': 'DATE', 'ip': 'VARCHAR', 'asn': 'INTEGER', 'as_org': 'VARCHAR'})"
+        )
+    finally:
+        Path(name).unlink()

@@ -17,7 +17,10 @@ columns the rules read:
 * ``s_fast``: faster than half the path's baseline RTT, and ``s_ttl_off``: an IP TTL
   more than 1 off the path's baseline -- Hold-On's two tests, with the baseline
   learned from this dataset's control-matching replies per (vantage, resolver);
-* ``s_bogon``: a private, loopback, link-local, multicast or reserved address.
+* ``s_bogon``: a private, loopback, link-local, multicast or reserved address;
+* ``s_asn_match``: an answer's origin AS is among the control's, as of the day (offline
+  MMDB snapshots, :mod:`.netinfo`; empty without ``--mmdb``): CDNs and GeoDNS answer
+  differently but from the same AS (OONI ``dns_consistency``; Iris).
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ STEPS: tuple[tuple[str, str], ...] = (
         """
         SELECT m.measurement_uid, m.hostname, m.query_type, m.vantage, m.resolver_address,
                m.target_kind, m.edns_payload, m.t0,
+               CAST(substr(m.measurement_start_time, 1, 10) AS DATE) AS day,
                r.response_index, r.rtt, r.ip_ttl, r.edns, r.rcode, r.failure AS parse_failure,
                r.engine, coalesce(ri.ips, []) AS ips, coalesce(ri.has_a, false) AS has_a,
                c.ips AS control_ips, coalesce(c.nxdomain, false) AS s_control_nx,
@@ -93,6 +97,30 @@ STEPS: tuple[tuple[str, str], ...] = (
              AND ri.response_index = r.response_index
         LEFT JOIN control_answers c ON c.hostname = m.hostname AND c.query_type = m.query_type
         WHERE m.target_kind <> 'control'
+        """,
+    ),
+    (
+        # Origin ASes of each reply's addresses, as of the measurement's day (netinfo).
+        "reply_asn",
+        """
+        SELECT b.measurement_uid, b.response_index, list(DISTINCT n.asn) AS asns
+        FROM (SELECT measurement_uid, response_index, day, unnest(ips) AS ip FROM reply_base) b
+        JOIN ip_asn n ON n.day = b.day AND n.ip = b.ip
+        WHERE n.asn IS NOT NULL
+        GROUP BY ALL
+        """,
+    ),
+    (
+        "control_asn",
+        """
+        SELECT m.hostname, m.query_type, list(DISTINCT n.asn) AS asns
+        FROM measurements m
+        JOIN answers a ON a.measurement_uid = m.measurement_uid
+        JOIN ip_asn n ON n.day = CAST(substr(m.measurement_start_time, 1, 10) AS DATE)
+             AND n.ip = lower(coalesce(a.ipv4, a.ipv6))
+        WHERE m.target_kind = 'control' AND n.asn IS NOT NULL
+          AND n.ip NOT IN (SELECT address FROM forged_addresses)
+        GROUP BY ALL
         """,
     ),
     (
@@ -137,10 +165,14 @@ STEPS: tuple[tuple[str, str], ...] = (
                         AND b.engine = 'udp', false) AS s_no_opt,
                coalesce(f.s_forged_pool, false) AS s_forged_pool,
                coalesce(f.s_nx_redirect, false) AS s_nx_redirect,
-               coalesce(f.s_bogon, false) AS s_bogon
+               coalesce(f.s_bogon, false) AS s_bogon,
+               coalesce(len(list_intersect(ra.asns, ca.asns)) > 0, false) AS s_asn_match
         FROM reply_base b
         LEFT JOIN known_flags f ON f.measurement_uid = b.measurement_uid
              AND f.response_index IS NOT DISTINCT FROM b.response_index
+        LEFT JOIN reply_asn ra ON ra.measurement_uid = b.measurement_uid
+             AND ra.response_index IS NOT DISTINCT FROM b.response_index
+        LEFT JOIN control_asn ca ON ca.hostname = b.hostname AND ca.query_type = b.query_type
         """,
     ),
     (
