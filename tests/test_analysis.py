@@ -170,3 +170,23 @@ def test_injector_families_are_grouped_then_named(dataset: Path) -> None:
     # Both loopback forgeries use Injector 3's construction (pointer, answer TTL 236).
     assert rows and {r[0] for r in rows} == {"injector3"}
     assert all(not aa and form == "pointer" and ttl == 236 for _, aa, form, ttl, _ in rows)
+
+
+def test_malformed_replies_get_a_verdict_of_their_own(serve, tmp_path: Path) -> None:
+    server = serve(
+        lambda request: (
+            request.wire[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x03www\xc0\xff"
+        )
+    )
+    out = tmp_path / "m.jsonl"
+    journal = Journal.open(out)
+    Prober(ProbeConfig(rate=None, timeout=0.3, window=0.1, retries=0), journal).run(
+        [udp_query(server, "www.example.com")]
+    )
+    journal.close()
+    db = tmp_path / "ww.duckdb"
+    store.ingest([out], db)
+    analyze(db)
+    assert store.query(db, "SELECT outcome, rule_id FROM reply_verdicts") == [
+        ("dns.malformed", "malformed_reply")
+    ]

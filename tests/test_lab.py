@@ -42,3 +42,23 @@ def test_forged_reply_variants() -> None:
 def test_lab_binds_loopback_only() -> None:
     with pytest.raises(ValueError, match="loopback"):
         LoopbackServer(authoritative({}), "8.8.8.8")
+
+
+def test_lab_up_without_root_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from wallwatch.cli import main
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    result = CliRunner().invoke(main, ["lab", "up", "gfw-2014-01-21"])
+    assert (
+        result.exit_code != 0 and "need root" in result.output and "loopback lab" in result.output
+    )
+
+
+def test_unknown_scenario_lists_the_shipped_ones() -> None:
+    from wallwatch.lab import scenario
+
+    with pytest.raises(ValueError, match="gfw-2014-01-21"):
+        scenario.load("no-such-scenario")
+    assert {"gfw-steady", "gfw-2014-01-21", "clean"} <= set(scenario.available())

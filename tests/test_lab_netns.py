@@ -410,3 +410,27 @@ def test_analysis_attributes_the_2012_google_poisoning(lab, tmp_path) -> None:  
     got = attributions(db)
     assert got["www.google.com"] == got["mail.google.com"] == "on_path_injector"
     assert got["www.example.com"] == "none"
+
+
+def test_lab_commands(lab) -> None:  # noqa: ANN001
+    wallwatch = [sys.executable, "-m", "wallwatch", "lab"]
+    up = subprocess.run([*wallwatch, "up", "clean"], capture_output=True, text=True, timeout=60)
+    assert up.returncode == 0, up.stderr
+    assert "lab 'clean' is up" in up.stderr
+    status = json.loads(
+        subprocess.run([*wallwatch, "status"], capture_output=True, text=True, check=True).stdout
+    )
+    assert set(status["namespaces"]) == {netns.ns_name(n.name) for n in topology.nodes(scenario.load("clean"))} | {
+        netns.ns_name("border")}  # fmt: skip
+    assert status["state"]["scenario"] == "clean"
+    out = subprocess.run([*wallwatch, "exec", "client1", "--", "dig", "@8.8.8.8", "www.example.com", "+short"],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert out.stdout.split() == [zones.genuine_address("www.example.com")]
+    missing = subprocess.run(
+        [*wallwatch, "exec", "nowhere", "--", "true"], capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "no lab node 'nowhere'" in missing.stderr
+    again = subprocess.run([*wallwatch, "up", "clean"], capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "already up" in again.stderr
+    down = subprocess.run([*wallwatch, "down"], capture_output=True, text=True, timeout=60)
+    assert "removed 10 namespaces" in down.stderr and netns.ours() == []

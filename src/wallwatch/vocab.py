@@ -145,6 +145,8 @@ class Outcome(StrEnum):
     IP_BOGON = "ip.bogon"
     #: The query drew no reply.
     DNS_TIMEOUT = "dns.timeout"
+    #: The reply's bytes are not a valid DNS message (kept raw; a fingerprint in itself).
+    DNS_MALFORMED = "dns.malformed"
     #: The evidence does not support any of the other outcomes.
     UNKNOWN = "unknown"
 

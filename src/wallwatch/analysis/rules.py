@@ -60,6 +60,8 @@ RULES: tuple[Rule, ...] = (
          "a resolver's single answer that the control disowns, with no sign of the path"),
     Rule("no_reply", "NOT s_has_reply", Outcome.DNS_TIMEOUT, Evidence.NONE,
          "the query drew no reply"),
+    Rule("malformed_reply", "parse_failure IS NOT NULL", Outcome.DNS_MALFORMED, Evidence.SCORED,
+         "the reply is not a valid DNS message (kept raw; Wallbleed's injector leaked memory)"),
 )  # fmt: skip
 
 
