@@ -41,6 +41,8 @@ class Engine(StrEnum):
     TCP = "tcp"
     DOT = "dot"
     DOH = "doh"
+    #: The system resolver (OONI's ``getaddrinfo``/``system``); only in imported data.
+    GETADDRINFO = "getaddrinfo"
 
 
 class Failure(StrEnum):
@@ -125,6 +127,8 @@ class Outcome(StrEnum):
     OK_MATCH_IP = "ok.match_ip"
     #: The reply says NXDOMAIN, and so does the control.
     OK_MATCH_NXDOMAIN = "ok.match_nxdomain"
+    #: The reply has no address of the type asked, and neither has the control.
+    OK_MATCH_NODATA = "ok.match_nodata"
     #: The reply agrees with the control by origin AS only (CDNs, GeoDNS).
     OK_MATCH_ASN = "ok.match_asn"
     #: A reply came from a host that runs no DNS server.

@@ -1,0 +1,1 @@
+"""Other people's data, read into wallwatch records so the same analysis judges it."""

@@ -1,0 +1,39 @@
+"""The analysis on real and QA OONI measurements (../shared/data), against OONI's verdicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import SHARED
+from wallwatch.interop import ooni
+from wallwatch.interop.validation import judge
+
+OONI = SHARED / "data" / "ooni"
+pytestmark = pytest.mark.skipif(not OONI.exists(), reason=f"{OONI} is not beside the project")
+
+
+@pytest.mark.parametrize(
+    ("path", "attribution"),
+    [
+        ("real/backend-fastpath/web_connectivity_ir_fp.json", "tampering_resolver"),  # 10.10.34.36
+        ("real/backend-fastpath/bug_351.json", "none"),
+        ("real/probe-cli/manual_dnsgoogle80_measurement.json", "none"),
+        ("synthetic-qa/dnsBlockingBOGON.measurement.json", "tampering_resolver"),
+        ("synthetic-qa/dnsBlockingNXDOMAIN.measurement.json", "tampering_resolver"),
+        ("synthetic-qa/dnsHijackingToProxyWithHTTPURL.measurement.json", "tampering_resolver"),
+        ("synthetic-qa/websiteDownNXDOMAIN.measurement.json", "none"),
+        ("synthetic-qa/successWithHTTPS.measurement.json", "none"),
+        ("synthetic-qa/controlFailureWithSuccessfulHTTPWebsite.measurement.json", "unknown"),
+    ],
+)
+def test_verdicts_on_ooni_data(path: str, attribution: str) -> None:
+    assert judge(OONI / path)[0] == attribution
+
+
+def test_the_api_envelope_is_refused_with_the_reason() -> None:
+    path = (
+        OONI
+        / "real/explorer/measurement_meta_0120200303c6ba9056fe7973cc6b51d15e2ebe18_IE_efindlove_httpdiff.json"
+    )
+    with pytest.raises(ValueError, match="not an OONI measurement"):
+        list(ooni.read(path))
