@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import pytest
+
 from wallwatch.locate import HopObservation, infer
 
 
@@ -25,3 +30,23 @@ def test_mirroring_injector_answers_from_2n_minus_1() -> None:
 def test_silence_everywhere() -> None:
     found = infer([obs(t) for t in range(1, 10)])
     assert found.hop is None and "no reply" in found.explain()
+
+
+SHARED_LOGS = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/gfw-observations/ttl-location"
+)
+
+
+def observations_from_console(text: str) -> list[HopObservation]:
+    """The probe TTLs sent and the one answered, from the published check-dns.py logs."""
+    sent = [int(m) for m in re.findall(r"Sending DNS query with TTL=(\d+)", text)]
+    answered = {int(m) for m in re.findall(r"Received DNS response with TTL=(\d+)", text)}
+    return [HopObservation(t, (None,) if t in answered else (), ()) for t in sent]
+
+
+@pytest.mark.skipif(not SHARED_LOGS.exists(), reason=f"{SHARED_LOGS} is not beside the project")
+@pytest.mark.parametrize(("city", "hop"), [("beijing", 12), ("guangzhou", 11), ("shanghai", 9)])
+def test_real_console_logs_locate_the_injector(city: str, hop: int) -> None:
+    text = (SHARED_LOGS / f"{city}-dns-and-traceroute-result.txt").read_text()
+    found = infer(observations_from_console(text))
+    assert (found.hop, found.mirrored) == (hop, False)
