@@ -224,6 +224,11 @@ def test_demo_replays_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN0
     )
     assert {a for n, a in got.items() if not n.endswith(".cn")} == {"on_path_injector"}
     assert {a for n, a in got.items() if n.endswith(".cn")} == {"none"}
+    tail = store.query(
+        out / "wallwatch.duckdb",
+        "SELECT DISTINCT hostname FROM window_attributions WHERE cache_tail",
+    )
+    assert len(tail) == 87  # every .com/.net/.org name: the ISP resolver kept the forgery
 
 
 def test_isp_nxdomain_rewrite(lab) -> None:  # noqa: ANN001

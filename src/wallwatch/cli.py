@@ -347,7 +347,16 @@ def ingest(files: tuple[str, ...], db: str, parquet_dir: str | None) -> None:
     type=click.Path(exists=True),
     help="Dated MMDB snapshots (YYYYMMDD-*.mmdb) or one file, for origin-AS matching.",
 )
-def analyze(db: str, as_json_out: bool, baseline: str | None, mmdb: str | None) -> None:
+@click.option(
+    "--window",
+    type=click.IntRange(1, 86400),
+    default=60,
+    show_default=True,
+    help="Seconds per time window of window_attributions.",
+)
+def analyze(
+    db: str, as_json_out: bool, baseline: str | None, mmdb: str | None, window: int
+) -> None:
     """Judge every reply in the store and attribute each name (tables reply_verdicts, attributions)."""
     import json
 
@@ -359,7 +368,7 @@ def analyze(db: str, as_json_out: bool, baseline: str | None, mmdb: str | None) 
             f"{db}: no such store; load records with 'wallwatch ingest' first"
         )
     try:
-        summary = run_analysis(db, baseline=baseline, mmdb=mmdb)
+        summary = run_analysis(db, baseline=baseline, mmdb=mmdb, window=window)
     except Exception as exc:  # DuckDB raises its own types; name the store in the message
         raise click.ClickException(f"{db}: analysis failed: {exc}") from None
     err.print(

@@ -103,7 +103,8 @@ def _attribute(db: Path, console: Console) -> None:
     """Run the analysis and say who did it, per name, with the reasons."""
     from wallwatch.analysis.run import analyze
 
-    summary = analyze(db)
+    # Ten-second windows: ten minutes of the incident at the replay's 60x speed.
+    summary = analyze(db, window=10)
     console.print(f"analysis (rules v{summary.rules_version}): " + ", ".join(
         f"{n} names {a}" for a, n in sorted(summary.attributions.items())))  # fmt: skip
     rows = store.query(db, "SELECT hostname, attribution, confidence, reasons FROM attributions "
@@ -111,6 +112,11 @@ def _attribute(db: Path, console: Console) -> None:
     for hostname, attribution, confidence, reasons in rows:
         console.print(f"  {hostname}: {attribution} ({confidence}) because {', '.join(reasons)}",
                       highlight=False)  # fmt: skip
+    (tail,) = store.query(
+        db, "SELECT count(DISTINCT hostname) FROM window_attributions WHERE cache_tail"
+    )[0]
+    console.print(f"  cache tail: {tail} names still answered with the forged address by the ISP "
+                  "resolver after the injection stopped", highlight=False)  # fmt: skip
 
 
 def _summarise(db: Path, console: Console) -> None:

@@ -63,3 +63,43 @@ FROM (SELECT v.*, coalesce(c.changed, false) AS changed
       FROM reply_verdicts v LEFT JOIN name_changes c USING (hostname, query_type))
 GROUP BY ALL
 """
+
+#: Attribution per (name, type, vantage, time window): the same rules, and the cache tail.
+#: A resolver still serving an address that was seen injected for the name in an earlier
+#: (or the same) window is not lying on its own account: its cache was poisoned on the
+#: path (gfw-dns.md 2.6, 4.1: the 2014 tail lasted hours after the injection stopped).
+WINDOW_ATTRIBUTION_SQL = """
+WITH w AS (
+    SELECT v.hostname, v.query_type, v.vantage, v.outcome, v.rule_id,
+           CAST(floor((epoch(CAST(m.measurement_start_time AS TIMESTAMP)) + v.t0) / {window})
+                * {window} AS BIGINT) AS window_start
+    FROM reply_verdicts v JOIN measurements m ON m.measurement_uid = v.measurement_uid
+),
+per AS (
+    SELECT hostname, query_type, vantage, window_start,
+           bool_or(outcome IN ('injected.dark_destination', 'injected.multi_reply',
+                               'injected.fingerprint')) AS path,
+           bool_or(outcome = 'resolver.nxdomain_rewrite') AS rewrite,
+           bool_or(outcome IN ('resolver.tampered', 'injected.forged_pool', 'ip.bogon')) AS lie,
+           bool_and(outcome LIKE 'ok.%' OR outcome = 'dns.timeout')
+               AND bool_or(outcome LIKE 'ok.%') AS clean,
+           list(DISTINCT rule_id ORDER BY rule_id) AS reasons
+    FROM w GROUP BY ALL
+),
+seen AS (
+    SELECT hostname, query_type, min(window_start) FILTER (WHERE path) AS first_injected
+    FROM per GROUP BY ALL
+)
+SELECT p.hostname, p.query_type, p.vantage, make_timestamp(p.window_start * 1000000) AS window_start,
+       CASE
+         WHEN p.path THEN 'on_path_injector'
+         WHEN p.lie AND s.first_injected <= p.window_start THEN 'on_path_injector'
+         WHEN p.rewrite THEN 'isp_nxdomain_rewrite'
+         WHEN p.lie THEN 'tampering_resolver'
+         WHEN p.clean THEN 'none'
+         ELSE 'unknown'
+       END AS attribution,
+       coalesce(p.lie AND NOT p.path AND s.first_injected <= p.window_start, false) AS cache_tail,
+       p.reasons
+FROM per p LEFT JOIN seen s ON s.hostname = p.hostname AND s.query_type = p.query_type
+"""

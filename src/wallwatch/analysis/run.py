@@ -5,6 +5,8 @@ Tables written beside the store's own (docs/schema.md):
 * ``reply_verdicts``: per reply, the evidence columns (:mod:`.signals`), the first rule
   that holds, every rule that holds, its outcome and evidence level, ``rules_version``;
 * ``attributions``: per (hostname, query_type), who did it, with confidence and reasons;
+* ``window_attributions``: per (hostname, query_type, vantage, time window), with the
+  cache tail told apart;
 * ``injector_families``: forged replies grouped by fingerprint, named when they fit a profile;
 * ``analysis_rules`` and ``known_addresses``: the rules and pools the verdicts used.
 """
@@ -19,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from wallwatch.analysis import pools, signals
-from wallwatch.analysis.attribution import ATTRIBUTION_SQL, BASELINE_SQL, NAME_CHANGES_SQL
+from wallwatch.analysis.attribution import (
+    ATTRIBUTION_SQL,
+    BASELINE_SQL,
+    NAME_CHANGES_SQL,
+    WINDOW_ATTRIBUTION_SQL,
+)
 from wallwatch.analysis.families import FAMILIES_SQL
 from wallwatch.analysis.rules import RULES_VERSION, rules_table, verdict_sql
 
@@ -33,7 +40,11 @@ class AnalysisSummary:
 
 
 def analyze(
-    db: str | Path, *, baseline: str | Path | None = None, mmdb: str | Path | None = None
+    db: str | Path,
+    *,
+    baseline: str | Path | None = None,
+    mmdb: str | Path | None = None,
+    window: int = 60,
 ) -> AnalysisSummary:
     """Compute (or recompute) the analysis tables of the store ``db``.
 
@@ -75,6 +86,10 @@ def analyze(
             )
         con.execute(f"CREATE OR REPLACE TEMP TABLE name_changes AS {NAME_CHANGES_SQL}")
         con.execute(f"CREATE OR REPLACE TABLE attributions AS {ATTRIBUTION_SQL}")
+        con.execute(
+            "CREATE OR REPLACE TABLE window_attributions AS "
+            + WINDOW_ATTRIBUTION_SQL.replace("{window}", str(max(1, int(window))))
+        )
         con.execute(f"CREATE OR REPLACE TABLE injector_families AS {FAMILIES_SQL}")
         replies = int(con.execute("SELECT count(*) FROM reply_verdicts").fetchone()[0])
         counts = dict(
