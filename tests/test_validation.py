@@ -37,3 +37,23 @@ def test_the_api_envelope_is_refused_with_the_reason() -> None:
     )
     with pytest.raises(ValueError, match="not an OONI measurement"):
         list(ooni.read(path))
+
+
+SATELLITE = SHARED / "data" / "censoredplanet" / "e2e_test_data" / "Satellitev2_2021-04-25"
+
+
+@pytest.mark.skipif(not SATELLITE.exists(), reason=f"{SATELLITE} is not beside the project")
+def test_satellite_v2_results_are_judged_against_their_controls() -> None:
+    from wallwatch.interop import satellite
+    from wallwatch.interop.validation import judge_measurements
+
+    measurements = list(satellite.read(SATELLITE))
+    by_name = {m.hostname: m for m in measurements if m.target_kind == "resolver"}
+    assert by_name["custhelp.com"].measurement_start_time == "2021-04-25 19:37:16"  # EDT -> UTC
+    assert not by_name["www.unwatch.org"].responses  # every try timed out
+    controls = [
+        m for m in measurements if m.target_kind == "control" and m.hostname == "custhelp.com"
+    ]
+    assert judge_measurements([by_name["custhelp.com"], *controls])[0] == "tampering_resolver"
+    with pytest.raises(ValueError, match="not a Satellite v2 scan"):
+        list(satellite.read(SATELLITE.parent))

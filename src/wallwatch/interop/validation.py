@@ -12,12 +12,14 @@ from __future__ import annotations
 import csv
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from wallwatch import store
 from wallwatch.analysis.run import analyze
-from wallwatch.interop import ooni
+from wallwatch.interop import ooni, satellite
 from wallwatch.journal import Journal
+from wallwatch.records import Measurement
 
 _ORDER = ["on_path_injector", "tampering_resolver", "isp_nxdomain_rewrite", "hijacked_authoritative",
           "unknown", "none"]  # fmt: skip
@@ -25,11 +27,16 @@ _ORDER = ["on_path_injector", "tampering_resolver", "isp_nxdomain_rewrite", "hij
 
 def judge(path: Path) -> tuple[str, str]:
     """(wallwatch's attribution for the file's name, the reply verdicts behind it)."""
+    return judge_measurements(ooni.read(path))
+
+
+def judge_measurements(measurements: Iterable[Measurement]) -> tuple[str, str]:
+    """Analyse measurements in a scratch store; return the worst attribution and the verdicts."""
     with tempfile.TemporaryDirectory(prefix="ww-validate-") as tmp:
         out = Path(tmp) / "m.jsonl"
         journal = Journal.open(out)
         count = 0
-        for measurement in ooni.read(path):
+        for measurement in measurements:
             journal.write(measurement)
             count += 1
         journal.close()
@@ -64,11 +71,38 @@ NOTES = [
     "  `dns_consistency` null; wallwatch says `unknown`. The same answer.",
     "- **Not read**: the OONI API's envelope (`measurement_meta_*`, body as a JSON string) is",
     "  the importer's job; this minimal reader refuses it with the reason.",
+    "- **Satellite**: its `anomaly` flag (deprecated by Censored Planet because users misread",
+    "  it) is set for a timeout (SERVFAIL after two timeouts) and for an answer that matched the",
+    "  control on nothing; wallwatch calls the timeout `unknown` (nothing to judge) and the",
+    "  answer whose address is the resolver's own (`109.235.61.172` for custhelp.com) a",
+    "  tampering resolver. Where Satellite's tags matched the control by AS only, wallwatch",
+    "  needs `--mmdb` to agree.",
     "- **DNS blocking by NXDOMAIN, bogons, or redirects in the QA corpus**: wallwatch calls",
     "  them tampering (`tampering_resolver` or `isp_nxdomain_rewrite`), as OONI calls them",
     "  `blocking=dns`; the attribution is never `on_path_injector`, because answers without",
     "  packets carry no evidence of the path.",
 ]
+
+
+def satellite_rows(shared: Path) -> list[str]:
+    """One row per Satellite v2 result: Censored Planet's anomaly flag beside wallwatch."""
+    folder = shared / "censoredplanet" / "e2e_test_data" / "Satellitev2_2021-04-25"
+    if not folder.exists():
+        return []
+    rows = ["", "## Censored Planet Satellite v2 (2021-04-25)", "",
+            "| resolver | domain | Satellite anomaly (confidence) | wallwatch | non-ok reply verdicts |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    measurements = list(satellite.read(folder))
+    controls = [m for m in measurements if m.target_kind == "control"]
+    for m in measurements:
+        if m.target_kind == "control":
+            continue
+        attribution, verdicts = judge_measurements(
+            [m, *[c for c in controls if c.hostname == m.hostname]]
+        )
+        rows.append(f"| {m.resolver_address} | {m.hostname} | {m.annotations['anomaly']} "
+                    f"({m.annotations['confidence']}) | **{attribution}** | {verdicts or '-'} |")  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -98,6 +132,7 @@ def main() -> None:
                 f"| `{Path(row['path']).name}` | {row['source_verdict']} | {row['reference_label']} "
                 f"| **{attribution}** | {verdicts or '-'} |"
             )
+    lines += satellite_rows(shared)
     lines += NOTES
     output.write_text("\n".join(lines) + "\n")
 
