@@ -20,6 +20,7 @@ store (same ``measurement_uid``) is not loaded twice.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ import msgspec
 from wallwatch.journal import iter_lines
 from wallwatch.records import SCHEMA_VERSION
 from wallwatch.vocab import RecordType
+
+#: DuckDB's memory ceiling for ingest and analysis (``WALLWATCH_MEMORY_LIMIT`` overrides):
+#: past it DuckDB spills to disk instead of growing with the data.
+MEMORY_LIMIT = os.environ.get("WALLWATCH_MEMORY_LIMIT", "3GB")
 
 _ANSWER = (
     "STRUCT(answer_type VARCHAR, ttl BIGINT, name VARCHAR, ipv4 VARCHAR, ipv6 VARCHAR, "
@@ -175,6 +180,7 @@ def ingest(
     duckdb = _duckdb()
     con = duckdb.connect(str(db))
     con.execute("SET enable_progress_bar = false")  # stderr belongs to wallwatch's own messages
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     try:
         before = _counts(con)
         columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"

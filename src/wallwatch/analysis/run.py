@@ -29,6 +29,7 @@ from wallwatch.analysis.attribution import (
 )
 from wallwatch.analysis.families import FAMILIES_SQL
 from wallwatch.analysis.rules import RULES_VERSION, rules_table, verdict_sql
+from wallwatch.store import MEMORY_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ def analyze(
 
     con: Any = duckdb.connect(str(db))
     con.execute("SET enable_progress_bar = false")  # stderr belongs to wallwatch's own messages
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     try:
         version, known = pools.load()
         _load_table(con, "known_addresses", ("address", "kind", "list_id"),
