@@ -76,3 +76,17 @@ def udp_query(server: LoopbackServer | str, name: str, qtype: int = 1, **kw: obj
 
 def measurements(records: Sequence[Record]) -> list[Measurement]:
     return [r for r in records if isinstance(r, Measurement)]
+
+
+def probe_into_store(tmp_path: Path, queries: Sequence[Query], *, window: float = 0.2) -> Path:
+    """Probe ``queries``, load the records into a fresh store; return the store's path."""
+    from wallwatch import store
+
+    out = tmp_path / "m.jsonl"
+    journal = Journal.open(out)
+    config = ProbeConfig(rate=None, timeout=0.3, window=window, retries=0, vantage="t")
+    Prober(config, journal).run(queries)
+    journal.close()
+    db = tmp_path / "ww.duckdb"
+    store.ingest([out], db)
+    return db

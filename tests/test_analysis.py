@@ -9,14 +9,13 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from conftest import udp_query
+from conftest import probe_into_store, udp_query
 from wallwatch import store
 from wallwatch.analysis.rules import RULES, verdict_sql
 from wallwatch.analysis.run import analyze
-from wallwatch.journal import Journal
 from wallwatch.lab.loopback import Forgery, Request, authoritative, racing_injector
 from wallwatch.names import QueryName
-from wallwatch.probe.engine import ProbeConfig, Prober, Query
+from wallwatch.probe.engine import Query
 from wallwatch.probe.stream import StreamServer
 from wallwatch.vocab import Engine, TargetKind
 
@@ -69,14 +68,7 @@ def dataset(serve, tmp_path: Path) -> Path:  # noqa: ANN001
                              kind=TargetKind.CONTROL))  # fmt: skip
         queries += [udp_query(path_resolver, name), udp_query(lying, name),
                     udp_query(dark, name, kind=TargetKind.DARK)]  # fmt: skip
-    out = tmp_path / "m.jsonl"
-    journal = Journal.open(out)
-    Prober(ProbeConfig(rate=None, timeout=0.3, window=0.2, retries=0, vantage="t"), journal).run(
-        queries
-    )
-    journal.close()
-    db = tmp_path / "ww.duckdb"
-    store.ingest([out], db)
+    db = probe_into_store(tmp_path, queries)
     analyze(db)
     return db
 
@@ -178,14 +170,7 @@ def test_malformed_replies_get_a_verdict_of_their_own(serve, tmp_path: Path) -> 
             request.wire[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x03www\xc0\xff"
         )
     )
-    out = tmp_path / "m.jsonl"
-    journal = Journal.open(out)
-    Prober(ProbeConfig(rate=None, timeout=0.3, window=0.1, retries=0), journal).run(
-        [udp_query(server, "www.example.com")]
-    )
-    journal.close()
-    db = tmp_path / "ww.duckdb"
-    store.ingest([out], db)
+    db = probe_into_store(tmp_path, [udp_query(server, "www.example.com")], window=0.1)
     analyze(db)
     assert store.query(db, "SELECT outcome, rule_id FROM reply_verdicts") == [
         ("dns.malformed", "malformed_reply")

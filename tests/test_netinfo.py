@@ -10,13 +10,12 @@ import dns.rrset
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from conftest import qn, udp_query
+from conftest import probe_into_store, qn, udp_query
 from wallwatch import store
 from wallwatch.analysis.netinfo import NetinfoDB
 from wallwatch.analysis.run import analyze
-from wallwatch.journal import Journal
 from wallwatch.lab.loopback import Request, authoritative
-from wallwatch.probe.engine import ProbeConfig, Prober, Query
+from wallwatch.probe.engine import Query
 from wallwatch.probe.stream import StreamServer
 from wallwatch.vocab import Engine, TargetKind
 
@@ -59,14 +58,7 @@ def test_a_cdn_answer_in_the_controls_as_is_not_tampering(serve, tmp_path: Path)
         queries.append(Query(qn(name), 1, engine=Engine.TCP, stream=StreamServer(Engine.TCP, host, port),
                              kind=TargetKind.CONTROL))  # fmt: skip
         queries.append(udp_query(lying, name))
-    out = tmp_path / "m.jsonl"
-    journal = Journal.open(out)
-    Prober(ProbeConfig(rate=None, timeout=0.3, window=0.1, retries=0, vantage="t"), journal).run(
-        queries
-    )
-    journal.close()
-    db = tmp_path / "ww.duckdb"
-    store.ingest([out], db)
+    db = probe_into_store(tmp_path, queries, window=0.1)
     mmdb = tmp_path / "asn.mmdb"
     write_mmdb(mmdb, {"198.51.100.0/24": 64500, "203.0.113.0/24": 64501, "192.0.2.0/24": 64502})
     analyze(db)
