@@ -364,11 +364,16 @@ def test_injector_families_in_gfw_steady(lab, tmp_path) -> None:  # noqa: ANN001
     lab("gfw-steady")
     names = ["www.google.com", "www.facebook.com", "twitter.com", "www.youtube.com", "www.dropbox.com",
              "www.example.com"] + [f"n{i}.google.com" for i in range(30)]  # fmt: skip
-    db = sweep_and_analyze(tmp_path, names, ("client1", "-t", "8.8.8.8", "--control", "tcp:8.8.8.8"),
-                           ("outside", "-t", "dark:10.10.3.7"))  # fmt: skip
-    profiles = {p for (p,) in store.query(db, "SELECT profile FROM injector_families")}
+    db = sweep_and_analyze(tmp_path, names,
+                           ("client1", "-t", "8.8.8.8", "--control", "tcp:8.8.8.8", "--raw-capture"),
+                           ("outside", "-t", "dark:10.10.3.7", "--raw-capture"))  # fmt: skip
+    families = store.query(db, "SELECT profile, df, ip_id_zero FROM injector_families")
+    profiles = {p for p, _, _ in families}
     assert {"injector1", "injector2", "injector3"} <= profiles
     assert "unknown" not in profiles
+    # With the IP header captured: injector 2 sets DF, injector 3 sends IP ID 0 (Triplet Table 3).
+    assert {df for p, df, _ in families if p == "injector2"} == {True}
+    assert {zero for p, _, zero in families if p == "injector3"} == {True}
 
 
 def test_analysis_attributes_the_root_leak(lab, tmp_path) -> None:  # noqa: ANN001

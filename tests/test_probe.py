@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import dns.flags
 import dns.message
 import dns.rrset
+import pytest
 
 from conftest import measurements, qn, run_probe, udp_query
 from wallwatch.lab.loopback import Forgery, Reply, Request, authoritative, racing_injector
@@ -234,3 +236,16 @@ def test_many_queries_none_lost(serve, tmp_path: Path) -> None:
     forged = [m for m in ms if "google" in m.hostname]
     assert all(len(m.responses) == 4 for m in forged)  # 3 forged + the genuine NXDOMAIN
     assert all(m.responses[-1].rcode == 3 for m in forged)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a packet socket needs root")
+def test_raw_capture_adds_ip_id_and_df(serve, tmp_path: Path) -> None:
+    server = serve(triplet(delay=0.01))
+    records, _ = run_probe(tmp_path, [udp_query(server, "www.google.com")], raw_capture=True)
+    (m,) = measurements(records)
+    assert len(m.responses) == 4
+    assert all(r.ip_id is not None and r.df is not None for r in m.responses), [
+        (r.ip_ttl, r.ip_id, r.df, r.rtt) for r in m.responses
+    ]
+    plain, _ = run_probe(tmp_path, [udp_query(server, "www.google.com")])
+    assert all(r.ip_id is None and r.df is None for r in measurements(plain)[0].responses)

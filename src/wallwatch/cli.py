@@ -194,6 +194,11 @@ def _annotations(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--resume", is_flag=True, help="Skip queries already complete in --output.")
 @click.option("--vantage", default=None, help="Vantage name written into records.")
 @click.option("-A", "--annotation", "annotations", multiple=True, metavar="KEY=VALUE")
+@click.option(
+    "--raw-capture",
+    is_flag=True,
+    help="Also record IP ID and DF of replies (packet socket; needs root).",
+)
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def probe(
     name_files: tuple[str, ...], names: tuple[str, ...], target_specs: tuple[str, ...],
@@ -201,7 +206,7 @@ def probe(
     engine: str, rate: float, max_inflight: int, timeout: float, window: float, retries: int,
     rd: bool, edns_payload: int, ip_ttl: int | None, source_port: int | None, ports: int,
     tcp_fallback: bool, procs: int, output: str, resume: bool, vantage: str | None,
-    annotations: tuple[str, ...], quiet: bool,
+    annotations: tuple[str, ...], raw_capture: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Sweep names x targets x qtypes, keeping every reply to every query."""
     targets = _targets(target_specs, target_files)
@@ -215,7 +220,7 @@ def probe(
     config_args: dict[str, object] = dict(
         rate=rate or None, max_inflight=max_inflight, timeout=timeout, window=window,
         retries=retries, rd=rd, edns_payload=edns_payload or None, ports=ports,
-        tcp_fallback=tcp_fallback, annotations=_annotations(annotations),
+        tcp_fallback=tcp_fallback, annotations=_annotations(annotations), raw_capture=raw_capture,
     )  # fmt: skip
     if vantage:
         config_args["vantage"] = vantage

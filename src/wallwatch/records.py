@@ -88,6 +88,10 @@ class Response(msgspec.Struct, frozen=True):
     answers: tuple[Answer, ...] = ()
     #: True when the reply's question does not match the query's (kept, not dropped).
     question_mismatch: bool = False
+    #: IP ID of the packet, with ``--raw-capture`` (root); null otherwise.
+    ip_id: int | None = None
+    #: The IP Don't Fragment bit, with ``--raw-capture``; null otherwise.
+    df: bool | None = None
 
     def wire(self) -> bytes:
         """The packet's raw bytes."""

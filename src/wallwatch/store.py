@@ -45,7 +45,7 @@ _RESPONSE = (
     "raw_response VARCHAR, engine VARCHAR, attempt INTEGER, failure VARCHAR, "
     "transaction_id INTEGER, flags INTEGER, rcode INTEGER, qname VARCHAR, qtype INTEGER, "
     f"edns BOOLEAN, ancount INTEGER, nscount INTEGER, arcount INTEGER, answers {_ANSWER}[], "
-    "question_mismatch BOOLEAN)"
+    "question_mismatch BOOLEAN, ip_id INTEGER, df BOOLEAN)"
 )
 _ICMP = "STRUCT(t DOUBLE, src VARCHAR, icmp_type INTEGER, icmp_code INTEGER, attempt INTEGER)"
 

@@ -2,8 +2,9 @@
 
 Grouping comes first and needs no labels: replies judged injected are keyed by what
 the wire shows of their maker -- the AA bit, whether the answer names its owner with
-the ``c0 0c`` pointer or the full name, whether OPT was dropped, the answer TTL -- and
-each family is described by its IP TTL spread. A family is then *named* when it fits a
+the ``c0 0c`` pointer or the full name, whether OPT was dropped, the answer TTL, and,
+when the prober ran with ``--raw-capture``, the DF bit and a zero IP ID -- and each
+family is described by its IP TTL spread. A family is then *named* when it fits a
 published profile (gfw-dns.md 3.3, Triplet Table 3, gfwrev09); one that fits none is
 reported as ``unknown`` (Triplet's "Injector X") rather than forced into a label.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 FAMILIES_SQL = """
 WITH injected AS (
-    SELECT v.measurement_uid, v.response_index, v.ip_ttl, v.edns, r.flags,
+    SELECT v.measurement_uid, v.response_index, v.ip_ttl, v.edns, r.flags, r.df,
+           r.ip_id = 0 AS ip_id_zero,
            (SELECT a.ttl FROM answers a WHERE a.measurement_uid = v.measurement_uid
               AND a.response_index = v.response_index ORDER BY a.answer_index LIMIT 1) AS answer_ttl,
            -- The owner of the first answer starts right after the question:
@@ -29,7 +31,7 @@ WITH injected AS (
 families AS (
     SELECT (flags & 1024) <> 0 AS aa,
            CASE WHEN pointer THEN 'pointer' ELSE 'full' END AS name_form,
-           edns, answer_ttl,
+           edns, answer_ttl, df, ip_id_zero,
            count(*) AS replies,
            count(DISTINCT ip_ttl) AS distinct_ip_ttls,
            min(ip_ttl) AS min_ip_ttl, max(ip_ttl) AS max_ip_ttl,
@@ -38,13 +40,15 @@ families AS (
 )
 SELECT 'F' || row_number() OVER (ORDER BY replies DESC, answer_ttl) AS family,
        CASE
-         WHEN aa AND name_form = 'full' AND answer_ttl = 60 AND NOT edns THEN 'injector1'
+         -- DF and IP ID count only when captured (--raw-capture); NULL means unknown.
+         WHEN aa AND name_form = 'full' AND answer_ttl = 60 AND NOT edns
+              AND coalesce(NOT df, true) THEN 'injector1'
          WHEN NOT aa AND name_form = 'pointer' AND answer_ttl IN (130, 234, 236) AND NOT edns
-           THEN 'injector3'
+              AND coalesce(NOT df, true) AND coalesce(ip_id_zero, true) THEN 'injector3'
          WHEN name_form = 'pointer' AND answer_ttl = 300 AND NOT edns THEN 'type1-2009'
          WHEN name_form = 'full' AND answer_ttl = 86400 AND NOT edns THEN 'type2-2009'
-         WHEN NOT aa AND name_form = 'pointer' AND NOT edns AND distinct_ip_ttls >= 5
-              AND max_ip_ttl - min_ip_ttl >= 32 THEN 'injector2'
+         WHEN NOT aa AND name_form = 'pointer' AND NOT edns AND coalesce(df, true)
+              AND distinct_ip_ttls >= 5 AND max_ip_ttl - min_ip_ttl >= 32 THEN 'injector2'
          ELSE 'unknown'
        END AS profile,
        *

@@ -46,6 +46,7 @@ from wallwatch import records
 from wallwatch.journal import Journal
 from wallwatch.names import QueryName
 from wallwatch.probe.ratelimit import TokenBucket
+from wallwatch.probe.rawcapture import RawCapture
 from wallwatch.probe.reply import first_reply_failure, make_response, type_text
 from wallwatch.probe.stream import StreamError, StreamReply, StreamServer, exchange
 from wallwatch.probe.udp import UdpChannel
@@ -93,6 +94,8 @@ class ProbeConfig:
     vantage: str = field(default_factory=socket.gethostname)
     #: ``key=value`` annotations written into every record.
     annotations: dict[str, str] = field(default_factory=dict)
+    #: Also read IP ID and DF of replies from a packet socket (root; :mod:`.rawcapture`).
+    raw_capture: bool = False
 
 
 class Query(NamedTuple):
@@ -202,6 +205,7 @@ class Prober:
             queue.SimpleQueue()
         )
         self._executor: ThreadPoolExecutor | None = None
+        self._raw: RawCapture | None = None
         # Not a CSPRNG (a system call per ID halved the send rate): the IDs only need to
         # be unpredictable to off-path parties, and injectors are on-path anyway.
         self._getrandbits = random.Random(os.urandom(16)).getrandbits
@@ -236,6 +240,8 @@ class Prober:
                                 source = None
                                 break
                             self._start(query)
+                if self._raw is not None:
+                    self._raw.drain()  # before the UDP sockets: their replies look it up
                 for index, channel in enumerate(self._channels):
                     channel.drain(self._receivers[index], self._icmp_receivers[index])
                 self._collect_streams()
@@ -308,6 +314,9 @@ class Prober:
                 target.family,
             )
         slot.resolver_address, slot.dest, family = known
+        if self.config.raw_capture and self._raw is None:
+            self._raw = RawCapture(port=target.port)
+            self._poll.register(self._raw.fileno(), select.POLLIN)
         slot.channel = self._channel_index(query, family)
         slot.tail, slot.qwire = self._tail(query)
         self._outstanding += 1
@@ -373,6 +382,7 @@ class Prober:
             self._stray(index, key, data, parsed, addr, ttl, stamp)
             return
         attempt = slot.txids.index(key[3])
+        ip_id, df = self._header_fields(index, addr, parsed.id)
         mismatch = parsed.qtype != slot.qtype or (
             parsed.qname_wire is None or parsed.qname_wire.lower() != slot.qwire
         )
@@ -380,7 +390,7 @@ class Prober:
             make_response(
                 data, parsed, src=addr[0], sport=addr[1], ip_ttl=ttl,
                 t=(stamp - self.start_ns) / 1e9, rtt=(stamp - slot.sent_ns[attempt]) / 1e9,
-                attempt=attempt, mismatch=mismatch,
+                attempt=attempt, mismatch=mismatch, ip_id=ip_id, df=df,
             )
         )  # fmt: skip
         if not slot.answered:
@@ -397,6 +407,15 @@ class Prober:
         ):
             server = StreamServer(Engine.TCP, slot.dest[0], slot.dest[1])
             self._submit_stream(slot, server)
+
+    def _header_fields(
+        self, index: int, addr: tuple[str, int], txid: int | None
+    ) -> tuple[int | None, bool | None]:
+        if self._raw is None:
+            return None, None
+        if txid is None:
+            return None, None
+        return self._raw.take(addr[0], addr[1], self._channels[index].port, txid)
 
     def _stray(
         self,
@@ -618,6 +637,8 @@ class Prober:
             self._executor.shutdown(wait=False, cancel_futures=True)
         for channel in self._channels:
             channel.close()
+        if self._raw is not None:
+            self._raw.close()
         self._wake_r.close()
         self._wake_w.close()
         self._report_progress()

@@ -56,6 +56,8 @@ def make_response(
     attempt: int = 0,
     engine: Engine = Engine.UDP,
     mismatch: bool = False,
+    ip_id: int | None = None,
+    df: bool | None = None,
 ) -> Response:
     """Turn one received packet and its parse into a :class:`Response` record."""
     # Positional: this runs once per received packet, and keywords cost.
@@ -80,6 +82,8 @@ def make_response(
         parsed.arcount,
         _answers(parsed),
         mismatch,
+        ip_id,
+        df,
     )
 
 
