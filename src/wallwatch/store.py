@@ -175,8 +175,12 @@ def validate(paths: Sequence[str | Path]) -> int:
 def ingest(
     paths: Sequence[str | Path], db: str | Path, *, parquet_dir: str | Path | None = None
 ) -> IngestReport:
-    """Load JSONL files into the DuckDB file ``db`` (created if missing)."""
-    records = validate(paths)
+    """Load JSONL files into the DuckDB file ``db`` (created if missing).
+
+    DuckDB parses the files once, against :data:`COLUMNS`; only when it refuses them, or
+    finds lines that are not wallwatch records, does :func:`validate` read them again to
+    name the first bad file and line (the error is then a ``ValueError``).
+    """
     duckdb = _duckdb()
     con = duckdb.connect(str(db))
     con.execute("SET enable_progress_bar = false")  # stderr belongs to wallwatch's own messages
@@ -185,10 +189,24 @@ def ingest(
         before = _counts(con)
         columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
         files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE staged AS SELECT * FROM read_json({files}, "
-            f"format='newline_delimited', columns={columns})"
-        )
+        try:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE staged AS SELECT * FROM read_json({files}, "
+                f"format='newline_delimited', columns={columns})"
+            )
+        except duckdb.Error as exc:
+            validate(paths)  # raises, naming the file and line, when it can
+            raise ValueError(f"{', '.join(map(str, paths))}: {exc}") from None
+        kinds = ", ".join(f"'{t.value}'" for t in RecordType)
+        records, strange = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE record_type IS NULL OR record_type NOT IN "
+            f"({kinds}) OR schema_version IS DISTINCT FROM {SCHEMA_VERSION}) FROM staged"
+        ).fetchone()
+        if strange:
+            validate(paths)
+            raise ValueError(
+                f"{', '.join(map(str, paths))}: {strange} lines are not wallwatch records"
+            )
         con.execute(
             "DELETE FROM staged WHERE record_type = 'measurement' AND measurement_uid IN "
             "(SELECT measurement_uid FROM measurements)"
@@ -207,7 +225,7 @@ def ingest(
         con.close()
     return IngestReport(
         files=len(paths),
-        records=records,
+        records=int(records),
         measurements=after["measurements"] - before.get("measurements", 0),
         responses=after["responses"] - before.get("responses", 0),
     )
