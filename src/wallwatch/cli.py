@@ -20,7 +20,7 @@ from wallwatch.names import BadLine, QueryName, parse_lines, read_names
 from wallwatch.probe.engine import ProbeConfig, Stats
 from wallwatch.probe.stream import StreamServer, parse_stream_server
 from wallwatch.probe.sweep import SweepPlan, run_sweep
-from wallwatch.records import InputError, Measurement, Record
+from wallwatch.records import Measurement, Record
 from wallwatch.render import RENDERERS, Format
 from wallwatch.targets import Target, parse_target
 from wallwatch.vocab import Engine
@@ -313,7 +313,7 @@ def _wanted(record: Record, uids: tuple[str, ...], hostnames: tuple[str, ...]) -
         return False
     if hostnames:
         return isinstance(record, Measurement) and record.hostname in hostnames
-    return not isinstance(record, InputError) or not uids
+    return True
 
 
 @main.command()

@@ -204,11 +204,6 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Record)
 
 
-def encode(record: Record) -> bytes:
-    """One record as a JSON line (with the trailing newline)."""
-    return _encoder.encode(record) + b"\n"
-
-
 def encode_into(record: Record, buffer: bytearray) -> None:
     """Append one record as a JSON line to ``buffer`` (no intermediate copies)."""
     _encoder.encode_into(record, buffer, -1)

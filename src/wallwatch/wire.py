@@ -211,7 +211,7 @@ def _name_text(labels: list[bytes]) -> str:
     return ".".join(_label_text(label) for label in labels) + "."
 
 
-def _rdata_text(msg: bytes, rtype: int, off: int, rdlen: int, n: int) -> str:
+def _rdata_text(msg: bytes, rtype: int, off: int, rdlen: int) -> str:
     if rtype == TYPE_A:
         if rdlen != 4:
             raise _Malformed(ParseFailure.BAD_RDATA)
@@ -260,7 +260,7 @@ def _parse_fast(msg: bytes, out: ParsedReply) -> None:
         if off + rdlen > n:
             raise _Malformed(ParseFailure.SECTION_TRUNCATED)
         if i < an:
-            data = _rdata_text(msg, rtype, off, rdlen, n)
+            data = _rdata_text(msg, rtype, off, rdlen)
             answers.append(WireAnswer(owner, rtype, rclass, ttl, data))
         elif rtype == TYPE_OPT and i >= an + ns:
             out.edns, out.edns_payload = True, rclass

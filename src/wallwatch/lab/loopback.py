@@ -41,6 +41,7 @@ import dns.rdatatype
 import dns.rrset
 
 from wallwatch.lab.forge import NameForm, NotForgeable, forge_reply, question_end
+from wallwatch.lab.injector import flatten
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +325,7 @@ def racing_injector(
 
     def handle(request: Request) -> list[Handled]:
         out: list[Handled] = []
-        name = _query_name(request.wire)
+        name = flatten(request.wire)
         try:
             end = question_end(request.wire)
         except NotForgeable:
@@ -346,18 +347,3 @@ def racing_injector(
         return out
 
     return handle
-
-
-def _query_name(wire: bytes) -> str | None:
-    """The flattened, lower-cased query name, as the injector matches it (gfw-dns.md 2.1.6)."""
-    labels: list[str] = []
-    off = 12
-    while off < len(wire):
-        length = wire[off]
-        if length == 0:
-            return ".".join(labels).lower()
-        if length & 0xC0:
-            return None
-        labels.append(wire[off + 1 : off + 1 + length].decode("latin-1"))
-        off += 1 + length
-    return None

@@ -413,8 +413,6 @@ class Prober:
     ) -> tuple[int | None, bool | None]:
         if self._raw is None:
             return None, None
-        if txid is None:
-            return None, None
         return self._raw.take(addr[0], addr[1], self._channels[index].port, txid)
 
     def _stray(

@@ -94,7 +94,6 @@ class SweepResult:
     stats: Stats
     report_id: str
     skipped: int = 0
-    dropped_lines: list[tuple[int, str]] = field(default_factory=list)
     failed_workers: list[tuple[int, int]] = field(default_factory=list)
 
 
@@ -138,7 +137,7 @@ def run_sweep(
         )  # fmt: skip
     journal.flush()
     total = plan.size() - len(done)
-    result = SweepResult(Stats(), report_id, skipped=len(done), dropped_lines=dropped)
+    result = SweepResult(Stats(), report_id, skipped=len(done))
     if procs <= 1:
         prober = Prober(
             config, journal, report_id=report_id,

@@ -51,11 +51,6 @@ _SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6 = 2, 3
 _ANC_SIZE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4) * 2 + socket.CMSG_SPACE(64)
 _RECV_SIZE = 65535
 
-#: (payload, (src_ip, src_port), ip_ttl or None, kernel time in ns or 0)
-Datagram = tuple[bytes, tuple[str, int], int | None, int]
-#: (original query payload, (dst_ip, dst_port), offender ip, icmp type, icmp code, ns)
-IcmpReport = tuple[bytes, tuple[str, int], str, int, int, int]
-
 
 class UdpChannel:
     """One capturing UDP socket (IPv4 or IPv6).
