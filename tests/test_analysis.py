@@ -11,7 +11,7 @@ import pytest
 
 from conftest import probe_into_store, udp_query
 from wallwatch import store
-from wallwatch.analysis.rules import RULES, verdict_sql
+from wallwatch.analysis.rules import RULES, RULES_VERSION, verdict_sql
 from wallwatch.analysis.run import analyze
 from wallwatch.lab.loopback import Forgery, Request, authoritative, racing_injector
 from wallwatch.names import QueryName
@@ -120,7 +120,7 @@ def test_verdicts_record_the_rules_that_fired(dataset: Path) -> None:
     assert rows and all(
         "dark_destination" in fired and "forged_pool" in fired for fired, _, _ in rows
     )
-    assert {version for _, version, _ in rows} == {1}
+    assert {version for _, version, _ in rows} == {RULES_VERSION}
 
 
 def test_rule_ids_are_unique_and_sql_is_built_from_them() -> None:
@@ -175,3 +175,42 @@ def test_malformed_replies_get_a_verdict_of_their_own(serve, tmp_path: Path) -> 
     assert store.query(db, "SELECT outcome, rule_id FROM reply_verdicts") == [
         ("dns.malformed", "malformed_reply")
     ]
+
+
+def _poisoned_cache_dataset(serve, tmp_path: Path, *, with_raced_path: bool) -> Path:  # noqa: ANN001
+    """A resolver serving a forgery from its cache; its address is in no shipped pool."""
+    genuine = authoritative(ZONE)
+    blocked = lambda name: name.startswith("blocked.")  # noqa: E731
+    unlisted = [Forgery("173.252.73.48", ip_ttl=103)]
+    path_resolver = serve(racing_injector(genuine, blocked, unlisted, genuine_delay=0.05),
+                          tcp_handler=genuine)  # fmt: skip
+    poisoned = serve(racing_injector(lambda _r: None, blocked, unlisted), "127.0.0.4", tcp=False)
+    host, port = path_resolver.address
+    name = "blocked.example.com"
+    queries = [
+        Query(QueryName(name, None, "t", 0), 1, engine=Engine.TCP,
+              stream=StreamServer(Engine.TCP, host, port), kind=TargetKind.CONTROL),
+        udp_query(poisoned, name),
+    ]  # fmt: skip
+    if with_raced_path:
+        queries.append(udp_query(path_resolver, name))
+    db = probe_into_store(tmp_path, queries)
+    analyze(db)
+    return db
+
+
+@pytest.mark.parametrize(
+    ("with_raced_path", "expected"),
+    [(True, "injected.forged_pool"), (False, "resolver.tampered")],
+)
+def test_a_poisoned_cache_is_named_by_an_address_the_injector_was_caught_using(
+    serve,
+    tmp_path: Path,
+    with_raced_path: bool,
+    expected: str,  # noqa: ANN001
+) -> None:
+    db = _poisoned_cache_dataset(serve, tmp_path, with_raced_path=with_raced_path)
+    rows = store.query(
+        db, "SELECT outcome FROM reply_verdicts WHERE resolver_address LIKE '127.0.0.4:%'"
+    )
+    assert rows == [(expected,)]

@@ -319,10 +319,17 @@ def test_analysis_tells_forged_from_genuine_in_gfw_steady(lab, tmp_path) -> None
         ("outside", "-t", "dark:10.10.3.7"),
     )  # fmt: skip
     rows = store.query(db, "SELECT hostname, ips, outcome FROM reply_verdicts WHERE len(ips) > 0")
+    # A resolver serving a forgery from its cache is named by the injector only if this
+    # dataset caught the injector using that address elsewhere (a dark host's or a raced
+    # reply); injector1's pool is in no shipped list, and 200 names hold 3 of its names.
+    caught = {ip for _, ips, outcome in rows if outcome in
+              ("injected.dark_destination", "injected.multi_reply") for ip in ips}  # fmt: skip
     judged = wrong = 0
     for hostname, ips, outcome in rows:
         forged = ips != [zones.genuine_address(hostname)]
         judged += 1
+        if forged and not caught.intersection(ips) and outcome == "resolver.tampered":
+            continue
         if forged != outcome.startswith("injected."):
             wrong += 1
             print("misjudged", hostname, ips, outcome)

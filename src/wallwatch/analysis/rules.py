@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from wallwatch.vocab import Evidence, Outcome
 
-RULES_VERSION = 1
+#: 2: ``s_forged_pool`` also learns the addresses of replies raced by the genuine answer.
+RULES_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)

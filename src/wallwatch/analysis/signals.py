@@ -10,7 +10,8 @@ columns the rules read:
   trusted control's for the same name and type (TCP/DoT/DoH lookups, any vantage);
   ``s_control_nx``: the control said NXDOMAIN;
 * ``s_forged_pool``: an answer in a known forged pool, in Teredo 2001::/32 (3.4), or
-  seen in a reply from a dark host anywhere in the dataset (learned);
+  learned from this dataset: seen in a reply from a dark host, or in a reply that a
+  later, control-matching reply to the same query raced (3.1-3.2, 3.4);
 * ``s_nx_redirect``: an answer in a known ISP NXDOMAIN-redirect list;
 * ``s_type_mismatch``: an A record answering a non-A query (2.2);
 * ``s_no_opt``: no OPT in a UDP reply to a query that had one (2.2);
@@ -100,6 +101,21 @@ STEPS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        # Addresses in a reply that the genuine answer to the same query followed: the
+        # injector's own (Hold-On, 3.2). Learning them matters for a resolver that
+        # serves a forgery from its cache: its single reply carries no path signal,
+        # but its address is one the injector was caught using on another path.
+        "raced_forged",
+        """
+        SELECT DISTINCT unnest(ips) AS address
+        FROM (SELECT ips, control_ips, response_index,
+                     max(CASE WHEN len(list_intersect(ips, control_ips)) > 0 THEN response_index END)
+                         OVER (PARTITION BY measurement_uid) AS last_genuine
+              FROM reply_base WHERE len(control_ips) > 0 AND len(ips) > 0)
+        WHERE response_index < last_genuine AND len(list_intersect(ips, control_ips)) = 0
+        """,
+    ),
+    (
         # Origin ASes of each reply's addresses, as of the measurement's day (netinfo).
         "reply_asn",
         """
@@ -130,7 +146,8 @@ STEPS: tuple[tuple[str, str], ...] = (
         """
         SELECT i.ip,
                bool_or(k.kind = 'forged' OR regexp_matches(i.ip, '{teredo}')
-                       OR i.ip IN (SELECT address FROM learned_forged)) AS forged,
+                       OR i.ip IN (SELECT address FROM learned_forged)
+                       OR i.ip IN (SELECT address FROM raced_forged)) AS forged,
                bool_or(k.kind = 'nxdomain_redirect') AS nx_redirect,
                bool_or(regexp_matches(i.ip, '{bogon4}') OR regexp_matches(i.ip, '{bogon6}')) AS bogon
         FROM (SELECT DISTINCT unnest(ips) AS ip FROM reply_ips) i
