@@ -115,6 +115,9 @@ class Border:
         self.real0 = float(clock.get("start_real", time.time()))
         self.scenario0 = float(clock.get("start_scenario", 0.0))
         self.scale = float(clock.get("scale", 1.0))
+        # Until the lab writes the clock file, the scenario clock stands at 0.
+        self.clock_file = Path(clock["file"]) if clock.get("file") else None
+        self.clock_started = self.clock_file is None
         self.injectors = load_injectors(config.get("injectors", []))
         self.queue: list[tuple[float, int, socket.socket, bytes]] = []
         self.seq = 0
@@ -124,7 +127,21 @@ class Border:
 
     def clock(self) -> float:
         """Scenario seconds now."""
+        if not self.clock_started:
+            return self.scenario0
         return self.scenario0 + (time.time() - self.real0) * self.scale
+
+    def start_clock(self) -> None:
+        """Start the scenario clock once the lab has written it (``clock.json``)."""
+        assert self.clock_file is not None
+        try:
+            clock = json.loads(self.clock_file.read_text())
+        except (OSError, ValueError):
+            return
+        self.real0 = float(clock["start_real"])
+        self.scenario0 = float(clock.get("start_scenario", 0.0))
+        self.scale = float(clock.get("scale", self.scale))
+        self.clock_started = True
 
     def run(self) -> None:
         poll = select.poll()
@@ -140,6 +157,9 @@ class Border:
                 with contextlib.suppress(OSError):
                     sock.send(frame)
             timeout = (self.queue[0][0] - now) * 1000 if self.queue else 200
+            if not self.clock_started:
+                self.start_clock()
+                timeout = min(timeout, 20)
             for fd, _event in poll.poll(max(0.0, min(timeout, 200))):
                 self.drain(by_fd[fd])
             if self.stats_path and now >= next_stats:

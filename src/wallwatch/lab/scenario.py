@@ -49,6 +49,10 @@ class Scenario:
     nxdomain_rewrite: str | None = None
     #: The public resolver's root server instance is inside the censored network.
     public_root_inside: bool = False
+    #: The ISP resolver keeps no answer longer than this many *scenario* seconds
+    #: (Unbound's ``cache-max-ttl``, divided by ``time_scale``), so that its cache
+    #: fills with forgeries and drains again on the incident's clock, not the machine's.
+    resolver_cache_max: float | None = None
 
     def seconds(self, when: str) -> float:
         """Scenario-clock seconds of an ISO time (0 = ``clock_start``)."""
@@ -140,6 +144,7 @@ def load(name_or_path: str) -> Scenario:
             sources=list(data.get("sources", [])),
             nxdomain_rewrite=data.get("resolver", {}).get("nxdomain_rewrite"),
             public_root_inside=data.get("public_resolver", {}).get("root") == "inside",
+            resolver_cache_max=data.get("resolver", {}).get("cache_max"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: bad scenario: {exc}") from None

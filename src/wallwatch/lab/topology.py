@@ -101,6 +101,9 @@ class LabState:
     started: float
     nodes: list[dict[str, Any]] = field(default_factory=list)
     names: int = 0
+    #: Scenario seconds per real second, and the scenario time at ``started``.
+    scale: float = 1.0
+    clock_start: str = ""
 
     def save(self) -> None:
         path = state_dir() / "state.json"
@@ -161,7 +164,15 @@ def up(scenario: Scenario, *, log: Any = print) -> LabState:
                 netns.ip(ns, "route", "add", "default", "dev", "eth0")
         netns.assert_isolated(before, netns.ours())
         state = LabState(scenario.name, time.time(), [asdict(n) for n in all_nodes])
+        (directory / "clock.json").unlink(missing_ok=True)
         _start_processes(scenario, all_nodes, macs, state, directory, log)
+        state.started = time.time()
+        state.scale = scenario.time_scale
+        state.clock_start = scenario.clock_start.isoformat()
+        clock = {"start_real": state.started, "start_scenario": 0.0, "scale": scenario.time_scale}
+        tmp = directory / "clock.tmp"
+        tmp.write_text(json.dumps(clock))
+        tmp.replace(directory / "clock.json")
         state.save()
         return state
     except BaseException:
@@ -190,7 +201,9 @@ def _start_processes(
         "macs": macs,
         "delay_ms": scenario.delay_ms,
         "hops": scenario.border_hops,
-        "clock": {"start_real": state.started, "start_scenario": 0.0, "scale": scenario.time_scale},
+        # The scenario clock starts when every server answers (clock.json, written
+        # last): a slow start must not eat the minutes before an incident.
+        "clock": {"file": str(directory / "clock.json"), "scale": scenario.time_scale},
         "injectors": scenario.border_injectors(),
         "stats": str(directory / "border-stats.json"),
     }
@@ -236,7 +249,11 @@ def _start_processes(
             ]
             netns.spawn(by_name[node].ns, front, str(directory / "rewriter.log"))
             address = "127.0.0.1"
-        conf.write_text(zones.unbound_conf(directory / node, address, hijack, port=port, root=root))
+        cache_max = None
+        if node == "isp" and scenario.resolver_cache_max is not None:
+            cache_max = max(1, round(scenario.resolver_cache_max / scenario.time_scale))
+        conf.write_text(zones.unbound_conf(directory / node, address, hijack, port=port, root=root,
+                                           cache_max_ttl=cache_max))  # fmt: skip
         netns.spawn(
             by_name[node].ns, ["unbound", "-d", "-c", str(conf)], str(directory / f"{node}.log")
         )
@@ -264,6 +281,19 @@ def _wait_ready(probes: list[tuple[str, str, str, str]], log: Any, timeout: floa
             f"lab did not come up: {pending[0]} unanswered; see {state_dir()}/*.log"
         )
     log(f"answering: {', '.join(f'{s} (from {n})' for n, s, _, _ in probes)}")
+
+
+def scenario_clock() -> tuple[float, float, str]:
+    """(real time the scenario clock started, its scale, the scenario time then).
+
+    Lets a monitor outside the lab date what it measures on the incident's clock.
+    """
+    state = json.loads((state_dir() / "state.json").read_text())
+    return (
+        float(state["started"]),
+        float(state.get("scale", 1.0)),
+        str(state.get("clock_start", "")),
+    )
 
 
 def down() -> list[str]:

@@ -114,6 +114,7 @@ def unbound_conf(
     *,
     port: int = 53,
     root: str = ROOT_IP,
+    cache_max_ttl: int | None = None,
 ) -> str:
     """An Unbound recursive resolver on ``address`` whose root hint is ``root``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -142,6 +143,8 @@ def unbound_conf(
         "    infra-host-ttl: 60",
         "    outgoing-range: 256",
     ]
+    if cache_max_ttl is not None:
+        lines.append(f"    cache-max-ttl: {cache_max_ttl}")
     for name, answer in (hijack or {}).items():
         lines += [
             f'    local-zone: "{name}." redirect',

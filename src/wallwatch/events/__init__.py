@@ -1,0 +1,1 @@
+"""Outages as they happen: per-minute signals, a CUSUM detector, and events."""
