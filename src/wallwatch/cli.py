@@ -120,6 +120,10 @@ def _annotations(values: tuple[str, ...]) -> dict[str, str]:
     metavar="ENGINE:SERVER",
     help="Trusted control per name: tcp:ADDR, dot:ADDR[#tls-name] or doh:URL.",
 )
+@click.option(
+    "--stream-workers", type=int, default=8, show_default=True,
+    help="TCP/DoT/DoH lookups (controls, truncation retries) in flight at once.",
+)  # fmt: skip
 @click.option("--engine", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True)
 @click.option(
     "--rate",
@@ -203,7 +207,7 @@ def _annotations(values: tuple[str, ...]) -> dict[str, str]:
 def probe(
     name_files: tuple[str, ...], names: tuple[str, ...], target_specs: tuple[str, ...],
     target_files: tuple[str, ...], qtypes: tuple[str, ...], controls: tuple[str, ...],
-    engine: str, rate: float, max_inflight: int, timeout: float, window: float, retries: int,
+    stream_workers: int, engine: str, rate: float, max_inflight: int, timeout: float, window: float, retries: int,
     rd: bool, edns_payload: int, ip_ttl: int | None, source_port: int | None, ports: int,
     tcp_fallback: bool, procs: int, output: str, resume: bool, vantage: str | None,
     annotations: tuple[str, ...], raw_capture: bool, quiet: bool,
@@ -221,6 +225,7 @@ def probe(
         rate=rate or None, max_inflight=max_inflight, timeout=timeout, window=window,
         retries=retries, rd=rd, edns_payload=edns_payload or None, ports=ports,
         tcp_fallback=tcp_fallback, annotations=_annotations(annotations), raw_capture=raw_capture,
+        stream_workers=max(1, stream_workers),
     )  # fmt: skip
     if vantage:
         config_args["vantage"] = vantage
@@ -390,6 +395,83 @@ def analyze(
 
 
 @main.command()
+@click.option("-f", "--names", "names_file", required=True,
+              type=click.Path(exists=True, dir_okay=False), help="The panel: one name per line.")  # fmt: skip
+@click.option("-o", "--out", "out_dir", required=True, help="Directory for rounds, alerts, events.")
+@click.option("-V", "--vantage", "vantages", multiple=True, required=True,
+              metavar="NAME=TARGET[,TARGET...][,control=SPEC]",
+              help="A vantage and what it asks each round (repeatable); targets as for probe -t.")  # fmt: skip
+@click.option("--lab", is_flag=True,
+              help="Vantages are lab nodes (run in ww-lab-NAME); times on the scenario clock.")  # fmt: skip
+@click.option("--every", type=float, default=60.0, show_default=True,
+              help="Seconds between rounds (scenario seconds with --lab).")  # fmt: skip
+@click.option("--rounds", type=int, default=None, help="Stop after this many rounds in all.")
+@click.option("--until", default=None, help="Stop at this ISO time (scenario time with --lab).")
+@click.option("--rate", type=float, default=2000.0, show_default=True)
+@click.option("--timeout", type=float, default=0.6, show_default=True)
+@click.option("--window", type=float, default=0.3, show_default=True)
+@click.option("--post", default=None, metavar="URL", help="Also POST each alert (JSON) here.")
+@click.option("--delta", type=float, default=0.5, show_default=True,
+              help="CUSUM: the step in a share to detect.")  # fmt: skip
+@click.option("--edd", type=float, default=2.0, show_default=True,
+              help="CUSUM: expected detection delay, in rounds.")  # fmt: skip
+@click.option("--warmup", type=int, default=3, show_default=True,
+              help="Rounds that set each stream's baseline before it may alarm.")  # fmt: skip
+def watch(
+    names_file: str, out_dir: str, vantages: tuple[str, ...], lab: bool, every: float,
+    rounds: int | None, until: str | None, rate: float, timeout: float, window: float,
+    post: str | None, delta: float, edd: float, warmup: int,
+) -> None:  # fmt: skip
+    """Sweep a panel every minute and print one JSON line per event change.
+
+    Restarting with the same --out resumes: rounds already on disk are judged again
+    (silently), nothing is measured twice, and the next round starts at the next slot.
+    """
+    from datetime import datetime
+
+    from wallwatch.watch import Clock, Vantage, Watch, WatchConfig
+
+    try:
+        parsed = [Vantage.parse(v, lab=lab) for v in vantages]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--vantage") from None
+    clock = Clock.lab() if lab else Clock(real0=0.0, scale=1.0, at0=0.0)
+    stop_at = None
+    if until is not None:
+        try:
+            stop_at = datetime.fromisoformat(until).timestamp()
+        except ValueError:
+            raise click.BadParameter(f"not an ISO time: {until!r}", param_hint="--until") from None
+    config = WatchConfig(names=Path(names_file), out=Path(out_dir), vantages=parsed, every=every,
+                         rounds=rounds, until=stop_at, rate=rate, timeout=timeout, window=window,
+                         post=post, clock=clock, delta=delta, edd=edd, warmup=warmup)  # fmt: skip
+    try:
+        Watch(config).run()
+    except KeyboardInterrupt:
+        click.echo("watch: stopped; restart with the same --out to resume", err=True)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--html", "html_path", default=None, help="Where to write the page [OUT_DIR/report.html]."
+)
+@click.option(
+    "--json", "json_path", default=None, help="Where to write the data [OUT_DIR/report.json]."
+)
+def report(out_dir: str, html_path: str | None, json_path: str | None) -> None:
+    """Write the evidence report (HTML + JSON + pcap) of a watch directory."""
+    from wallwatch import report as report_module
+
+    out = Path(out_dir)
+    data = report_module.write(out, html_path=Path(html_path) if html_path else None,
+                               json_path=Path(json_path) if json_path else None)  # fmt: skip
+    for line in data["missing"]:
+        click.echo(f"report: {line}", err=True)
+    click.echo(f"{len(data['events'])} event(s); {html_path or out / 'report.html'}")
+
+
+@main.command()
 @click.option(
     "--out",
     "out_dir",
@@ -400,9 +482,10 @@ def analyze(
 @click.option("--rate", type=float, default=2000.0, show_default=True)
 @click.option("--loopback", is_flag=True, help="Use the loopback miniature even as root.")
 def demo(out_dir: str, rate: float, loopback: bool) -> None:
-    """Replay 21 January 2014 in the lab and show the evidence.
+    """Replay 21 January 2014 in the lab, watch it happen, and write the report.
 
-    As root: the namespace lab with BIND9, Unbound and the border injector.
+    As root: the namespace lab with BIND9, Unbound and the border injector; `watch`
+    runs through the scenario and OUT/report.html and OUT/report.json are written.
     Otherwise (or with --loopback): the loopback miniature.
     """
     from wallwatch.demo import run_demo, run_loopback_demo

@@ -59,8 +59,8 @@ def matches_2014(name: str) -> bool:
     return name.endswith((".com", ".net", ".org")) or name in ("com", "net", "org")
 
 
-def run_demo(out: Path, *, rate: float = 2000.0, console: Console | None = None) -> Path:
-    """Run the replay (namespace lab as root, else loopback); return the JSONL file."""
+def run_demo(out: Path, *, rate: float = 2000.0, console: Console | None = None) -> None:
+    """Run the replay (namespace lab as root, else loopback); the results go to ``out``."""
     console = console or Console()
     from wallwatch.lab.netns import can_use_namespaces
 
@@ -68,10 +68,11 @@ def run_demo(out: Path, *, rate: float = 2000.0, console: Console | None = None)
     if reason is None and all(shutil.which(tool) for tool in ("named", "unbound")):
         from wallwatch.demo_lab import run_lab_demo
 
-        return run_lab_demo(out, rate=rate, console=console)
+        run_lab_demo(out, rate=rate, console=console)
+        return
     console.print(f"[yellow]namespace lab unavailable ({reason or 'BIND9/Unbound missing'}); "
                   "replaying on the loopback lab[/]")  # fmt: skip
-    return run_loopback_demo(out, rate=rate, console=console)
+    run_loopback_demo(out, rate=rate, console=console)
 
 
 def run_loopback_demo(out: Path, *, rate: float = 2000.0, console: Console | None = None) -> Path:

@@ -127,6 +127,8 @@ class WatchConfig:
     edd: float = 2.0
     warmup: int = 3
     trace: bool = True
+    #: Each vantage's own address, for the pcap (the records do not hold it).
+    local: dict[str, str] = field(default_factory=dict)
 
 
 class Watch:
@@ -158,6 +160,7 @@ class Watch:
         args = [sys.executable, "-m", "wallwatch", "probe", "-f", str(c.names), "-o", str(output),
                 "--quiet", "--rate", str(c.rate), "--window", str(c.window),
                 "--timeout", str(c.timeout), "--retries", "0", "--vantage", vantage.name,
+                "--stream-workers", "64",
                 "-A", f"round={number}", "-A", f"minute={minute}"]  # fmt: skip
         for target in vantage.targets:
             args += ["-t", target]
@@ -253,6 +256,7 @@ class Watch:
         data = {
             "panel": {"names": len(self.panel), "vantages": [v.name for v in self.config.vantages]},
             "rounds": len(self.rounds),
+            "local_addresses": self.config.local,
             "minutes": [minute_text(m, tz) for m in self.detector.minutes],
             "events": [self.event_dict(e) for e in self.detector.events],
             "series": [
@@ -317,7 +321,9 @@ class Watch:
         c = self.config
         number = self.resume()
         now = c.clock.now()
-        at = (now // c.every + 1) * c.every if number == 0 else max(now, _next_slot(self, now))
+        # The first round starts now (its slot is the current one); after a restart,
+        # at the next slot, so that no minute is measured twice.
+        at = now if number == 0 else _next_slot(self, now)
         while not stop():
             if c.rounds is not None and number >= c.rounds:
                 break

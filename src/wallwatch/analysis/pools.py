@@ -54,3 +54,20 @@ def load() -> tuple[str, list[KnownAddress]]:
                 addresses += _file_addresses(relative)
             out += [KnownAddress(a, kind, entry["id"]) for a in dict.fromkeys(addresses)]
     return str(data["version"]), out
+
+
+def owner(address: str) -> tuple[str, str] | None:
+    """(owner, source) of an address the shipped data names, or None."""
+    data = tomllib.loads(
+        resources.files("wallwatch.data").joinpath("forged-pools.toml").read_text()
+    )
+    for entry in data.get("owner", []):
+        if entry.get("address") == address:
+            return str(entry["name"]), str(entry.get("source", ""))
+    return None
+
+
+def lists_of(address: str) -> list[str]:
+    """Ids of the known lists an address is in."""
+    _version, known = load()
+    return sorted({k.list_id for k in known if k.address == address.lower()})

@@ -105,7 +105,7 @@ class Event:
             "event_id": self.event_id,
             "target_address": self.target_address,
             "onset": minute_iso(self.onset, tz),
-            "detected_at": datetime.fromtimestamp(self.detected_at, tz).isoformat(),
+            "detected_at": datetime.fromtimestamp(self.detected_at, tz).isoformat(timespec="seconds"),
             "end": minute_iso(self.injection_end, tz) if self.injection_end is not None else None,
             "over": minute_iso(self.end, tz) if self.end is not None else None,
             "phase": self.phase.value,
@@ -196,7 +196,7 @@ class Detector:
                     )
                     if s.key not in event.streams:
                         event.streams.add(s.key)
-                        if not any(c.change == Change.START and c.event is event for c in changes):
+                        if not any(c.event is event for c in changes):
                             changes.append(EventChange(Change.SCOPE, event, minute))
                 elif change == "end":
                     self.pointing.pop((s.key, signal), None)

@@ -9,7 +9,7 @@ restart, cannot inflate a share: every signal counts distinct names.
 
 Signals (gfw-dns.md 3.9; style-and-ecosystem.md B3.9):
 
-* ``top_share``: the share of answered names whose first reply holds the single most
+* ``top_share``: the share of the names asked whose first reply holds the single most
   common address -- unrelated names on one address is what 2014 looked like;
 * ``names_per_address``: the heavy hitters behind it;
 * ``tampered_share`` and ``new_tampered_share``: names whose first reply the trusted
@@ -170,7 +170,10 @@ def signals(
             ours = {netinfo.lookup(day, a)[0] for a in genuine} - {None}
             outside += int(bool(theirs) and bool(ours) and not theirs & ours)
     history.tampered_ever |= newly
-    enough = answered >= MIN_NAMES
+    # Over names *asked*: a dark host that normally answers nothing has a share of 0,
+    # not an undefined one, and a resolver that times out on half the panel cannot
+    # double the share of the half it answered.
+    enough = len(bucket.names) >= MIN_NAMES
     top_hostnames = tuple(sorted(n for n, a in bucket.first.items() if top in a)) if top else ()
     return Signals(
         minute=bucket.minute,
@@ -179,7 +182,7 @@ def signals(
         answered=answered,
         top_address=top,
         top_names=top_names,
-        top_share=top_names / answered if enough else None,
+        top_share=top_names / len(bucket.names) if enough else None,
         names_per_address=tuple(by_address.most_common(5)),
         tampered=tampered,
         tampered_share=tampered / judged if judged >= MIN_NAMES else None,
