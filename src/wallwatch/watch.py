@@ -36,7 +36,7 @@ import msgspec
 
 from wallwatch.events.detector import Detector, EventChange
 from wallwatch.events.minute import Signals, StreamHistory, StreamKey, buckets, signals
-from wallwatch.journal import read_records
+from wallwatch.journal import read_records, recover
 from wallwatch.records import Measurement
 
 
@@ -305,8 +305,13 @@ class Watch:
             round_text, minute_part = f.name[1:].split("-", 2)[:2]
             files.setdefault((int(round_text), int(minute_part[1:])), []).append(f)
         for (number, minute), paths in sorted(files.items()):
-            measurements = list(_measurements(paths))
             record = done.get(number)
+            if record is None:
+                for p in paths:  # a line torn by the crash is dropped, the rest is kept
+                    for at_line, reason in recover(p).dropped:
+                        print(f"watch: {p}:{at_line}: dropped a torn record ({reason})",
+                              file=sys.stderr)  # fmt: skip
+            measurements = list(_measurements(paths))
             if record is None:
                 # Torn by a crash mid-round: keep what it measured.
                 record = RoundRecord(number, minute, minute * 60.0, 0.0, 0.0,

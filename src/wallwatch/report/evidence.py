@@ -321,6 +321,15 @@ def build(out: Path, *, db: Path | None = None) -> dict[str, Any]:
     partial = [r for r in _rounds(out) if r.get("partial")]
     if partial:
         missing.append(f"{len(partial)} round(s) were torn by a crash; their records are kept")
+    readable = []
+    for path in files:
+        try:
+            store.validate([path])
+        except ValueError as exc:  # named file and line; the other files still count
+            missing.append(f"skipped an unreadable file: {exc}")
+            continue
+        readable.append(path)
+    files = readable
     if not files:
         return report
     store.ingest(files, db)
