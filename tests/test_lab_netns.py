@@ -193,8 +193,10 @@ def test_down_cleans_up_after_a_crash(lab) -> None:  # noqa: ANN001
     assert not [p for p in inside if os.path.exists(f"/proc/{p}")]
 
 
-def test_demo_replays_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN001
-    from wallwatch import store
+def test_demo_watches_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN001
+    """The README's first command: the 2014 replay watched minute by minute, and its report."""
+    from datetime import datetime, timedelta
+
     from wallwatch.demo import run_demo
 
     out = tmp_path / "demo"
@@ -202,33 +204,49 @@ def test_demo_replays_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN0
         run_demo(out, rate=2000)
     finally:
         topology.down()
-    rows = store.query(
-        out / "wallwatch.duckdb",
-        """
-        SELECT annotations['phase'], m.vantage, m.resolver_address, m.engine,
-               bool_and(a.ipv4 = '65.49.2.178') AS all_forged, bool_or(a.ipv4 = '65.49.2.178') AS any_forged
-        FROM measurements m JOIN answers a USING (measurement_uid)
-        WHERE a.response_index = 0 AND m.hostname NOT LIKE '%.cn' GROUP BY ALL""",
-    )
-    seen = {(p, v, r, e): (all_f, any_f) for p, v, r, e, all_f, any_f in rows}
-    assert seen[("2-during", "client1", "8.8.8.8:53", "udp")] == (True, True)
-    assert seen[("2-during", "client1", "10.10.2.53:53", "udp")] == (True, True)
-    assert seen[("2-during", "outside", "10.10.3.7:53", "udp")] == (True, True)
-    assert seen[("2-during", "outside", "8.8.8.8:53", "udp")] == (False, False)
-    assert seen[("2-during", "client1", "8.8.8.8:53", "tcp")] == (False, False)
-    assert seen[("3-after", "client1", "10.10.2.53:53", "udp")] == (True, True)  # cache tail
-    assert seen[("3-after", "client1", "8.8.8.8:53", "udp")] == (False, False)
     assert netns.ours() == []
-    got = dict(
-        store.query(out / "wallwatch.duckdb", "SELECT hostname, attribution FROM attributions")
-    )
-    assert {a for n, a in got.items() if not n.endswith(".cn")} == {"on_path_injector"}
-    assert {a for n, a in got.items() if n.endswith(".cn")} == {"none"}
-    tail = store.query(
-        out / "wallwatch.duckdb",
-        "SELECT DISTINCT hostname FROM window_attributions WHERE cache_tail",
-    )
-    assert len(tail) == 87  # every .com/.net/.org name: the ISP resolver kept the forgery
+    report = json.loads((out / "report.json").read_text())
+    (event,) = report["events"]
+    s = scenario.load("gfw-2014-01-21")
+    truth = {t.attribution: t for t in s.truth}
+    start = datetime.fromisoformat(truth["on_path_injector"].start)
+    end = datetime.fromisoformat(truth["on_path_injector"].end)
+    two = timedelta(minutes=2)
+    assert event["target_address"] == truth["on_path_injector"].answer == "65.49.2.178"
+    assert abs(datetime.fromisoformat(event["onset"]) - start) <= two
+    assert datetime.fromisoformat(event["detected_at"]) - start <= two
+    assert abs(datetime.fromisoformat(event["end"]) - end) <= two
+    assert [p["phase"] for p in event["phases"]] == ["injection", "cache_tail"]
+    assert event["attribution"] == event["attribution_detector"] == "on_path_injector"
+    assert event["scope"]["tlds"] == ["com", "net", "org"]  # .cn untouched
+    assert "10.10.2.53/udp (resolver)" in event["scope"]["resolvers"]  # the ISP's cache
+    assert all(c["holds"] for c in event["checklist"]), event["checklist"]
+    assert report["pcap"]["packets"] > 100 and (out / "evidence.pcap").stat().st_size > 0
+    for ex in event["examples"]:
+        assert ex["dig"].startswith("; <<>> wallwatch")
+
+
+def test_steady_censorship_for_an_hour_is_not_an_outage(tmp_path) -> None:  # noqa: ANN001
+    """One scenario hour of gfw-steady, watched every minute: zero events."""
+    from rich.console import Console
+
+    from wallwatch.demo_lab import run_lab_demo
+
+    out = tmp_path / "steady"
+    try:
+        report = run_lab_demo(out, console=Console(quiet=True), scale=30, minutes=60,
+                              scenario_name="gfw-steady")  # fmt: skip
+    finally:
+        topology.down()
+    assert report["events"] == []
+    assert report["minutes_watched"] >= 55
+    series = report["series"]
+    # Not vacuous: the censorship was there all along, and seen.
+    dark = [r for r in series if r["kind"] == "dark" and r["tld"] == "com"]
+    assert len(dark) >= 55 and all((r["top_share"] or 0) > 0 for r in dark)
+    tampered = [r for r in series if r["vantage"] == "client1" and r["resolver"] == "8.8.8.8"
+                and r["tld"] == "com"]  # fmt: skip
+    assert all((r["tampered_share"] or 0) > 0.05 for r in tampered)
 
 
 def test_isp_nxdomain_rewrite(lab) -> None:  # noqa: ANN001

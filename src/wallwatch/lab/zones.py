@@ -142,6 +142,9 @@ def unbound_conf(
         "    minimal-responses: yes",
         "    infra-host-ttl: 60",
         "    outgoing-range: 256",
+        # A monitor asks its TCP control for a whole panel at once (the default, 10
+        # connections, would queue a minute's round behind the path delay).
+        "    incoming-num-tcp: 128",
     ]
     if cache_max_ttl is not None:
         lines.append(f"    cache-max-ttl: {cache_max_ttl}")
