@@ -87,6 +87,7 @@ class Cusum:
         self.last_bucket = bucket
         self.seen += 1
         change: str | None = None
+        seen_upper = seen_lower = None
         if self.mu0 is None or self.seen <= self.warmup:
             self._warm.append(x)
             self.mu0 = statistics.median(self._warm)
@@ -108,6 +109,7 @@ class Cusum:
             self.lower = max(0.0, self.lower + self.mu1 - self.k - x)
             if self.lower > self.h:
                 self.alarm, change = False, "end"
+                seen_upper, seen_lower = self.upper, self.lower  # the trace shows the crossing
                 self.upper = self.lower = 0.0
                 self.rise_start = None
             else:
@@ -115,5 +117,7 @@ class Cusum:
                 self.mu1 = statistics.fmean(self._alarm_values)
         if self.trace:
             assert self.mu0 is not None
-            self.steps.append(CusumStep(bucket, x, self.mu0, self.upper, self.lower, self.alarm))
+            upper = self.upper if seen_upper is None else seen_upper
+            lower = self.lower if seen_lower is None else seen_lower
+            self.steps.append(CusumStep(bucket, x, self.mu0, upper, lower, self.alarm))
         return change

@@ -58,7 +58,7 @@ def affected_share(report: dict[str, Any], event: dict[str, Any]) -> dict[str, A
         alt.Chart(_data(rows))
         .mark_line(point=True)
         .encode(
-            x=alt.X("minute:T", title=f"time ({_zone(report)})"),
+            x=alt.X("minute:T", title=f"time ({_zone(report)})", axis=alt.Axis(format="%H:%M")),
             y=alt.Y(
                 "share:Q",
                 title=f"share of names answered with {target}",
@@ -88,7 +88,7 @@ def cusum_trace(report: dict[str, Any]) -> dict[str, Any] | None:
         alt.Chart(_data(rows))
         .mark_line(point=True)
         .encode(
-            x=alt.X("minute:T", title=f"time ({_zone(report)})"),
+            x=alt.X("minute:T", title=f"time ({_zone(report)})", axis=alt.Axis(format="%H:%M")),
             y=alt.Y("sum:Q", title="CUSUM"),
             color=alt.Color("which:N", title=None, legend=alt.Legend(orient="bottom")),
         )
