@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -392,6 +393,104 @@ def analyze(
         sql = f"SELECT {', '.join(columns)} FROM attributions ORDER BY hostname, query_type"
         for row in store.query(db, sql):
             click.echo(json.dumps(dict(zip(columns, row, strict=True))))
+
+
+@main.group(name="import")
+def import_() -> None:
+    """Read other tools' measurements into wallwatch records (then ingest and analyze)."""
+
+
+def _import_run(records: Any, output: str, summary: Any, what: str) -> None:
+    from wallwatch.journal import Journal
+    from wallwatch.records import InputError
+
+    journal = Journal.open(None if output == "-" else output)
+    err = Console(stderr=True)
+    try:
+        for record in records:
+            journal.write(record)
+            if isinstance(record, InputError):
+                err.print(f"[yellow]{record.source}:{record.line}: skipped: {record.error}[/]",
+                          highlight=False)  # fmt: skip
+    finally:
+        journal.close()
+    err.print(f"import {what}: {summary.line()}", highlight=False)
+
+
+@import_.command("ooni")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", default="-", show_default=True, help="JSONL output file.")
+def import_ooni(files: tuple[str, ...], output: str) -> None:
+    """OONI measurements (JSON or JSONL, plain or gzip; API envelopes too)."""
+    from itertools import chain
+
+    from wallwatch.interop import ooni
+
+    summary = ooni.ImportSummary()
+    _import_run(chain.from_iterable(ooni.read_records(f, summary) for f in files), output,
+                summary, "ooni")  # fmt: skip
+
+
+@import_.command("satellite")
+@click.argument(
+    "directories", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False)
+)
+@click.option("-o", "--output", default="-", show_default=True, help="JSONL output file.")
+def import_satellite(directories: tuple[str, ...], output: str) -> None:
+    """Censored Planet Satellite scans (v1, v2.1, v2.2), one directory each."""
+    from itertools import chain
+
+    from wallwatch.interop import satellite
+    from wallwatch.interop.ooni import ImportSummary
+
+    summary = ImportSummary()
+    try:
+        for d in directories:
+            satellite.version(Path(d))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    _import_run(chain.from_iterable(satellite.read_records(d, summary) for d in directories),
+                output, summary, "satellite")  # fmt: skip
+
+
+@import_.command("pcap")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", default="-", show_default=True, help="JSONL output file.")
+@click.option("--dark", multiple=True, metavar="ADDRESS",
+              help="An address that runs no DNS server (its replies are injected).")  # fmt: skip
+@click.option("--port", "ports", multiple=True, type=int, default=(53,), show_default=True,
+              help="A server port that carries DNS (repeatable).")  # fmt: skip
+def import_pcap(
+    files: tuple[str, ...], output: str, dark: tuple[str, ...], ports: tuple[int, ...]
+) -> None:
+    """DNS queries and every reply to them from pcap/pcapng captures."""
+    from itertools import chain
+
+    from wallwatch.interop import pcap
+    from wallwatch.interop.ooni import ImportSummary
+
+    summary = ImportSummary()
+    _import_run(chain.from_iterable(pcap.read_records(f, summary, dark=frozenset(dark), ports=frozenset(ports))
+                                    for f in files), output, summary, "pcap")  # fmt: skip
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["ooni", "zdns", "parquet", "pcapng"]),
+              required=True)  # fmt: skip
+@click.option("-o", "--output", required=True,
+              help="Output file (a directory for parquet).")  # fmt: skip
+def export(files: tuple[str, ...], fmt: str, output: str) -> None:
+    """Write wallwatch records as OONI (dnsping), zdns, Parquet or pcapng."""
+    from wallwatch.interop.export import ExportFormat
+    from wallwatch.interop.export import export as run_export
+
+    try:
+        count = run_export([Path(f) for f in files], ExportFormat(fmt), Path(output))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"export {fmt}: {count} {'packets' if fmt == 'pcapng' else 'measurements'} -> {output}",
+               err=True)  # fmt: skip
 
 
 @main.command()

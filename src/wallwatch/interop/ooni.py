@@ -1,25 +1,54 @@
-"""A minimal reader of OONI Web Connectivity measurements (df-000 + df-002), for validation.
+"""OONI measurements as wallwatch records: the same analysis judges them.
 
-Each entry of ``test_keys.queries`` becomes a measurement against the probe's resolver
-(OONI keeps the answers, rarely the raw bytes: ``raw_response`` is then empty), and the
-test helper's DNS answer (``test_keys.control.dns``) becomes the trusted control, once
-per query type asked. The full importer (versions, dnsping, envelopes, Satellite) is
-separate work; this reader exists so the analysis can be checked against OONI's own
-verdicts (docs/validation.md).
+Why one reader for many tests: every OONI experiment that resolves names writes its
+lookups in the ``df-002-dnst`` shape (``queries[]`` with ``hostname, query_type,
+engine, resolver_address, answers, failure, t`` and, since 2022, ``raw_response``).
+What differs is where the lookups sit and what counts as the control:
+
+* ``web_connectivity`` 0.0.1 to 0.5.x: ``test_keys.queries`` (the probe's resolver);
+  the test helper's ``test_keys.control.dns.addrs`` becomes the control;
+* legacy ``dns_consistency`` (ooniprobe 1.x): ``test_keys.queries`` against several
+  resolvers, the one at ``control_resolver`` being the control (``test_keys`` may be
+  a Python-repr string in YAML-era conversions);
+* ``dnscheck``: ``test_keys.bootstrap.queries`` and ``test_keys.lookups[*].queries``;
+* ``dnsping``: ``test_keys.pings[*].query`` and, since 0.3, its ``delayed_responses``
+  -- every reply to one query, exactly the multi-reply evidence of an injector, so a
+  ping becomes one measurement whose replies are the query's and the delayed ones;
+* any other test with ``test_keys.queries`` (urlgetter, ...): the queries alone.
+
+Documents come one per line (JSONL, the API's and the S3 bucket's form), or one per
+file (pretty-printed), plain or gzip; an API envelope whose ``body`` or
+``raw_measurement`` is the measurement as a JSON string is opened. Decoding reads only
+the fields used, into typed structs (msgspec), so a web_connectivity line with its
+HTTP bodies is skipped over rather than built into Python objects: import streams at
+the speed of the disk, in flat memory.
+
+A line that is not JSON, not an OONI measurement, or of an unknown test or version
+becomes an ``input_error`` record naming the file and line; the file's other lines
+are still imported (:class:`ImportSummary`).
 """
 
 from __future__ import annotations
 
+import ast
+import base64
+import binascii
+import gzip
 import hashlib
 import ipaddress
-import json
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
+
+import msgspec
 
 from wallwatch import records
-from wallwatch.records import Answer, Measurement, Response
+from wallwatch.probe.reply import make_response
+from wallwatch.records import Answer, InputError, Measurement, Response
 from wallwatch.vocab import Engine, Failure, TargetKind
+from wallwatch.wire import parse_reply
 
 _ENGINES = {"udp": Engine.UDP, "tcp": Engine.TCP, "dot": Engine.DOT, "doh": Engine.DOH}
 # OONI's probe says dns_nxdomain_error, its test helper dns_name_error, for the same RCODE.
@@ -29,29 +58,338 @@ _RCODES = {
     "dns_refused_error": 5,
     "dns_servfail_error": 2,
 }
+#: Tests read, with the versions known to hold DNS lookups where this reader looks.
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "web_connectivity": ("0.0.", "0.1.", "0.2.", "0.3.", "0.4.", "0.5."),
+    "dns_consistency": ("0.",),
+    "dnscheck": ("0.",),
+    "dnsping": ("0.",),
+    "urlgetter": ("0.",),
+}
 
 
-def _answers(items: list[dict[str, Any]] | None) -> tuple[Answer, ...]:
+class OAnswer(msgspec.Struct):
+    answer_type: str | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+    hostname: str | None = None
+    ttl: int | float | str | None = None
+
+
+class OQuery(msgspec.Struct):
+    hostname: str | None = None
+    query_type: str | None = None
+    engine: str | None = None
+    resolver_address: str | None = None
+    resolver_hostname: str | None = None
+    resolver_port: str | int | None = None
+    failure: str | None = None
+    answers: list[OAnswer] | None = None
+    raw_response: str | None = None
+    t: float | None = None
+    t0: float | None = None
+    transaction_id: int | None = None
+
+
+class OPing(msgspec.Struct):
+    query: OQuery | list[OQuery] | None = None
+    delayed_responses: list[OQuery] | None = None
+
+
+class OControlDns(msgspec.Struct):
+    addrs: list[str] | None = None
+    failure: str | None = None
+
+
+class OControl(msgspec.Struct):
+    dns: OControlDns | None = None
+
+
+class OLookup(msgspec.Struct):
+    queries: list[OQuery] | None = None
+
+
+class OTestKeys(msgspec.Struct):
+    queries: list[OQuery] | None = None
+    control: OControl | None = None
+    control_resolver: str | None = None
+    pings: list[OPing] | None = None
+    lookups: dict[str, OLookup] | None = None
+    bootstrap: OLookup | None = None
+
+
+class ODoc(msgspec.Struct):
+    test_name: str | None = None
+    test_version: str | None = None
+    measurement_start_time: str | None = None
+    probe_cc: str | None = None
+    probe_asn: str | int | None = None
+    report_id: str | None = None
+    measurement_uid: str | None = None
+    input: str | list[Any] | dict[str, Any] | None = None
+    test_keys: OTestKeys | str | None = None
+    # API envelopes: the measurement, as a JSON string.
+    body: str | None = None
+    raw_measurement: str | None = None
+    # Censored Planet's keys, to say what a wrong file is.
+    vp: str | None = None
+    test_url: str | None = None
+    resolver: str | None = None
+
+
+_decode = msgspec.json.Decoder(ODoc).decode
+_decode_keys = msgspec.json.Decoder(OTestKeys).decode
+
+
+@dataclass
+class ImportSummary:
+    """What one import read, wrote and skipped (and why)."""
+
+    files: int = 0
+    documents: int = 0
+    measurements: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    bytes: int = 0
+
+    def line(self) -> str:
+        skipped = sum(self.skipped.values())
+        why = "; ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+        return (f"{self.files} file(s), {self.documents} document(s), {self.measurements} "
+                f"measurement(s), {skipped} skipped" + (f" ({why})" if why else ""))  # fmt: skip
+
+
+def _open(path: Path) -> IO[bytes]:
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    if magic == b"\x1f\x8b":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return open(path, "rb")  # noqa: SIM115
+
+
+def documents(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line, raw JSON) of each document: JSON lines, or one pretty-printed document."""
+    with _open(path) as handle:
+        first = handle.readline()
+        stripped = first.strip()
+        single = stripped.startswith(b"{") and not _complete(stripped)
+        if single:
+            yield 1, first + handle.read()
+            return
+        if stripped:
+            yield 1, first
+        for number, line in enumerate(handle, start=2):
+            if line.strip():
+                yield number, line
+
+
+def _complete(line: bytes) -> bool:
+    try:
+        msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
+def read_records(
+    path: str | Path, summary: ImportSummary | None = None
+) -> Iterator[Measurement | InputError]:
+    """Measurements of one OONI file, and an ``input_error`` for each line skipped."""
+    path = Path(path)
+    summary = summary if summary is not None else ImportSummary()
+    summary.files += 1
+    for number, raw in documents(path):
+        summary.bytes += len(raw)
+        try:
+            doc = _decode(raw)
+            doc = _unwrap(doc)
+            made = list(_measurements(doc, str(path), number))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            yield _skip(summary, path, number, raw, "not JSON of an OONI measurement", str(exc))
+            continue
+        except ValueError as exc:
+            yield _skip(summary, path, number, raw, str(exc).split(":")[0], str(exc))
+            continue
+        summary.documents += 1
+        summary.measurements += len(made)
+        yield from made
+
+
+def _skip(summary: ImportSummary, path: Path, number: int, raw: bytes, reason: str,
+          detail: str) -> InputError:  # fmt: skip
+    summary.skipped[reason] += 1
+    return InputError(schema_version=records.SCHEMA_VERSION, report_id="import-ooni",
+                      source=str(path), line=number,
+                      text=raw[:200].decode("utf-8", "replace").strip(), error=detail)  # fmt: skip
+
+
+def read(path: str | Path) -> Iterator[Measurement]:
+    """Measurements of one OONI file; a bad line raises ``ValueError`` naming it."""
+    for record in read_records(path):
+        if isinstance(record, InputError):
+            raise ValueError(f"{record.source}:{record.line}: {record.error}")
+        yield record
+
+
+def _unwrap(doc: ODoc) -> ODoc:
+    for inner in (doc.raw_measurement, doc.body):
+        if doc.test_keys is None and inner:
+            return _unwrap(_decode(inner.encode()))
+    if doc.test_name is None and doc.test_keys is None:
+        if doc.vp or doc.test_url or doc.resolver:
+            raise ValueError("not an OONI measurement: this looks like Censored Planet "
+                             "Satellite data (use 'wallwatch import satellite DIR')")  # fmt: skip
+        raise ValueError("not an OONI measurement: no test_name and no test_keys")
+    return doc
+
+
+def _keys(doc: ODoc) -> OTestKeys:
+    keys = doc.test_keys
+    if isinstance(keys, str):
+        # YAML-era conversions store test_keys as a string (JSON or a Python repr).
+        try:
+            return _decode_keys(keys.encode())
+        except msgspec.DecodeError:
+            try:
+                value = ast.literal_eval(keys)
+            except (ValueError, SyntaxError):
+                raise ValueError(f"unreadable test_keys: {keys[:60]!r}") from None
+            return msgspec.convert(value, OTestKeys, strict=False)
+    return keys or OTestKeys()
+
+
+def _measurements(doc: ODoc, source: str, line: int) -> Iterator[Measurement]:
+    name = doc.test_name or "?"
+    version = doc.test_version or "?"
+    prefixes = SUPPORTED.get(name)
+    keys = _keys(doc)
+    if prefixes is None and not keys.queries:
+        raise ValueError(f"unsupported OONI test: {name} {version} holds no DNS lookups "
+                         "wallwatch reads")  # fmt: skip
+    if prefixes is not None and not version.startswith(prefixes):
+        raise ValueError(f"unknown test version: {name} {version} (read: "
+                         f"{', '.join(p + 'x' for p in prefixes)})")  # fmt: skip
+    start = (doc.measurement_start_time or "1970-01-01 00:00:00").replace("T", " ").rstrip("Z")[:19]
+    uid = (
+        doc.measurement_uid
+        or hashlib.blake2b(f"{source}|{line}".encode(), digest_size=8).hexdigest()
+    )
+    base: dict[str, Any] = dict(
+        schema_version=records.SCHEMA_VERSION, report_id=doc.report_id or Path(source).stem,
+        measurement_start_time=start, vantage=f"{doc.probe_cc or 'ZZ'}/{_asn(doc.probe_asn)}",
+        transaction_id=0, source_port=0, edns_payload=None,
+    )  # fmt: skip
+    notes = {"source": f"{source}:{line}", "ooni_test": f"{name} {version}",
+             "ooni_measurement_uid": doc.measurement_uid or "",
+             "input": doc.input if isinstance(doc.input, str) else ""}  # fmt: skip
+    control_ip = (keys.control_resolver or "").rsplit(":", 1)[0]
+    index = 0
+
+    def emit(
+        query: OQuery, later: list[OQuery] | None = None, kind: TargetKind | None = None
+    ) -> Measurement:
+        nonlocal index
+        index += 1
+        address = _resolver(query)
+        if kind is None:
+            host = address.rsplit(":", 1)[0]
+            kind = TargetKind.CONTROL if control_ip and host == control_ip else TargetKind.RESOLVER
+        replies = list(_responses(query)) + [
+            r for q in later or [] for r in _responses(q, delayed=True)
+        ]
+        return Measurement(
+            **base, measurement_uid=f"{uid}.{index}", hostname=(query.hostname or "").rstrip("."),
+            query_type=query.query_type or "A", engine=_ENGINES.get(query.engine or "", Engine.GETADDRINFO),
+            resolver_address=address, target_kind=kind, failure=_failure(query.failure),
+            t0=float(query.t0 or 0.0), t=float(query.t or 0.0),
+            responses=tuple(replies), annotations=notes,
+        )  # fmt: skip
+
+    lookups: list[OQuery] = list(keys.queries or [])
+    if keys.bootstrap and keys.bootstrap.queries:
+        lookups += keys.bootstrap.queries
+    for lookup in (keys.lookups or {}).values():
+        lookups += lookup.queries or []
+    qtypes: set[str] = set()
+    hostname = None
+    for query in lookups:
+        if not query.hostname:
+            continue
+        qtypes.add(query.query_type or "A")
+        hostname = hostname or query.hostname
+        yield emit(query)
+    for ping in keys.pings or []:
+        first = ping.query[0] if isinstance(ping.query, list) and ping.query else ping.query
+        if isinstance(first, OQuery) and first.hostname:
+            yield emit(first, ping.delayed_responses)
+    dns = keys.control.dns if keys.control else None
+    if dns is None or hostname is None:
+        return
+    for qtype in sorted(qtypes):
+        addresses = [a for a in dns.addrs or [] if _family_fits(a, qtype)]
+        answers = tuple(Answer("AAAA" if ":" in a else "A", 0, "", None if ":" in a else a,
+                               a if ":" in a else None) for a in addresses)  # fmt: skip
+        index += 1
+        yield Measurement(
+            **base, measurement_uid=f"{uid}.{index}", hostname=hostname.rstrip("."), query_type=qtype,
+            engine=Engine.GETADDRINFO, resolver_address="ooni-test-helper",
+            target_kind=TargetKind.CONTROL, failure=_failure(dns.failure), t0=0.0, t=0.0,
+            responses=_reply(dns.failure, answers, 0.0), annotations=notes,
+        )  # fmt: skip
+
+
+def _asn(value: str | int | None) -> str:
+    return f"AS{value}" if isinstance(value, int) else (value or "AS0")
+
+
+def _resolver(query: OQuery) -> str:
+    if query.resolver_address:
+        return query.resolver_address
+    if query.resolver_hostname:
+        return f"{query.resolver_hostname}:{query.resolver_port or 53}"
+    return "system"
+
+
+def _responses(query: OQuery, *, delayed: bool = False) -> Iterator[Response]:
+    t = float(query.t or 0.0)
+    rtt = max(0.0, t - float(query.t0 or 0.0))
+    if query.raw_response:
+        try:
+            data = base64.b64decode(query.raw_response, validate=True)
+        except (binascii.Error, ValueError):
+            data = b""
+        if data:
+            yield make_response(data, parse_reply(data), src=_resolver(query).rsplit(":", 1)[0],
+                                sport=53, ip_ttl=None, t=t, rtt=rtt)  # fmt: skip
+            return
+    if delayed and not query.answers and not query.failure:
+        return
+    yield from _reply(query.failure, _answers(query.answers), t, rtt)
+
+
+def _answers(items: list[OAnswer] | None) -> tuple[Answer, ...]:
     out = []
     for item in items or []:
-        kind = item.get("answer_type", "A")
-        ttl = int(item.get("ttl") or 0)
-        if item.get("ipv4"):
-            out.append(Answer("A", ttl, "", item["ipv4"]))
-        elif item.get("ipv6"):
-            out.append(Answer("AAAA", ttl, "", None, item["ipv6"]))
-        elif item.get("hostname"):
-            out.append(Answer(kind, ttl, "", None, None, item["hostname"]))
+        try:
+            ttl = int(float(item.ttl or 0))
+        except ValueError:
+            ttl = 0
+        if item.ipv4:
+            out.append(Answer("A", ttl, "", item.ipv4))
+        elif item.ipv6:
+            out.append(Answer("AAAA", ttl, "", None, item.ipv6))
+        elif item.hostname:
+            out.append(Answer(item.answer_type or "CNAME", ttl, "", None, None, item.hostname))
     return tuple(out)
 
 
-def _response(failure: str | None, answers: tuple[Answer, ...], t: float) -> tuple[Response, ...]:
+def _reply(failure: str | None, answers: tuple[Answer, ...], t: float,
+           rtt: float | None = None) -> tuple[Response, ...]:  # fmt: skip
     """OONI keeps one outcome per query: an answer, an RCODE failure, or a transport failure."""
     if failure not in (None, "dns_no_answer") and failure not in _RCODES:
         return ()  # a timeout or a local failure: no reply to judge
     return (
-        Response(t=t, rtt=t, src="", sport=0, ip_ttl=None, raw_response="", rcode=_RCODES.get(failure or "", 0),
-                 ancount=len(answers), answers=answers),
+        Response(t=t, rtt=t if rtt is None else rtt, src="", sport=0, ip_ttl=None, raw_response="",
+                 rcode=_RCODES.get(failure or "", 0), ancount=len(answers), answers=answers),
     )  # fmt: skip
 
 
@@ -62,67 +400,9 @@ def _failure(failure: str | None) -> Failure | None:
         return Failure.UNKNOWN
 
 
-def read(path: str | Path) -> Iterator[Measurement]:
-    """Measurements of one OONI file (one JSON object, or JSON lines)."""
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        documents = [json.loads(text)]
-    except json.JSONDecodeError:
-        documents = [json.loads(line) for line in text.splitlines() if line.strip()]
-    for doc in documents:
-        if "test_keys" not in doc:
-            raise ValueError(f"{path}: not an OONI measurement (no test_keys)")
-        yield from _measurements(doc, str(path))
-
-
-def _measurements(doc: dict[str, Any], source: str) -> Iterator[Measurement]:
-    keys = doc["test_keys"] or {}
-    start = str(doc.get("measurement_start_time") or "1970-01-01 00:00:00")
-    vantage = f"{doc.get('probe_cc', 'ZZ')}/{doc.get('probe_asn', 'AS0')}"
-    report = str(doc.get("report_id") or Path(source).stem)
-    base: dict[str, Any] = dict(schema_version=records.SCHEMA_VERSION, report_id=report, measurement_start_time=start,
-                vantage=vantage, transaction_id=0, source_port=0, t0=0.0, t=0.0, edns_payload=None)  # fmt: skip
-    qtypes: set[str] = set()
-    for index, query in enumerate(keys.get("queries") or []):
-        qtype = str(query.get("query_type") or "A")
-        qtypes.add(qtype)
-        answers = _answers(query.get("answers"))
-        engine = _ENGINES.get(str(query.get("engine")), Engine.GETADDRINFO)
-        address = str(query.get("resolver_address") or query.get("resolver_hostname") or "system")
-        yield Measurement(
-            **base, measurement_uid=_uid(source, index), hostname=str(query.get("hostname")),
-            query_type=qtype, engine=engine, resolver_address=address,
-            target_kind=TargetKind.RESOLVER, failure=_failure(query.get("failure")),
-            responses=_response(query.get("failure"), answers, float(query.get("t") or 0.0)),
-            annotations={"source": source, "input": str(doc.get("input") or "")},
-        )  # fmt: skip
-    control = (
-        (keys.get("control") or {}).get("dns") if isinstance(keys.get("control"), dict) else None
-    )
-    if not control:
-        return
-    hostname = next((str(q.get("hostname")) for q in keys.get("queries") or []), None)
-    if hostname is None:
-        return
-    for qtype in sorted(qtypes):
-        addresses = [a for a in control.get("addrs") or [] if _family_fits(a, qtype)]
-        answers = tuple(Answer("A" if ":" not in a else "AAAA", 0, "", None if ":" in a else a,
-                               a if ":" in a else None) for a in addresses)  # fmt: skip
-        yield Measurement(
-            **base, measurement_uid=_uid(source, f"control-{qtype}"), hostname=hostname,
-            query_type=qtype, engine=Engine.GETADDRINFO, resolver_address="ooni-test-helper",
-            target_kind=TargetKind.CONTROL, failure=_failure(control.get("failure")),
-            responses=_response(control.get("failure"), answers, 0.0),
-        )  # fmt: skip
-
-
 def _family_fits(address: str, qtype: str) -> bool:
     try:
         version = ipaddress.ip_address(address).version
     except ValueError:
         return False
     return qtype == "ANY" or (qtype == "A") == (version == 4)
-
-
-def _uid(source: str, index: object) -> str:
-    return hashlib.blake2b(f"{source}|{index}".encode(), digest_size=8).hexdigest()

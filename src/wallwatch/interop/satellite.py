@@ -1,31 +1,53 @@
-"""A minimal reader of Censored Planet Satellite v2 (2021) results, for validation.
+"""Censored Planet Satellite scans (v1, v2.1, v2.2) as wallwatch records.
 
-``results.json`` holds one line per (resolver, domain) with the answer addresses as keys
-of ``response`` and the RCODE of each try (-1 = no reply); ``responses_control.json``
-holds the same domains resolved through trusted resolvers (1.1.1.1, 8.8.8.8), which
-become wallwatch's control. Satellite keeps no packets, so only the control comparison,
-pools and bogon checks can judge these answers. Satellite v1 and v2.2 are the importer's
-job.
+Satellite asks open resolvers around the world for a list of domains and compares
+the answers with trusted resolvers' (the control) by IP, HTTP body, TLS certificate
+and AS ("tags"). It keeps no packets, so only the control comparison, pools and bogon
+checks can judge its answers here; its own verdict (``anomaly``, the tags each answer
+``matched``) is kept in the annotations for the validation table.
+
+The three layouts (Censored Planet's documentation and its pipeline's
+``flatten_satellite``):
+
+* **v1** (to 2021-02): ``interference.json`` lines ``{resolver, query, answers: {ip:
+  [matched tags]} | error, passed}``; ``answers_control.json`` lines ``{resolver,
+  query, answers: [ip]}`` (the control); the date is in the directory's name;
+* **v2.1** (2021-03 to 2021-06): ``results.json`` lines ``{vp, location, test_url,
+  response: {ip: [matched], "rcode": [...]}, anomaly, confidence, start_time}``;
+  ``responses_control.json`` lines ``{vp, test_url, response: [{url, response: [ip],
+  rcode, start_time}]}``;
+* **v2.2** (from 2021-06-24): ``results.json`` lines whose ``response`` is a list of
+  ``{url, has_type_a, response: {ip: {http, cert, asnum, asname, matched}}, error,
+  rcode}`` and ``passed_liveness`` instead of ``passed_control``.
+
+A line that does not fit becomes an ``input_error`` naming file and line; the rest
+of the file is still read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from wallwatch import records
-from wallwatch.records import Answer, Measurement, Response
+from wallwatch.interop.ooni import ImportSummary
+from wallwatch.records import Answer, InputError, Measurement, Response
 from wallwatch.vocab import Engine, Failure, TargetKind
+
+_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
 
 def _time(text: str) -> str:
     """``2021-04-25 15:37:16.85 -0400 EDT m=+...`` -> ``2021-04-25 19:37:16`` (UTC)."""
-    stamp, offset = text.split(" ")[0:2], text.split(" ")[2]
-    when = datetime.strptime(f"{stamp[0]} {stamp[1][:15]} {offset}", "%Y-%m-%d %H:%M:%S.%f %z")
+    parts = text.split(" ")
+    stamp = f"{parts[0]} {parts[1][:15]}"
+    fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in parts[1] else "%Y-%m-%d %H:%M:%S"
+    when = datetime.strptime(f"{stamp} {parts[2]}", f"{fmt} %z")
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -34,47 +56,176 @@ def _answers(addresses: list[str]) -> tuple[Answer, ...]:
                         a if ":" in a else None) for a in addresses)  # fmt: skip
 
 
-def _measurement(line: dict[str, Any], kind: TargetKind, addresses: list[str], rcode: int | None,
-                 source: str, index: int) -> Measurement:  # fmt: skip
+def _measurement(*, source: str, index: int, vp: str, hostname: str, kind: TargetKind,
+                 addresses: list[str], rcode: int | None, start: str, country: str,
+                 notes: dict[str, str]) -> Measurement:  # fmt: skip
     responses: tuple[Response, ...] = ()
     if rcode is not None and rcode >= 0:
-        responses = (Response(t=0.0, rtt=0.0, src=str(line["vp"]), sport=53, ip_ttl=None, raw_response="",
+        responses = (Response(t=0.0, rtt=0.0, src=vp, sport=53, ip_ttl=None, raw_response="",
                               rcode=rcode, ancount=len(addresses), answers=_answers(addresses)),)  # fmt: skip
-    country = (line.get("location") or {}).get("country_code", "ZZ")
     return Measurement(
         schema_version=records.SCHEMA_VERSION,
         measurement_uid=hashlib.blake2b(f"{source}|{index}".encode(), digest_size=8).hexdigest(),
-        report_id=Path(source).parent.name, measurement_start_time=_time(str(line["start_time"])),
-        vantage=f"satellite/{country}", hostname=str(line["test_url"]), query_type="A",
-        engine=Engine.UDP, resolver_address=f"{line['vp']}:53", target_kind=kind, transaction_id=0,
+        report_id=Path(source).parent.name, measurement_start_time=start,
+        vantage=f"satellite/{country}", hostname=hostname.rstrip("."), query_type="A",
+        engine=Engine.UDP, resolver_address=f"{vp}:53", target_kind=kind, transaction_id=0,
         source_port=0, t0=0.0, t=0.0, edns_payload=None, responses=responses,
         failure=None if responses else Failure.GENERIC_TIMEOUT,
-        annotations={"source": source, "anomaly": str(line.get("anomaly")),
-                     "confidence": str((line.get("confidence") or {}).get("average"))},
+        annotations={"source": f"{source}:{index + 1}", **notes},
     )  # fmt: skip
 
 
-def read(directory: str | Path) -> Iterator[Measurement]:
-    """Measurements of a Satellite v2 scan directory (results plus controls)."""
-    folder = Path(directory)
-    results = folder / "results.json"
+def version(directory: Path) -> str:
+    """``v1``, ``v2.1`` or ``v2.2``, from the files and the first result line."""
+    if (directory / "interference.json").exists():
+        return "v1"
+    results = directory / "results.json"
     if not results.exists():
-        raise ValueError(f"{directory}: no results.json (not a Satellite v2 scan)")
-    for index, text in enumerate(results.read_text().splitlines()):
-        line = json.loads(text)
-        if "test_url" not in line or not isinstance(line.get("response"), dict):
-            raise ValueError(f"{results}:{index + 1}: not a Satellite v2 result")
-        response = line["response"]
+        raise ValueError(
+            f"{directory}: not a Satellite scan (no interference.json, no results.json)"
+        )
+    with open(results, "rb") as handle:
+        first = handle.readline()
+    try:
+        line = json.loads(first)
+    except ValueError:
+        raise ValueError(f"{results}:1: not JSON") from None
+    if not isinstance(line, dict) or "test_url" not in line:
+        raise ValueError(f"{results}:1: not a Satellite result (no test_url)")
+    return "v2.2" if isinstance(line.get("response"), list) else "v2.1"
+
+
+def read_records(
+    directory: str | Path, summary: ImportSummary | None = None
+) -> Iterator[Measurement | InputError]:
+    """Measurements of a Satellite scan directory, and an ``input_error`` per line skipped."""
+    folder = Path(directory)
+    summary = summary if summary is not None else ImportSummary()
+    kind = version(folder)
+    found = _DATE.search(folder.name)
+    day = f"{found.group(1)} 00:00:00" if found else "1970-01-01 00:00:00"
+    if kind == "v1":
+        countries = _v1_countries(folder)
+        yield from _lines(folder / "interference.json", summary, lambda line, i, src: _v1(
+            line, i, src, day, countries, TargetKind.RESOLVER))  # fmt: skip
+        yield from _lines(folder / "answers_control.json", summary, lambda line, i, src: _v1(
+            line, i, src, day, countries, TargetKind.CONTROL))  # fmt: skip
+        return
+    yield from _lines(folder / "results.json", summary, _v2)
+    yield from _lines(folder / "responses_control.json", summary, _v2_control)
+
+
+def read(directory: str | Path) -> Iterator[Measurement]:
+    """Measurements of a scan; a bad line raises ``ValueError`` naming it."""
+    for record in read_records(directory):
+        if isinstance(record, InputError):
+            raise ValueError(f"{record.source}:{record.line}: {record.error}")
+        yield record
+
+
+def _lines(path: Path, summary: ImportSummary, make: Any) -> Iterator[Measurement | InputError]:
+    if not path.exists():
+        return
+    summary.files += 1
+    with open(path, "rb") as handle:
+        for index, raw in enumerate(handle):
+            if not raw.strip():
+                continue
+            summary.bytes += len(raw)
+            try:
+                line = json.loads(raw)
+                if not isinstance(line, dict):
+                    raise ValueError("not a JSON object")
+                made = list(make(line, index, str(path)))
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                reason = "not a Satellite line"
+                summary.skipped[reason] += 1
+                yield InputError(schema_version=records.SCHEMA_VERSION, report_id="import-satellite",
+                                 source=str(path), line=index + 1,
+                                 text=raw[:200].decode("utf-8", "replace").strip(),
+                                 error=f"{reason}: {exc!r}")  # fmt: skip
+                continue
+            summary.documents += 1
+            summary.measurements += len(made)
+            yield from made
+
+
+def _v1_countries(folder: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    path = folder / "tagged_resolvers.json"
+    if path.exists():
+        for raw in path.read_text().splitlines():
+            try:
+                line = json.loads(raw)
+                out[str(line["resolver"])] = str(line.get("country") or "ZZ")
+            except (ValueError, KeyError):
+                continue
+    return out
+
+
+def _v1(line: dict[str, Any], index: int, source: str, day: str, countries: dict[str, str],
+        kind: TargetKind) -> Iterator[Measurement]:  # fmt: skip
+    answers = line.get("answers")
+    if "error" in line and not answers:
+        addresses, rcode = [], None
+    elif isinstance(answers, dict):
+        addresses, rcode = list(answers), 0
+    elif isinstance(answers, list):
+        addresses, rcode = [str(a) for a in answers], 0
+    else:
+        raise ValueError("no answers and no error")
+    tags = answers if isinstance(answers, dict) else {}
+    notes = {"satellite": "v1", "passed": str(line.get("passed")),
+             "matched": json.dumps({ip: t for ip, t in tags.items()})}  # fmt: skip
+    yield _measurement(source=source, index=index, vp=str(line["resolver"]), hostname=str(line["query"]),
+                       kind=kind, addresses=addresses, rcode=rcode, start=day,
+                       country=countries.get(str(line["resolver"]), "ZZ"), notes=notes)  # fmt: skip
+
+
+def _v2(line: dict[str, Any], index: int, source: str) -> Iterator[Measurement]:
+    response = line["response"]
+    country = (line.get("location") or {}).get("country_code", "ZZ")
+    notes = {"anomaly": str(line.get("anomaly")),
+             "confidence": str((line.get("confidence") or {}).get("average"))}  # fmt: skip
+    if isinstance(response, dict):  # v2.1
         rcodes = [int(r) for r in response.get("rcode", [])]
         addresses = [k for k in response if k not in ("rcode", "error")]
-        yield _measurement(line, TargetKind.RESOLVER, addresses, rcodes[-1] if rcodes else None,
-                           str(results), index)  # fmt: skip
-    control = folder / "responses_control.json"
-    if control.exists():
-        for index, text in enumerate(control.read_text().splitlines()):
-            line = json.loads(text)
-            for entry in line.get("response") or []:
-                if entry.get("url") == line.get("test_url"):
-                    line = {**line, "start_time": entry["start_time"]}
-                    yield _measurement(line, TargetKind.CONTROL, list(entry.get("response") or []),
-                                       int(entry.get("rcode", -1)), str(control), index)  # fmt: skip
+        matched = {k: v for k, v in response.items() if k not in ("rcode", "error")}
+        yield _measurement(source=source, index=index, vp=str(line["vp"]), hostname=str(line["test_url"]),
+                           kind=TargetKind.RESOLVER, addresses=addresses,
+                           rcode=rcodes[-1] if rcodes else None, start=_time(str(line["start_time"])),
+                           country=country, notes={"satellite": "v2.1", **notes,
+                                                   "matched": json.dumps(matched)})  # fmt: skip
+        return
+    if not isinstance(response, list):
+        raise ValueError("response is neither an object (v2.1) nor a list (v2.2)")
+    for entry in response:  # v2.2: the test domain's queries (others are liveness checks)
+        if entry.get("url") != line["test_url"]:
+            continue
+        answers = entry.get("response") or {}
+        matched = (
+            {ip: (tags or {}).get("matched") for ip, tags in answers.items()}
+            if isinstance(answers, dict)
+            else {}
+        )
+        addresses = list(answers) if isinstance(answers, dict) else [str(a) for a in answers]
+        rcode = int(entry.get("rcode", -1))
+        if entry.get("error") not in (None, "null", "") and not addresses:
+            rcode = -1
+        start = _time(str(entry.get("start_time") or line["start_time"]))
+        yield _measurement(source=source, index=index, vp=str(line["vp"]), hostname=str(line["test_url"]),
+                           kind=TargetKind.RESOLVER, addresses=addresses, rcode=rcode, start=start,
+                           country=country, notes={"satellite": "v2.2", **notes,
+                                                   "matched": json.dumps(matched)})  # fmt: skip
+
+
+def _v2_control(line: dict[str, Any], index: int, source: str) -> Iterator[Measurement]:
+    for entry in line.get("response") or []:
+        if entry.get("url") != line.get("test_url"):
+            continue
+        answers = entry.get("response") or []
+        addresses = list(answers) if isinstance(answers, dict) else [str(a) for a in answers]
+        yield _measurement(source=source, index=index, vp=str(line["vp"]), hostname=str(line["test_url"]),
+                           kind=TargetKind.CONTROL, addresses=addresses, rcode=int(entry.get("rcode", -1)),
+                           start=_time(str(entry.get("start_time") or line.get("start_time"))),
+                           country="control", notes={"satellite": "control"})  # fmt: skip

@@ -45,10 +45,14 @@ def judge_measurements(measurements: Iterable[Measurement]) -> tuple[str, str]:
         db = Path(tmp) / "ww.duckdb"
         store.ingest([out], db)
         analyze(db)
-        rows = store.query(db, "SELECT attribution FROM attributions")
+        # OONI's dns_consistency is about the input's name, the one the control resolved;
+        # names met while following redirects have no control and are not judged by it.
+        judged = ("hostname IN (SELECT hostname FROM measurements WHERE target_kind = 'control') "
+                  "OR NOT EXISTS (SELECT 1 FROM measurements WHERE target_kind = 'control')")  # fmt: skip
+        rows = store.query(db, f"SELECT attribution FROM attributions WHERE {judged}")
         verdicts = store.query(
             db, "SELECT outcome || ' (' || query_type || ' via ' || resolver_address || ')' "
-                "FROM reply_verdicts WHERE outcome NOT LIKE 'ok.%' ORDER BY 1",
+                f"FROM reply_verdicts WHERE outcome NOT LIKE 'ok.%' AND ({judged}) ORDER BY 1",
         )  # fmt: skip
     attributions = sorted({r[0] for r in rows}, key=_ORDER.index)
     return (attributions[0] if attributions else "none"), "; ".join(v[0] for v in verdicts)
@@ -69,8 +73,8 @@ NOTES = [
     "  set and ASN-aware.",
     "- **No control** (`controlFailure*`, the legacy `dns_consistency` format): OONI leaves",
     "  `dns_consistency` null; wallwatch says `unknown`. The same answer.",
-    "- **Not read**: the OONI API's envelope (`measurement_meta_*`, body as a JSON string) is",
-    "  the importer's job; this minimal reader refuses it with the reason.",
+    "- **Envelopes**: the OONI API's envelope (`measurement_meta_*`, the measurement as a JSON",
+    "  string in `body` or `raw_measurement`) is opened and judged like any measurement.",
     "- **Satellite**: its `anomaly` flag (deprecated by Censored Planet because users misread",
     "  it) is set for a timeout (SERVFAIL after two timeouts) and for an answer that matched the",
     "  control on nothing; wallwatch calls the timeout `unknown` (nothing to judge) and the",
@@ -84,14 +88,77 @@ NOTES = [
 ]
 
 
+_TAMPERED = {
+    "on_path_injector",
+    "tampering_resolver",
+    "isp_nxdomain_rewrite",
+    "hijacked_authoritative",
+}
+
+
+def polarity(source_verdict: str, reference: str) -> str | None:
+    """``tampered``, ``clean`` or None: what the source (or its reference label) says of DNS."""
+    ref = reference.upper()
+    if ref.startswith("POSITIVE"):
+        return "tampered"
+    if ref.startswith("NEGATIVE"):
+        return "clean"
+    verdict = source_verdict.lower()
+    if "inconsistent" in verdict or "blocking=dns" in verdict:
+        return "tampered"
+    if "consistent" in verdict:
+        return "clean"
+    return None
+
+
+def agreement(source: str | None, attribution: str) -> str:
+    if source is None:
+        return "agree" if attribution in ("unknown", "no DNS queries") else ""
+    ours = (
+        "tampered"
+        if attribution in _TAMPERED
+        else "clean"
+        if attribution in ("none", "no DNS queries")
+        else None
+    )
+    return "agree" if ours == source else ""
+
+
+#: Why wallwatch's verdict differs from the source's, per case (file or case name).
+REASONS = {
+    "yaml17_0_dns_consistency_legacy.json": "a CDN: the local resolver's Google address differs from the control resolver's; OONI's "
+    "legacy test flagged it `inconsistent` too, the reference label (PTR match) says benign; "
+    "with `--mmdb` the origin-AS rule calls it `ok.match_asn`",
+    "manual_firefoxcom_measurement.json": "CNAME-only and AAAA answers with no IPv6 in the control: nothing to compare, so `unknown`, "
+    "not `none`",
+    "controlFailureWithSuccessfulHTTPSWebsite.measurement.json": "no control (the test helper failed): OONI leaves dns_consistency null, wallwatch says "
+    "`unknown`; the same answer",
+    "controlFailureWithSuccessfulHTTPWebsite.measurement.json": "no control (the test helper failed): the same answer as OONI's null",
+    "dnsBlockingAndroidDNSCacheNoData.measurement.json": "the system resolver failed with no data (Android's EAI_NODATA): OONI infers DNS blocking "
+    "from that failure pattern; wallwatch has no reply to judge and says `unknown`",
+    "redirectWithConsistentDNSAndThenNXDOMAIN.measurement.json": "the input's own name resolved consistently; the NXDOMAIN is the redirect target's, which "
+    "has no control: OONI reports blocking=dns for the redirect, wallwatch judges the input's name",
+    "dns_victim_client_anon.pcap": "no difference in substance: the firewall *dropped* these queries (QUIC-SNI residual "
+    "blocking), so there is no reply and no injection to prove; 44 timeouts, `unknown`",
+    "dns_server_anon.pcap": "the server side of the same drop: the queries that arrived are there, no replies were "
+    "captured; a server-side capture alone cannot show tampering, so `unknown`",
+    "dns_attacker_client_anon.pcap": "the two packets to port 53 are QUIC Initials, not DNS: nothing to import",
+    "satellite-timeout": "Satellite flags a resolver that timed out or failed as an anomaly; wallwatch has no "
+    "address to judge and says `unknown`",
+    "satellite-cdn": "the answers match the control by AS and certificate only (another edge of a CDN); "
+    "wallwatch matches by AS only with an MMDB snapshot (`--mmdb`), and without one calls "
+    "them tampering",
+}
+
+
 def satellite_rows(shared: Path) -> list[str]:
     """One row per Satellite v2 result: Censored Planet's anomaly flag beside wallwatch."""
     folder = shared / "censoredplanet" / "e2e_test_data" / "Satellitev2_2021-04-25"
     if not folder.exists():
         return []
     rows = ["", "## Censored Planet Satellite v2 (2021-04-25)", "",
-            "| resolver | domain | Satellite anomaly (confidence) | wallwatch | non-ok reply verdicts |",
-            "|---|---|---|---|---|"]  # fmt: skip
+            "| resolver | domain | Satellite anomaly (confidence) | wallwatch | non-ok reply verdicts | why they differ |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
     measurements = list(satellite.read(folder))
     controls = [m for m in measurements if m.target_kind == "control"]
     for m in measurements:
@@ -100,15 +167,73 @@ def satellite_rows(shared: Path) -> list[str]:
         attribution, verdicts = judge_measurements(
             [m, *[c for c in controls if c.hostname == m.hostname]]
         )
+        anomaly = m.annotations["anomaly"] == "True"
+        if attribution == "unknown":
+            why = REASONS["satellite-timeout"] if anomaly else "agree"
+        elif (attribution in _TAMPERED) == anomaly:
+            why = "agree"
+        else:
+            why = REASONS["satellite-cdn"] if not anomaly else "UNEXPLAINED"
         rows.append(f"| {m.resolver_address} | {m.hostname} | {m.annotations['anomaly']} "
-                    f"({m.annotations['confidence']}) | **{attribution}** | {verdicts or '-'} |")  # fmt: skip
+                    f"({m.annotations['confidence']}) | **{attribution}** | {verdicts or '-'} | {why} |")  # fmt: skip
+    return rows
+
+
+def satellite_v1_rows(shared: Path) -> list[str]:
+    """One row per Satellite v1 answer: Censored Planet's ``passed`` beside wallwatch."""
+    folder = shared / "censoredplanet" / "e2e_test_data" / "Satellitev1_2018-08-03"
+    if not folder.exists():
+        return []
+    rows = ["", "## Censored Planet Satellite v1 (2018-08-03)", "",
+            "| resolver | domain | Satellite passed (matched tags) | wallwatch | non-ok reply verdicts | why they differ |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    measurements = list(satellite.read(folder))
+    controls = [m for m in measurements if m.target_kind == "control"]
+    for m in measurements:
+        if m.target_kind == "control":
+            continue
+        attribution, verdicts = judge_measurements(
+            [m, *[c for c in controls if c.hostname == m.hostname]]
+        )
+        passed = m.annotations["passed"] == "True"
+        same = (attribution in _TAMPERED) != passed
+        why = "agree" if same else REASONS["satellite-cdn"] if passed else "UNEXPLAINED"
+        rows.append(f"| {m.resolver_address} | {m.hostname} | {m.annotations['passed']} "
+                    f"({m.annotations['matched']}) | **{attribution}** | {verdicts or '-'} | {why} |")  # fmt: skip
+    return rows
+
+
+def pcap_rows(shared: Path) -> list[str]:
+    """The packet captures in the shared data, judged from their packets."""
+    from wallwatch.interop import pcap
+
+    rows = ["", "## Packet captures", "",
+            "| capture | source's finding | wallwatch | measurements (replies) | why they differ |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    with open(shared / "INDEX.csv", newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if not row["path"].endswith(".pcap"):
+                continue
+            found = [
+                r for r in pcap.read_records(shared / row["path"]) if isinstance(r, Measurement)
+            ]
+            replies = sum(len(m.responses) for m in found)
+            attribution, _ = judge_measurements(found) if found else ("no DNS queries", "")
+            name = Path(row["path"]).name
+            source = row["reference_label"]
+            why = REASONS.get(
+                name, "agree" if attribution in ("no DNS queries", "unknown") else "UNEXPLAINED"
+            )
+            rows.append(
+                f"| `{name}` | {source} | **{attribution}** | {len(found)} ({replies}) | {why} |"
+            )
     return rows
 
 
 def main() -> None:
     shared, output = Path(sys.argv[1]), Path(sys.argv[2])
     lines = [
-        "# Validation against OONI's verdicts",
+        "# Validation against OONI's and Censored Planet's verdicts",
         "",
         "Generated by `scripts/validation` from the OONI files in `../shared/data` (provenance and",
         "licences in its `INDEX.csv`). Each file is read into wallwatch records (queries as",
@@ -117,8 +242,8 @@ def main() -> None:
         "control comparison, the forged pools, the NXDOMAIN-redirect list and the bogon check can",
         "fire; the race, dark-host and fingerprint evidence needs wallwatch's own capture.",
         "",
-        "| file | OONI's verdict | reference label | wallwatch | non-ok reply verdicts |",
-        "|---|---|---|---|---|",
+        "| file | OONI's verdict | reference label | wallwatch | non-ok reply verdicts | why they differ |",
+        "|---|---|---|---|---|---|",
     ]
     with open(shared / "INDEX.csv", newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
@@ -128,11 +253,16 @@ def main() -> None:
                 attribution, verdicts = judge(shared / row["path"])
             except (ValueError, KeyError) as exc:
                 attribution, verdicts = "not read", str(exc)
+            name = Path(row["path"]).name
+            why = agreement(polarity(row["source_verdict"], row["reference_label"]), attribution)
+            why = why or REASONS.get(name, "UNEXPLAINED")
             lines.append(
-                f"| `{Path(row['path']).name}` | {row['source_verdict']} | {row['reference_label']} "
-                f"| **{attribution}** | {verdicts or '-'} |"
+                f"| `{name}` | {row['source_verdict']} | {row['reference_label']} "
+                f"| **{attribution}** | {verdicts or '-'} | {why} |"
             )
     lines += satellite_rows(shared)
+    lines += satellite_v1_rows(shared)
+    lines += pcap_rows(shared)
     lines += NOTES
     output.write_text("\n".join(lines) + "\n")
 

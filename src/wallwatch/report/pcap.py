@@ -44,11 +44,13 @@ def _ip(src: str, dst: str, sport: int, dport: int, payload: bytes, *, ttl: int 
     return bytes(ip)
 
 
-def write(path: Path, measurements: Iterable[Measurement], local: dict[str, str]) -> int:
+def write(path: Path, measurements: Iterable[Measurement], local: dict[str, str], *,
+          pcapng: bool = False) -> int:  # fmt: skip
     """Write every measurement's query and replies; return the packet count."""
     count = 0
     with open(path, "wb") as f:
-        writer = dpkt.pcap.Writer(f, snaplen=65535, linktype=LINKTYPE_RAW)
+        module = dpkt.pcapng if pcapng else dpkt.pcap
+        writer = module.Writer(f, snaplen=65535, linktype=LINKTYPE_RAW)
         for m in measurements:
             if ":" in m.resolver_address.rsplit(":", 1)[0]:
                 continue  # IPv6 targets are not drawn (LINKTYPE_RAW v4 only here)

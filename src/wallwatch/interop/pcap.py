@@ -1,0 +1,243 @@
+"""DNS from a packet capture as wallwatch records: every reply to every query, with its IP header.
+
+Why: a capture of an injection (tcpdump on a vantage, Wireshark on a laptop) already
+holds what wallwatch's prober records -- the forged reply and the genuine one to the
+same query, with arrival times, IP TTL, IP ID and DF -- so it should feed the same
+analysis. Queries and replies are matched by (client address and port, server address
+and port, transaction ID, question); a query becomes one measurement whose replies are
+every matching reply in arrival order. A reply whose query is not in the capture (a
+capture on the server side, or a filter) becomes a measurement of its own, its query
+inferred from its question.
+
+pcap and pcapng, Ethernet, raw IP, Linux cooked (v1 and v2) and BSD loopback link
+types, IPv4 and IPv6, UDP port 53 (dpkt; style-and-ecosystem.md B3). A packet that is
+not DNS is skipped and counted; one that claims to be DNS but does not parse is kept as
+a reply with its parse failure (malformed replies are evidence: Wallbleed); a capture
+that ends mid-packet stops there with an ``input_error`` naming the packet, and
+everything before it is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dpkt
+
+from wallwatch import records
+from wallwatch.interop.ooni import ImportSummary
+from wallwatch.probe.reply import make_response
+from wallwatch.records import InputError, Measurement, Response
+from wallwatch.vocab import Engine, Failure, TargetKind
+from wallwatch.wire import parse_reply, qtype_text
+
+_SLL = 113
+_SLL2 = 276
+_RAW = (101, 12, 14)
+_NULL = (0, 108)
+
+
+@dataclass
+class _Query:
+    index: int
+    t: float
+    client: str
+    cport: int
+    server: str
+    sport: int
+    txid: int
+    qname: str
+    qtype: int
+    ip_ttl: int | None
+    replies: list[Response] = field(default_factory=list)
+
+
+def _ip_packet(linktype: int, buf: bytes) -> Any:
+    """The IP layer of a frame, or None."""
+    if linktype == 1:
+        eth = dpkt.ethernet.Ethernet(buf)
+        return eth.data if isinstance(eth.data, dpkt.ip.IP | dpkt.ip6.IP6) else None
+    if linktype in _RAW:
+        return dpkt.ip.IP(buf) if buf[:1] and buf[0] >> 4 == 4 else dpkt.ip6.IP6(buf)
+    if linktype == _SLL:
+        return _ip_packet(101, buf[16:])
+    if linktype == _SLL2:
+        return _ip_packet(101, buf[20:])
+    if linktype in _NULL:
+        return _ip_packet(101, buf[4:])
+    raise ValueError(
+        f"link type {linktype} is not read (Ethernet, raw IP, Linux cooked, BSD loopback)"
+    )
+
+
+def _addr(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+class _Cut(Exception):
+    """A classic pcap record longer than what is left of the file."""
+
+
+class _Classic:
+    """Classic pcap records, read strictly: a record cut short raises :class:`_Cut`
+    (dpkt's reader yields the short piece and stops without a word)."""
+
+    def __init__(self, handle: Any) -> None:
+        header = handle.read(24)
+        if len(header) < 24:
+            raise ValueError("shorter than a pcap file header")
+        magic = header[:4]
+        if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+            self.order = "<"
+        elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+            self.order = ">"
+        else:
+            raise ValueError(f"bad magic {magic.hex()}")
+        self.divisor = 1e9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e6
+        self.linktype = struct.unpack(self.order + "I", header[20:24])[0] & 0x0FFFFFFF
+        self.handle = handle
+
+    def datalink(self) -> int:
+        return int(self.linktype)
+
+    def __iter__(self) -> Iterator[tuple[float, bytes]]:
+        while True:
+            record = self.handle.read(16)
+            if not record:
+                return
+            if len(record) < 16:
+                raise _Cut(f"a record header of {len(record)} of 16 bytes")
+            sec, frac, caplen, _ = struct.unpack(self.order + "IIII", record)
+            buf = self.handle.read(caplen)
+            if len(buf) < caplen:
+                raise _Cut(f"{len(buf)} of its {caplen} bytes")
+            yield sec + frac / self.divisor, buf
+
+
+def _reader(handle: Any) -> Any:
+    magic = handle.read(4)
+    handle.seek(0)
+    if magic == b"\x0a\x0d\x0d\x0a":
+        return dpkt.pcapng.Reader(handle)
+    return _Classic(handle)
+
+
+def read_records(path: str | Path, summary: ImportSummary | None = None, *,
+                 dark: frozenset[str] = frozenset(),
+                 ports: frozenset[int] = frozenset({53})) -> Iterator[Measurement | InputError]:  # fmt: skip
+    """Measurements of one capture; ``dark`` lists addresses that run no DNS server,
+    ``ports`` the server ports that carry DNS."""
+    path = Path(path)
+    summary = summary if summary is not None else ImportSummary()
+    summary.files += 1
+    source = str(path)
+    open_queries: dict[tuple[Any, ...], _Query] = {}
+    done: list[_Query] = []
+    first_t: float | None = None
+    number = 0
+    handle = open(path, "rb")  # noqa: SIM115
+    try:
+        reader = _reader(handle)
+    except (ValueError, dpkt.dpkt.NeedData, struct.error) as exc:
+        handle.close()
+        summary.skipped["not a packet capture"] += 1
+        yield _error(source, 0, f"not a pcap or pcapng file: {exc}")
+        return
+    with handle:
+        linktype = reader.datalink()
+        packets = iter(reader)
+        while True:
+            try:
+                ts, buf = next(packets)
+            except StopIteration:
+                break
+            except (
+                _Cut,
+                dpkt.dpkt.NeedData,
+                dpkt.dpkt.UnpackError,
+                ValueError,
+                struct.error,
+            ) as exc:
+                summary.skipped["capture cut short"] += 1
+                yield _error(source, number + 1, f"packet {number + 1}: the capture ends mid-packet "
+                                                 f"({exc}); the {number} packets before it are kept")  # fmt: skip
+                break
+            number += 1
+            summary.bytes += len(buf)
+            try:
+                ip = _ip_packet(linktype, buf)
+            except ValueError as exc:
+                summary.skipped["unreadable link type"] += 1
+                yield _error(source, number, str(exc))
+                return
+            except (dpkt.dpkt.UnpackError, struct.error):
+                summary.skipped["not IP"] += 1
+                continue
+            udp = getattr(ip, "data", None)
+            if not isinstance(udp, dpkt.udp.UDP) or not ports & {udp.sport, udp.dport}:
+                summary.skipped["not DNS over UDP"] += 1
+                continue
+            t = float(ts)
+            first_t = t if first_t is None else first_t
+            src, dst = _addr(ip.src), _addr(ip.dst)
+            payload = bytes(udp.data)
+            parsed = parse_reply(payload)
+            is_reply = len(payload) > 2 and bool(payload[2] & 0x80)
+            ttl = int(ip.ttl) if hasattr(ip, "ttl") else int(getattr(ip, "hlim", 0))
+            if not is_reply and udp.dport in ports and parsed.qname is not None:
+                q = _Query(number, t, src, udp.sport, dst, udp.dport, parsed.id or 0,
+                           parsed.qname.lower().rstrip("."), parsed.qtype or 1, ttl)  # fmt: skip
+                key = (src, udp.sport, dst, udp.dport, q.txid, q.qname, q.qtype)
+                if key in open_queries:
+                    done.append(open_queries.pop(key))
+                open_queries[key] = q
+                continue
+            if udp.sport not in ports:
+                summary.skipped["not DNS over UDP"] += 1
+                continue
+            txid = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
+            qname = (parsed.qname or "").lower().rstrip(".")
+            key = (dst, udp.dport, src, udp.sport, txid, qname, parsed.qtype or 1)
+            query = open_queries.get(key)
+            if query is None:
+                query = _Query(number, t, dst, udp.dport, src, udp.sport, txid, qname,
+                               parsed.qtype or 1, None)  # fmt: skip
+                done.append(query)
+            ip_id = getattr(ip, "id", None)
+            df = bool(ip.df) if isinstance(ip, dpkt.ip.IP) else None
+            query.replies.append(make_response(
+                payload, parsed, src=src, sport=udp.sport, ip_ttl=ttl, t=t - (first_t or t),
+                rtt=max(0.0, t - query.t), ip_id=ip_id, df=df))  # fmt: skip
+    done.extend(open_queries.values())
+    for query in sorted(done, key=lambda q: q.index):
+        summary.measurements += 1
+        summary.documents += 1
+        yield _measurement(query, source, first_t or query.t, dark)
+
+
+def _measurement(q: _Query, source: str, t_first: float, dark: frozenset[str]) -> Measurement:
+    start = datetime.fromtimestamp(q.t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    kind = TargetKind.DARK if q.server in dark else TargetKind.RESOLVER
+    server = f"[{q.server}]" if ":" in q.server else q.server
+    return Measurement(
+        schema_version=records.SCHEMA_VERSION,
+        measurement_uid=hashlib.blake2b(f"{source}|{q.index}".encode(), digest_size=8).hexdigest(),
+        report_id=f"pcap-{Path(source).stem}", measurement_start_time=start,
+        vantage=f"pcap:{q.client}", hostname=q.qname, query_type=qtype_text(q.qtype),
+        engine=Engine.UDP, resolver_address=f"{server}:{q.sport}", target_kind=kind,
+        transaction_id=q.txid, source_port=q.cport, t0=q.t - t_first,
+        t=(q.t - t_first) + max((r.rtt for r in q.replies), default=0.0), ip_ttl=q.ip_ttl,
+        responses=tuple(q.replies), annotations={"source": f"{source}#{q.index}"},
+        failure=None if q.replies else Failure.GENERIC_TIMEOUT,
+    )  # fmt: skip
+
+
+def _error(source: str, number: int, text: str) -> InputError:
+    return InputError(schema_version=records.SCHEMA_VERSION, report_id="import-pcap", source=source,
+                      line=number, text="", error=text)  # fmt: skip
