@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 import time
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import msgspec
@@ -78,8 +80,26 @@ def minute(iso: str) -> datetime:
 def test_watch_raises_the_event_within_a_minute_and_ends_it(loopback_2014, tmp_path) -> None:  # noqa: ANN001
     clock, vantage = loopback_2014
     lines: list[str] = []
-    cfg = config(tmp_path, clock, vantage)
-    Watch(cfg, emit=lines.append).run()
+    posted: list[str] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            posted.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    hook = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    cfg = config(tmp_path, clock, vantage, post=f"http://127.0.0.1:{hook.server_address[1]}/alerts")
+    try:
+        Watch(cfg, emit=lines.append).run()
+    finally:
+        hook.shutdown()
+        hook.server_close()
+    assert posted == lines  # every alert also went to the URL
     alerts = [json.loads(line) for line in lines]
     assert [a["change"] for a in alerts] == ["start", "end"], alerts
     event = alerts[-1]["event"]

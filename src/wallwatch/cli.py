@@ -516,10 +516,12 @@ def export(files: tuple[str, ...], fmt: str, output: str) -> None:
               help="CUSUM: expected detection delay, in rounds.")  # fmt: skip
 @click.option("--warmup", type=int, default=3, show_default=True,
               help="Rounds that set each stream's baseline before it may alarm.")  # fmt: skip
+@click.option("--mmdb", default=None, type=click.Path(exists=True),
+              help="Dated MMDB snapshots: the share of answers outside the control's AS.")  # fmt: skip
 def watch(
     names_file: str, out_dir: str, vantages: tuple[str, ...], lab: bool, every: float,
     rounds: int | None, until: str | None, rate: float, timeout: float, window: float,
-    post: str | None, delta: float, edd: float, warmup: int,
+    post: str | None, delta: float, edd: float, warmup: int, mmdb: str | None,
 ) -> None:  # fmt: skip
     """Sweep a panel every minute and print one JSON line per event change.
 
@@ -543,7 +545,8 @@ def watch(
             raise click.BadParameter(f"not an ISO time: {until!r}", param_hint="--until") from None
     config = WatchConfig(names=Path(names_file), out=Path(out_dir), vantages=parsed, every=every,
                          rounds=rounds, until=stop_at, rate=rate, timeout=timeout, window=window,
-                         post=post, clock=clock, delta=delta, edd=edd, warmup=warmup)  # fmt: skip
+                         post=post, clock=clock, delta=delta, edd=edd, warmup=warmup,
+                         mmdb=Path(mmdb) if mmdb else None)  # fmt: skip
     try:
         Watch(config).run()
     except KeyboardInterrupt:

@@ -129,6 +129,9 @@ class WatchConfig:
     trace: bool = True
     #: Each vantage's own address, for the pcap (the records do not hold it).
     local: dict[str, str] = field(default_factory=dict)
+    #: Dated MMDB snapshots (a directory or a file): the share of answers outside the
+    #: control's AS (:mod:`wallwatch.analysis.netinfo`).
+    mmdb: Path | None = None
 
 
 class Watch:
@@ -146,6 +149,11 @@ class Watch:
         self.detector = Detector(delta=config.delta, edd=config.edd, warmup=config.warmup,
                                  trace=config.trace, weights=weights)  # fmt: skip
         self.history: dict[StreamKey, StreamHistory] = {}
+        self.netinfo = None
+        if config.mmdb is not None:
+            from wallwatch.analysis.netinfo import NetinfoDB
+
+            self.netinfo = NetinfoDB(config.mmdb)
         self.control: dict[tuple[str, str], set[str]] = {}
         self.judged: set[int] = set()
         self.rounds: list[RoundRecord] = []
@@ -213,7 +221,8 @@ class Watch:
         batch: list[Signals] = []
         for key in sorted(by_key):
             history = self.history.setdefault(key, StreamHistory())
-            batch.append(signals(by_key[key], self.control, history))
+            day = datetime.fromtimestamp(minute * 60, UTC).date()
+            batch.append(signals(by_key[key], self.control, history, netinfo=self.netinfo, day=day))
         for s in batch:
             self.series.append({
                 "minute": s.minute, "stream": s.key.label(), "vantage": s.key.vantage,
