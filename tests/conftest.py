@@ -6,6 +6,8 @@ No test sends a packet anywhere but 127.0.0.0/8 or ::1.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -90,3 +92,25 @@ def probe_into_store(tmp_path: Path, queries: Sequence[Query], *, window: float 
     db = tmp_path / "ww.duckdb"
     store.ingest([out], db)
     return db
+
+
+def check_report_in_browser(html: Path, tmp_path: Path) -> None:
+    """Open the page in headless Chromium; the charts must have drawn, offline."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/setup installs it)")
+    text = html.read_text()
+    assert "cdn." not in text and "https://" not in text.split("<script", 1)[0]
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=15000", "--dump-dom",
+         html.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    charts = text.count('class="chart"')
+    assert charts >= 4
+    assert f'data-charts="{charts}"' in dom, dom[-2000:]
+    assert dom.count("<svg") >= charts
+    assert dom.count('class="check holds"') >= 4
+    assert 'data-check="dark_destination"' in dom

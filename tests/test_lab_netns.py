@@ -228,6 +228,9 @@ def test_demo_watches_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN0
     assert report["pcap"]["packets"] > 100 and (out / "evidence.pcap").stat().st_size > 0
     for ex in event["examples"]:
         assert ex["dig"].startswith("; <<>> wallwatch")
+    from conftest import check_report_in_browser
+
+    check_report_in_browser(out / "report.html", tmp_path)
 
 
 def test_steady_censorship_for_an_hour_is_not_an_outage(tmp_path) -> None:  # noqa: ANN001

@@ -9,8 +9,6 @@ Every round runs ``wallwatch probe`` in a child process, as in the lab.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -21,6 +19,7 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
+from conftest import check_report_in_browser
 from wallwatch.cli import main
 from wallwatch.demo import FORGED_2014, demo_names, matches_2014
 from wallwatch.lab import zones
@@ -128,7 +127,7 @@ def test_watch_raises_the_event_within_a_minute_and_ends_it(loopback_2014, tmp_p
     assert {e["label"].split(" ")[0] for e in ev["examples"]} >= {"Forged", "A"}
     assert FORGED_2014 in ev["examples"][0]["dig"]
     _check_pcap(cfg.out / "evidence.pcap")
-    _check_in_browser(cfg.out / "report.html", tmp_path)
+    check_report_in_browser(cfg.out / "report.html", tmp_path)
 
 
 def _check_pcap(path: Path) -> None:
@@ -146,28 +145,6 @@ def _check_pcap(path: Path) -> None:
         answers |= {bytes(a.rdata) for a in message.an if a.type == 1}
     assert bytes([65, 49, 2, 178]) in answers  # the forgery, as received
     assert {ip.ttl for ip in replies} >= {103, 52}  # forged and genuine IP TTLs kept
-
-
-def _check_in_browser(html: Path, tmp_path: Path) -> None:
-    """Open the page in headless Chromium; the charts must have drawn, offline."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (scripts/setup installs it)")
-    text = html.read_text()
-    assert "cdn." not in text and "https://" not in text.split("<script", 1)[0]
-    dom = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=15000", "--dump-dom",
-         html.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
-    charts = text.count('class="chart"')
-    assert charts >= 4
-    assert f'data-charts="{charts}"' in dom, dom[-2000:]
-    assert dom.count("<svg") >= charts
-    assert dom.count('class="check holds"') >= 4
-    assert 'data-check="dark_destination"' in dom
 
 
 def test_a_restart_resumes_without_losing_or_doubling_minutes(loopback_2014, tmp_path) -> None:  # noqa: ANN001

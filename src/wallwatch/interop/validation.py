@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from wallwatch import store
@@ -151,13 +151,21 @@ REASONS = {
 }
 
 
-def satellite_rows(shared: Path) -> list[str]:
-    """One row per Satellite v2 result: Censored Planet's anomaly flag beside wallwatch."""
-    folder = shared / "censoredplanet" / "e2e_test_data" / "Satellitev2_2021-04-25"
+def _why_satellite(attribution: str, source_tampered: bool) -> str:
+    if attribution == "unknown":
+        return REASONS["satellite-timeout"] if source_tampered else "agree"
+    if (attribution in _TAMPERED) == source_tampered:
+        return "agree"
+    return "UNEXPLAINED" if source_tampered else REASONS["satellite-cdn"]
+
+
+def _satellite_table(folder: Path, title: str, column: str, tampered: Callable[[Measurement], bool],
+                     says: Callable[[Measurement], str]) -> list[str]:  # fmt: skip
+    """One row per resolver answer of a scan: Censored Planet's verdict beside wallwatch's."""
     if not folder.exists():
         return []
-    rows = ["", "## Censored Planet Satellite v2 (2021-04-25)", "",
-            "| resolver | domain | Satellite anomaly (confidence) | wallwatch | non-ok reply verdicts | why they differ |",
+    rows = ["", f"## {title}", "",
+            f"| resolver | domain | {column} | wallwatch | non-ok reply verdicts | why they differ |",
             "|---|---|---|---|---|---|"]  # fmt: skip
     measurements = list(satellite.read(folder))
     controls = [m for m in measurements if m.target_kind == "control"]
@@ -167,40 +175,32 @@ def satellite_rows(shared: Path) -> list[str]:
         attribution, verdicts = judge_measurements(
             [m, *[c for c in controls if c.hostname == m.hostname]]
         )
-        anomaly = m.annotations["anomaly"] == "True"
-        if attribution == "unknown":
-            why = REASONS["satellite-timeout"] if anomaly else "agree"
-        elif (attribution in _TAMPERED) == anomaly:
-            why = "agree"
-        else:
-            why = REASONS["satellite-cdn"] if not anomaly else "UNEXPLAINED"
-        rows.append(f"| {m.resolver_address} | {m.hostname} | {m.annotations['anomaly']} "
-                    f"({m.annotations['confidence']}) | **{attribution}** | {verdicts or '-'} | {why} |")  # fmt: skip
+        why = _why_satellite(attribution, tampered(m))
+        rows.append(f"| {m.resolver_address} | {m.hostname} | {says(m)} | **{attribution}** "
+                    f"| {verdicts or '-'} | {why} |")  # fmt: skip
     return rows
+
+
+def satellite_rows(shared: Path) -> list[str]:
+    """Satellite v2 (2021-04-25): the ``anomaly`` flag beside wallwatch."""
+    return _satellite_table(
+        shared / "censoredplanet" / "e2e_test_data" / "Satellitev2_2021-04-25",
+        "Censored Planet Satellite v2 (2021-04-25)",
+        "Satellite anomaly (confidence)",
+        lambda m: m.annotations["anomaly"] == "True",
+        lambda m: f"{m.annotations['anomaly']} ({m.annotations['confidence']})",
+    )
 
 
 def satellite_v1_rows(shared: Path) -> list[str]:
-    """One row per Satellite v1 answer: Censored Planet's ``passed`` beside wallwatch."""
-    folder = shared / "censoredplanet" / "e2e_test_data" / "Satellitev1_2018-08-03"
-    if not folder.exists():
-        return []
-    rows = ["", "## Censored Planet Satellite v1 (2018-08-03)", "",
-            "| resolver | domain | Satellite passed (matched tags) | wallwatch | non-ok reply verdicts | why they differ |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
-    measurements = list(satellite.read(folder))
-    controls = [m for m in measurements if m.target_kind == "control"]
-    for m in measurements:
-        if m.target_kind == "control":
-            continue
-        attribution, verdicts = judge_measurements(
-            [m, *[c for c in controls if c.hostname == m.hostname]]
-        )
-        passed = m.annotations["passed"] == "True"
-        same = (attribution in _TAMPERED) != passed
-        why = "agree" if same else REASONS["satellite-cdn"] if passed else "UNEXPLAINED"
-        rows.append(f"| {m.resolver_address} | {m.hostname} | {m.annotations['passed']} "
-                    f"({m.annotations['matched']}) | **{attribution}** | {verdicts or '-'} | {why} |")  # fmt: skip
-    return rows
+    """Satellite v1 (2018-08-03): ``passed`` and the matched tags beside wallwatch."""
+    return _satellite_table(
+        shared / "censoredplanet" / "e2e_test_data" / "Satellitev1_2018-08-03",
+        "Censored Planet Satellite v1 (2018-08-03)",
+        "Satellite passed (matched tags)",
+        lambda m: m.annotations["passed"] != "True",
+        lambda m: f"{m.annotations['passed']} ({m.annotations['matched']})",
+    )
 
 
 def pcap_rows(shared: Path) -> list[str]:
