@@ -100,7 +100,9 @@ def main() -> None:
     print(f"wallwatch import ooni: {seconds:.2f} s for {size / 1e6:.0f} MB ({mb_s:.0f} MB/s), "
           f"{records} records; third of the file: {third_size / 1e6 / seconds_third:.0f} MB/s")  # fmt: skip
     print(f"reference json.loads per line: {reference:.2f} s ({size / 1e6 / reference:.0f} MB/s)")
-    print(f"peak RSS: {peak:.0f} MB on {size / 1e6:.0f} MB, {peak_third:.0f} MB on {third_size / 1e6:.0f} MB")
+    print(
+        f"peak RSS: {peak:.0f} MB on {size / 1e6:.0f} MB, {peak_third:.0f} MB on {third_size / 1e6:.0f} MB"
+    )
     print(f"import ooni_mb_per_s={mb_s:.0f} records_per_s={records / seconds:.0f} "
           f"peak_rss_mb={peak:.0f} peak_rss_third_mb={peak_third:.0f} "
           f"ratio_vs_json_loads={reference / seconds:.2f}")  # fmt: skip

@@ -2,10 +2,10 @@
 
 As root, the replay runs in the namespace lab (:mod:`wallwatch.lab.topology`):
 real BIND9 and Unbound servers, the border with its injector, scenario
-``gfw-2014-01-21`` at 60x speed. Three sweeps -- before, during and after the
-injection window -- from a client inside and from the outside vantage show the
-forged address, who sees it, the genuine answer racing behind it, the dark host
-"answering", and the ISP resolver's cache tail after the injection stopped.
+``gfw-2014-01-21`` at 20x speed, watched minute by minute from a client inside and
+from the outside vantage (:mod:`wallwatch.demo_lab`): the alarm as the injection
+starts, the ISP resolver joining as its cache fills, the injection's end and the
+cache tail, then the evidence report (``report.html``, ``report.json``, a pcap).
 
 Without root it says why and runs the loopback miniature below instead.
 
