@@ -410,11 +410,12 @@ def _import_run(records: Any, output: str, summary: Any, what: str) -> None:
         for record in records:
             journal.write(record)
             if isinstance(record, InputError):
+                # One line per skip, never wrapped: people grep for file:line.
                 err.print(f"[yellow]{record.source}:{record.line}: skipped: {record.error}[/]",
-                          highlight=False)  # fmt: skip
+                          highlight=False, soft_wrap=True)  # fmt: skip
     finally:
         journal.close()
-    err.print(f"import {what}: {summary.line()}", highlight=False)
+    err.print(f"import {what}: {summary.line()}", highlight=False, soft_wrap=True)
 
 
 @import_.command("ooni")
