@@ -13,12 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SHARED, probe_into_store, udp_query
-from wallwatch import store
-from wallwatch.analysis.run import analyze
 from wallwatch.cli import main
 from wallwatch.interop import ooni, pcap, satellite
 from wallwatch.interop.export import ExportFormat, export
-from wallwatch.interop.ooni import ImportSummary
+from wallwatch.interop.summary import ImportSummary
 from wallwatch.interop.validation import judge_measurements
 from wallwatch.journal import read_records
 from wallwatch.lab.loopback import Forgery, authoritative, racing_injector
@@ -255,6 +253,3 @@ def test_export_ooni_round_trips_every_reply(serve, tmp_path: Path) -> None:  # 
     assert len(line["data"]["wallwatch"]["replies"]) == 2
     export(files, ExportFormat.PARQUET, tmp_path / "pq")
     assert (tmp_path / "pq" / "responses.parquet").exists()
-    db = tmp_path / "x.duckdb"
-    store.ingest(files, db)
-    analyze(db)

@@ -30,6 +30,15 @@ from wallwatch.wire import qtype_value
 err = Console(stderr=True, soft_wrap=True)
 
 
+#: Origin-AS data, read the same way by ``analyze`` and ``watch`` (analysis.netinfo).
+mmdb_option = click.option(
+    "--mmdb",
+    default=None,
+    type=click.Path(exists=True),
+    help="Dated MMDB snapshots (YYYYMMDD-*.mmdb) or one file, for origin-AS matching.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wallwatch")
 def main() -> None:
@@ -352,12 +361,7 @@ def ingest(files: tuple[str, ...], db: str, parquet_dir: str | None) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="An earlier store of the same names (to tell a changed authoritative).",
 )
-@click.option(
-    "--mmdb",
-    default=None,
-    type=click.Path(exists=True),
-    help="Dated MMDB snapshots (YYYYMMDD-*.mmdb) or one file, for origin-AS matching.",
-)
+@mmdb_option
 @click.option(
     "--window",
     type=click.IntRange(1, 86400),
@@ -426,8 +430,9 @@ def import_ooni(files: tuple[str, ...], output: str) -> None:
     from itertools import chain
 
     from wallwatch.interop import ooni
+    from wallwatch.interop.summary import ImportSummary
 
-    summary = ooni.ImportSummary()
+    summary = ImportSummary()
     _import_run(chain.from_iterable(ooni.read_records(f, summary) for f in files), output,
                 summary, "ooni")  # fmt: skip
 
@@ -442,7 +447,7 @@ def import_satellite(directories: tuple[str, ...], output: str) -> None:
     from itertools import chain
 
     from wallwatch.interop import satellite
-    from wallwatch.interop.ooni import ImportSummary
+    from wallwatch.interop.summary import ImportSummary
 
     summary = ImportSummary()
     try:
@@ -468,7 +473,7 @@ def import_pcap(
     from itertools import chain
 
     from wallwatch.interop import pcap
-    from wallwatch.interop.ooni import ImportSummary
+    from wallwatch.interop.summary import ImportSummary
 
     summary = ImportSummary()
     _import_run(chain.from_iterable(pcap.read_records(f, summary, dark=frozenset(dark), ports=frozenset(ports))
@@ -517,8 +522,7 @@ def export(files: tuple[str, ...], fmt: str, output: str) -> None:
               help="CUSUM: expected detection delay, in rounds.")  # fmt: skip
 @click.option("--warmup", type=int, default=3, show_default=True,
               help="Rounds that set each stream's baseline before it may alarm.")  # fmt: skip
-@click.option("--mmdb", default=None, type=click.Path(exists=True),
-              help="Dated MMDB snapshots: the share of answers outside the control's AS.")  # fmt: skip
+@mmdb_option
 def watch(
     names_file: str, out_dir: str, vantages: tuple[str, ...], lab: bool, every: float,
     rounds: int | None, until: str | None, rate: float, timeout: float, window: float,

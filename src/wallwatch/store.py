@@ -172,6 +172,11 @@ def validate(paths: Sequence[str | Path]) -> int:
     return count
 
 
+def sql_literal(text: str) -> str:
+    """``text`` as a SQL string literal (file names, addresses, rule ids in generated SQL)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def ingest(
     paths: Sequence[str | Path], db: str | Path, *, parquet_dir: str | Path | None = None
 ) -> IngestReport:
@@ -188,7 +193,7 @@ def ingest(
     try:
         before = _counts(con)
         columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
-        files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+        files = "[" + ", ".join(sql_literal(str(p)) for p in paths) + "]"
         try:
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE staged AS SELECT * FROM read_json({files}, "

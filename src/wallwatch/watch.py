@@ -34,9 +34,10 @@ from pathlib import Path
 
 import msgspec
 
-from wallwatch.events.detector import Detector, EventChange
+from wallwatch.events.detector import Detector, Event, EventChange, minute_iso
 from wallwatch.events.minute import Signals, StreamHistory, StreamKey, buckets, signals
 from wallwatch.journal import read_records, recover
+from wallwatch.names import QueryName, parse_lines
 from wallwatch.records import Measurement
 
 
@@ -140,11 +141,10 @@ class Watch:
     def __init__(self, config: WatchConfig, *, emit: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.emit = emit or (lambda line: print(line, flush=True))
-        panel = [
-            line.split("#", 1)[0].strip()
-            for line in config.names.read_text().splitlines()
-        ]  # fmt: skip
-        self.panel = [n for n in panel if n]
+        # The names as the prober reads them (IDN, URLs), so the weights match its records.
+        lines = config.names.read_text().splitlines()
+        self.panel = [n.hostname for n in parse_lines(lines, str(config.names))
+                      if isinstance(n, QueryName)]  # fmt: skip
         weights = {n: 1.0 / rank for rank, n in enumerate(self.panel, start=1)}
         self.detector = Detector(delta=config.delta, edd=config.edd, warmup=config.warmup,
                                  trace=config.trace, weights=weights)  # fmt: skip
@@ -219,9 +219,9 @@ class Watch:
         for key_, addrs in control.items():
             self.control.setdefault(key_, set()).update(addrs)
         batch: list[Signals] = []
+        day = datetime.fromtimestamp(minute * 60, UTC).date()
         for key in sorted(by_key):
             history = self.history.setdefault(key, StreamHistory())
-            day = datetime.fromtimestamp(minute * 60, UTC).date()
             batch.append(signals(by_key[key], self.control, history, netinfo=self.netinfo, day=day))
         for s in batch:
             self.series.append({
@@ -248,14 +248,11 @@ class Watch:
         return {
             "type": "wallwatch.event",
             "change": change.change.value,
-            "at": minute_text(change.minute, self.config.clock.tz),
+            "at": minute_iso(change.minute, self.config.clock.tz, "minutes"),
             "event": self.event_dict(change.event),
         }
 
-    def event_dict(self, event: object) -> dict[str, object]:
-        from wallwatch.events.detector import Event
-
-        assert isinstance(event, Event)
+    def event_dict(self, event: Event) -> dict[str, object]:
         resolvers = {(k.vantage, k.resolver, k.engine) for k in self.history}
         return event.as_dict(self.config.clock.tz, len(self.panel), len(resolvers))
 
@@ -266,15 +263,16 @@ class Watch:
             "panel": {"names": len(self.panel), "vantages": [v.name for v in self.config.vantages]},
             "rounds": len(self.rounds),
             "local_addresses": self.config.local,
-            "minutes": [minute_text(m, tz) for m in self.detector.minutes],
+            "minutes": [minute_iso(m, tz, "minutes") for m in self.detector.minutes],
             "events": [self.event_dict(e) for e in self.detector.events],
             "series": [
-                dict(row, minute=minute_text(int(str(row["minute"])), tz)) for row in self.series
+                dict(row, minute=minute_iso(int(str(row["minute"])), tz, "minutes"))
+                for row in self.series
             ],  # fmt: skip
             "traces": {
                 name: [
                     {
-                        "minute": minute_text(s.bucket, tz),
+                        "minute": minute_iso(s.bucket, tz, "minutes"),
                         "x": s.x,
                         "mu0": s.mu0,
                         "upper": s.upper,
@@ -337,7 +335,7 @@ class Watch:
         now = c.clock.now()
         # The first round starts now (its slot is the current one); after a restart,
         # at the next slot, so that no minute is measured twice.
-        at = now if number == 0 else _next_slot(self, now)
+        at = now if number == 0 else _next_slot(now, c.every)
         while not stop():
             if c.rounds is not None and number >= c.rounds:
                 break
@@ -351,11 +349,10 @@ class Watch:
             at += c.every
             now = c.clock.now()
             if now > at:  # overran: skip the missed slots (they show as gaps)
-                at = (now // c.every + 1) * c.every
+                at = _next_slot(now, c.every)
 
 
-def _next_slot(watch: Watch, now: float) -> float:
-    every = watch.config.every
+def _next_slot(now: float, every: float) -> float:
     return (now // every + 1) * every
 
 
@@ -369,10 +366,6 @@ def _measurements(paths: Iterable[Path]) -> Iterable[Measurement]:
                     yield record
         except (ValueError, msgspec.DecodeError) as exc:
             print(f"watch: {path}: {exc}; records before it kept", file=sys.stderr)
-
-
-def minute_text(minute: int, tz: timezone) -> str:
-    return datetime.fromtimestamp(minute * 60, tz).isoformat(timespec="minutes")
 
 
 def _post(url: str, line: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wallwatch.store import sql_literal
 from wallwatch.vocab import Evidence, Outcome
 
 #: 2: ``s_forged_pool`` also learns the addresses of replies raced by the genuine answer.
@@ -72,14 +73,10 @@ RULES: tuple[Rule, ...] = (
 )  # fmt: skip
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def verdict_sql() -> str:
     """SQL expressions: the first matching rule's id, and the list of every matching rule."""
-    first = " ".join(f"WHEN {r.when} THEN {_quote(r.rule_id)}" for r in RULES)
-    every = ", ".join(f"CASE WHEN {r.when} THEN {_quote(r.rule_id)} END" for r in RULES)
+    first = " ".join(f"WHEN {r.when} THEN {sql_literal(r.rule_id)}" for r in RULES)
+    every = ", ".join(f"CASE WHEN {r.when} THEN {sql_literal(r.rule_id)} END" for r in RULES)
     return (
         f"CASE {first} ELSE 'unexplained' END AS rule_id, "
         f"list_filter([{every}], lambda x: x IS NOT NULL) AS rules_fired"

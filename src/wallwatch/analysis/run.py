@@ -29,7 +29,7 @@ from wallwatch.analysis.attribution import (
 )
 from wallwatch.analysis.families import FAMILIES_SQL
 from wallwatch.analysis.rules import RULES_VERSION, rules_table, verdict_sql
-from wallwatch.store import MEMORY_LIMIT
+from wallwatch.store import MEMORY_LIMIT, sql_literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ def analyze(
             "JOIN analysis_rules r USING (rule_id)"
         )
         if baseline is not None:
-            con.execute(f"ATTACH {_literal(str(baseline))} AS base (READ_ONLY)")
+            con.execute(f"ATTACH {sql_literal(str(baseline))} AS base (READ_ONLY)")
             con.execute(f"CREATE OR REPLACE TEMP TABLE baseline_answers AS {BASELINE_SQL}")
         else:
             con.execute(
@@ -104,15 +104,11 @@ def analyze(
     )
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _load_table(
     con: Any, name: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]
 ) -> None:
     """A small VARCHAR table in one statement (``executemany`` costs a round trip per row)."""
-    values = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in rows)
+    values = ", ".join("(" + ", ".join(sql_literal(v) for v in row) + ")" for row in rows)
     names = ", ".join(columns)
     con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM (VALUES {values}) v({names})")
 
@@ -141,7 +137,7 @@ def _load_asns(con: Any, mmdb: str | Path | None) -> None:
         name = handle.name
     try:
         con.execute(
-            f"INSERT INTO ip_asn SELECT * FROM read_csv({_literal(name)}, header=false, "
+            f"INSERT INTO ip_asn SELECT * FROM read_csv({sql_literal(name)}, header=false, "
             "columns={'day': 'DATE', 'ip': 'VARCHAR', 'asn': 'INTEGER', 'as_org': 'VARCHAR'})"
         )
     finally:

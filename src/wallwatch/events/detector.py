@@ -48,8 +48,9 @@ class Change(StrEnum):
 SIGNALS = ("top_share", "new_tampered_share")
 
 
-def minute_iso(minute: int, tz: timezone = UTC) -> str:
-    return datetime.fromtimestamp(minute * 60, tz).isoformat()
+def minute_iso(minute: int, tz: timezone = UTC, timespec: str = "auto") -> str:
+    """A minute since the epoch as ISO 8601 in ``tz``."""
+    return datetime.fromtimestamp(minute * 60, tz).isoformat(timespec=timespec)
 
 
 @dataclass(slots=True)
@@ -65,7 +66,6 @@ class Event:
     injection_end: int | None = None
     end: int | None = None
     streams: set[StreamKey] = field(default_factory=set)
-    alarmed: set[StreamKey] = field(default_factory=set)
     affected_names: set[str] = field(default_factory=set)
     proven: int = 0
     fingerprints: dict[str, int] = field(default_factory=dict)
@@ -155,7 +155,6 @@ class Detector:
     #: The address each alarmed (stream, signal) points at.
     pointing: dict[tuple[StreamKey, str], str] = field(default_factory=dict)
     minutes: list[int] = field(default_factory=list)
-    reporting: dict[int, set[StreamKey]] = field(default_factory=dict)
 
     def _cusum(self, key: StreamKey, signal: str) -> Cusum:
         found = self.cusums.get((key, signal))
@@ -168,7 +167,6 @@ class Detector:
     def step(self, minute: int, batch: list[Signals], now: float) -> list[EventChange]:
         """Process one minute's buckets (all streams); return what changed."""
         self.minutes.append(minute)
-        self.reporting[minute] = {s.key for s in batch}
         changes: list[EventChange] = []
         for s in batch:
             for signal in SIGNALS:
@@ -179,21 +177,20 @@ class Detector:
                 change = cusum.update(minute, x)
                 if change == "start" and s.top_address:
                     self.pointing[(s.key, signal)] = s.top_address
+                    onset = cusum.onset if cusum.onset is not None else minute
                     event = self.open.get(s.top_address)
                     if event is None:
                         event = Event(
-                            event_id=f"ww-{minute_iso(cusum.onset or minute)[:16]}-{s.top_address}",
+                            event_id=f"ww-{minute_iso(onset)[:16]}-{s.top_address}",
                             target_address=s.top_address,
-                            onset=cusum.onset if cusum.onset is not None else minute,
+                            onset=onset,
                             detected_at=now,
                             phase=Phase.RESOLVER,
                         )
                         self.open[s.top_address] = event
                         self.events.append(event)
                         changes.append(EventChange(Change.START, event, minute))
-                    event.onset = min(
-                        event.onset, cusum.onset if cusum.onset is not None else minute
-                    )
+                    event.onset = min(event.onset, onset)
                     if s.key not in event.streams:
                         event.streams.add(s.key)
                         if not any(c.event is event for c in changes):
@@ -206,7 +203,6 @@ class Detector:
 
     def _update(self, event: Event, minute: int, batch: list[Signals]) -> Iterator[EventChange]:
         alarmed = {k for (k, _sig), a in self.pointing.items() if a == event.target_address}
-        event.alarmed = alarmed
         serving = [s for s in batch if s.top_address == event.target_address and s.key in alarmed]
         on_path = [s for s in serving if s.proven_top > 0]
         for s in serving:
@@ -223,7 +219,7 @@ class Detector:
             event.peak_traffic_share = max(event.peak_traffic_share, share)
         event.path_streams.update(s.key for s in on_path)
         # Did the streams that showed the injector report this minute at all?
-        reported = self.reporting.get(minute, set())
+        reported = {s.key for s in batch}
         silent = bool(event.path_streams) and not (event.path_streams & reported)
         if silent:
             event.gaps.append(minute)
@@ -238,25 +234,25 @@ class Detector:
             new_phase = Phase.RESOLVER
         if not alarmed:
             new_phase = Phase.OVER
-        if new_phase != event.phase or not event.phases:
-            if event.phases:
-                event.phases[-1]["end"] = minute
-            if new_phase == Phase.CACHE_TAIL and event.injection_end is None:
+        first = not event.phases
+        if not first and new_phase == event.phase:
+            return
+        if not first:
+            event.phases[-1]["end"] = minute
+        if new_phase == Phase.CACHE_TAIL and event.injection_end is None:
+            event.injection_end = minute
+        event.phase = new_phase
+        if new_phase == Phase.OVER:
+            event.end = minute
+            if event.injection_end is None and event.last_on_path is not None:
                 event.injection_end = minute
-            if new_phase == Phase.OVER:
-                event.end = minute
-                if event.injection_end is None and event.last_on_path is not None:
-                    event.injection_end = minute
-            else:
-                start = event.onset if not event.phases else minute
-                event.phases.append({"phase": new_phase.value, "start": start, "end": None})
-            changed = bool(event.phases) and event.phase != new_phase
-            event.phase = new_phase
-            if new_phase == Phase.OVER:
-                del self.open[event.target_address]
-                yield EventChange(Change.END, event, minute)
-            elif changed and len(event.phases) > 1:
-                yield EventChange(Change.PHASE, event, minute)
+            del self.open[event.target_address]
+            yield EventChange(Change.END, event, minute)
+            return
+        event.phases.append({"phase": new_phase.value, "start": event.onset if first else minute,
+                             "end": None})  # fmt: skip
+        if not first:
+            yield EventChange(Change.PHASE, event, minute)
 
     def traces(self) -> dict[str, list[CusumStep]]:
         return {f"{k.label()} {sig}": c.steps for (k, sig), c in self.cusums.items() if c.steps}

@@ -55,9 +55,7 @@ class StreamKey:
 
 
 def addresses(response: Response) -> tuple[str, ...]:
-    return tuple(
-        sorted({a.ipv4 or a.ipv6 or "" for a in response.answers if a.ipv4 or a.ipv6} - {""})
-    )
+    return tuple(sorted({ip for a in response.answers if (ip := a.ipv4 or a.ipv6)}))
 
 
 def fingerprint(response: Response) -> str:

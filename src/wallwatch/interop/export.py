@@ -64,7 +64,7 @@ def _ooni_query(m: Measurement, r: Response | None) -> dict[str, Any]:
         failure = _RCODE_FAILURE.get(r.rcode or 0) or (None if r.answers else "dns_no_answer")
     return {
         "answers": _answers(r.answers) if r else [],
-        "engine": m.engine.value if m.engine.value != "getaddrinfo" else "getaddrinfo",
+        "engine": m.engine.value,
         "failure": failure,
         "hostname": m.hostname,
         "query_type": m.query_type,

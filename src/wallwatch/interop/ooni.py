@@ -36,15 +36,14 @@ import binascii
 import gzip
 import hashlib
 import ipaddress
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
 import msgspec
 
 from wallwatch import records
+from wallwatch.interop.summary import ImportSummary
 from wallwatch.probe.reply import make_response
 from wallwatch.records import Answer, InputError, Measurement, Response
 from wallwatch.vocab import Engine, Failure, TargetKind
@@ -141,23 +140,6 @@ _decode = msgspec.json.Decoder(ODoc).decode
 _decode_keys = msgspec.json.Decoder(OTestKeys).decode
 
 
-@dataclass
-class ImportSummary:
-    """What one import read, wrote and skipped (and why)."""
-
-    files: int = 0
-    documents: int = 0
-    measurements: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    bytes: int = 0
-
-    def line(self) -> str:
-        skipped = sum(self.skipped.values())
-        why = "; ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
-        return (f"{self.files} file(s), {self.documents} document(s), {self.measurements} "
-                f"measurement(s), {skipped} skipped" + (f" ({why})" if why else ""))  # fmt: skip
-
-
 def _open(path: Path) -> IO[bytes]:
     with open(path, "rb") as probe:
         magic = probe.read(2)
@@ -198,28 +180,21 @@ def read_records(
     summary = summary if summary is not None else ImportSummary()
     summary.files += 1
     for number, raw in documents(path):
-        summary.bytes += len(raw)
         try:
             doc = _decode(raw)
             doc = _unwrap(doc)
             made = list(_measurements(doc, str(path), number))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            yield _skip(summary, path, number, raw, "not JSON of an OONI measurement", str(exc))
+            yield summary.skip(
+                "ooni", str(path), number, "not JSON of an OONI measurement", str(exc), raw
+            )
             continue
         except ValueError as exc:
-            yield _skip(summary, path, number, raw, str(exc).split(":")[0], str(exc))
+            yield summary.skip("ooni", str(path), number, str(exc).split(":")[0], str(exc), raw)
             continue
         summary.documents += 1
         summary.measurements += len(made)
         yield from made
-
-
-def _skip(summary: ImportSummary, path: Path, number: int, raw: bytes, reason: str,
-          detail: str) -> InputError:  # fmt: skip
-    summary.skipped[reason] += 1
-    return InputError(schema_version=records.SCHEMA_VERSION, report_id="import-ooni",
-                      source=str(path), line=number,
-                      text=raw[:200].decode("utf-8", "replace").strip(), error=detail)  # fmt: skip
 
 
 def read(path: str | Path) -> Iterator[Measurement]:

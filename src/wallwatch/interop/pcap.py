@@ -31,7 +31,7 @@ from typing import Any
 import dpkt
 
 from wallwatch import records
-from wallwatch.interop.ooni import ImportSummary
+from wallwatch.interop.summary import ImportSummary
 from wallwatch.probe.reply import make_response
 from wallwatch.records import InputError, Measurement, Response
 from wallwatch.vocab import Engine, Failure, TargetKind
@@ -146,8 +146,9 @@ def read_records(path: str | Path, summary: ImportSummary | None = None, *,
         reader = _reader(handle)
     except (ValueError, dpkt.dpkt.NeedData, struct.error) as exc:
         handle.close()
-        summary.skipped["not a packet capture"] += 1
-        yield _error(source, 0, f"not a pcap or pcapng file: {exc}")
+        yield summary.skip(
+            "pcap", source, 0, "not a packet capture", f"not a pcap or pcapng file: {exc}"
+        )
         return
     with handle:
         linktype = reader.datalink()
@@ -164,17 +165,15 @@ def read_records(path: str | Path, summary: ImportSummary | None = None, *,
                 ValueError,
                 struct.error,
             ) as exc:
-                summary.skipped["capture cut short"] += 1
-                yield _error(source, number + 1, f"packet {number + 1}: the capture ends mid-packet "
-                                                 f"({exc}); the {number} packets before it are kept")  # fmt: skip
+                yield summary.skip("pcap", source, number + 1, "capture cut short",
+                                   f"packet {number + 1}: the capture ends mid-packet ({exc}); "
+                                   f"the {number} packets before it are kept")  # fmt: skip
                 break
             number += 1
-            summary.bytes += len(buf)
             try:
                 ip = _ip_packet(linktype, buf)
             except ValueError as exc:
-                summary.skipped["unreadable link type"] += 1
-                yield _error(source, number, str(exc))
+                yield summary.skip("pcap", source, number, "unreadable link type", str(exc))
                 return
             except (dpkt.dpkt.UnpackError, struct.error):
                 summary.skipped["not IP"] += 1
@@ -236,8 +235,3 @@ def _measurement(q: _Query, source: str, t_first: float, dark: frozenset[str]) -
         responses=tuple(q.replies), annotations={"source": f"{source}#{q.index}"},
         failure=None if q.replies else Failure.GENERIC_TIMEOUT,
     )  # fmt: skip
-
-
-def _error(source: str, number: int, text: str) -> InputError:
-    return InputError(schema_version=records.SCHEMA_VERSION, report_id="import-pcap", source=source,
-                      line=number, text="", error=text)  # fmt: skip

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from wallwatch import records
-from wallwatch.interop.ooni import ImportSummary
+from wallwatch.interop.summary import ImportSummary
 from wallwatch.records import Answer, InputError, Measurement, Response
 from wallwatch.vocab import Engine, Failure, TargetKind
 
@@ -131,19 +131,14 @@ def _lines(path: Path, summary: ImportSummary, make: Any) -> Iterator[Measuremen
         for index, raw in enumerate(handle):
             if not raw.strip():
                 continue
-            summary.bytes += len(raw)
             try:
                 line = json.loads(raw)
                 if not isinstance(line, dict):
                     raise ValueError("not a JSON object")
                 made = list(make(line, index, str(path)))
             except (ValueError, KeyError, TypeError, IndexError) as exc:
-                reason = "not a Satellite line"
-                summary.skipped[reason] += 1
-                yield InputError(schema_version=records.SCHEMA_VERSION, report_id="import-satellite",
-                                 source=str(path), line=index + 1,
-                                 text=raw[:200].decode("utf-8", "replace").strip(),
-                                 error=f"{reason}: {exc!r}")  # fmt: skip
+                yield summary.skip("satellite", str(path), index + 1, "not a Satellite line",
+                                   f"not a Satellite line: {exc!r}", raw)  # fmt: skip
                 continue
             summary.documents += 1
             summary.measurements += len(made)

@@ -25,6 +25,7 @@ guessed.
 from __future__ import annotations
 
 import json
+import statistics
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -36,6 +37,7 @@ from wallwatch.analysis import pools
 from wallwatch.journal import read_records
 from wallwatch.records import Measurement
 from wallwatch.render import dig
+from wallwatch.store import sql_literal
 
 #: Measurements of the target put in the pcap, at most.
 PCAP_LIMIT = 400
@@ -53,44 +55,32 @@ def _minute(iso: str | None) -> int | None:
     return None if iso is None else int(datetime.fromisoformat(iso).timestamp() // 60)
 
 
-def _q(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    return store.query(db, sql)
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _window(event: dict[str, Any]) -> str:
-    """SQL condition: the measurement's watch minute lies within the event."""
+    """SQL condition on ``m`` (measurements): its watch minute lies within the event."""
     start = _minute(event["onset"])
     end = _minute(event.get("over")) or 10**12
     return (
-        f"TRY_CAST(annotations['minute'] AS BIGINT) BETWEEN {start} AND {end}"
+        f"TRY_CAST(m.annotations['minute'] AS BIGINT) BETWEEN {start} AND {end}"
         if start is not None
         else "true"
     )
 
 
 def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return statistics.median(values) if values else None
 
 
 def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
-    target = _lit(event["target_address"])
+    target = sql_literal(event["target_address"])
     window = _window(event)
     base = f"""
         SELECT m.vantage, m.resolver_address, m.engine, m.target_kind, v.response_index,
                v.rtt, v.ip_ttl, list_contains(v.ips, {target}) AS forged, v.s_later_genuine,
                v.outcome, m.hostname
         FROM reply_verdicts v JOIN measurements m USING (measurement_uid)
-        WHERE {window.replace("annotations", "m.annotations")} AND v.s_has_reply
+        WHERE {window} AND v.s_has_reply
     """
-    rows = _q(db, base)
+    rows = store.query(db, base)
     items: list[dict[str, Any]] = []
 
     # 1. The same public resolver, two vantages: a lie in transit.
@@ -147,7 +137,7 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
     })  # fmt: skip
 
     # 4. Injector fingerprint.
-    families = _q(db, "SELECT profile, aa, name_form, edns, answer_ttl, replies, min_ip_ttl, "
+    families = store.query(db, "SELECT profile, aa, name_form, edns, answer_ttl, replies, min_ip_ttl, "
                       "max_ip_ttl FROM injector_families ORDER BY replies DESC")  # fmt: skip
     fam = [dict(zip(("profile", "aa", "name_form", "edns", "answer_ttl", "replies", "min_ip_ttl",
                      "max_ip_ttl"), f, strict=True)) for f in families]  # fmt: skip
@@ -193,9 +183,9 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
 
 def histograms(db: Path, event: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Reply timing and IP TTL, forged (target) vs other replies, UDP only."""
-    target = _lit(event["target_address"])
-    window = _window(event).replace("annotations", "m.annotations")
-    rows = _q(db, f"""
+    target = sql_literal(event["target_address"])
+    window = _window(event)
+    rows = store.query(db, f"""
         SELECT CASE WHEN list_contains(v.ips, {target}) THEN 'target' ELSE 'other' END AS kind,
                round(v.rtt * 1000 / 5) * 5 AS rtt_ms, v.ip_ttl, count(*) AS n
         FROM reply_verdicts v JOIN measurements m USING (measurement_uid)
@@ -214,8 +204,8 @@ def histograms(db: Path, event: dict[str, Any]) -> dict[str, list[dict[str, Any]
 
 
 def top_addresses(db: Path, event: dict[str, Any], limit: int = 10) -> list[dict[str, Any]]:
-    window = _window(event).replace("annotations", "m.annotations")
-    rows = _q(db, f"""
+    window = _window(event)
+    rows = store.query(db, f"""
         SELECT ip, count(DISTINCT m.hostname) AS names, count(*) AS replies
         FROM (SELECT measurement_uid, unnest(ips) AS ip FROM reply_verdicts
               WHERE response_index = 0) v
@@ -227,9 +217,9 @@ def top_addresses(db: Path, event: dict[str, Any], limit: int = 10) -> list[dict
 
 def analysis_attribution(db: Path, event: dict[str, Any]) -> dict[str, Any]:
     """What the analysis (rules, per name) concludes for the names the event touched."""
-    target = _lit(event["target_address"])
-    window = _window(event).replace("annotations", "m.annotations")
-    rows = _q(db, f"""
+    target = sql_literal(event["target_address"])
+    window = _window(event)
+    rows = store.query(db, f"""
         SELECT a.attribution, count(*) AS names
         FROM attributions a
         WHERE (a.hostname, a.query_type) IN (
@@ -243,21 +233,24 @@ def analysis_attribution(db: Path, event: dict[str, Any]) -> dict[str, Any]:
 
 def example_uids(db: Path, event: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, measurement_uid): one measurement for each kind of evidence."""
-    target = _lit(event["target_address"])
-    window = _window(event).replace("annotations", "m.annotations")
+    target = sql_literal(event["target_address"])
+    window = _window(event)
     end = _minute(event.get("end"))
     with_target = f"SELECT measurement_uid FROM reply_verdicts WHERE list_contains(ips, {target})"
+    # Each pick is found within the event's minutes, but the cache tail, which lies after them.
     picks = [
         ("Forged reply raced by the genuine one (asked over UDP)",
-         f"list_contains(v.ips, {target}) AND v.s_later_genuine"),
-        ("A host that runs no DNS server answers", f"list_contains(v.ips, {target}) AND v.s_dark"),
+         f"{window} AND list_contains(v.ips, {target}) AND v.s_later_genuine"),
+        ("A host that runs no DNS server answers",
+         f"{window} AND list_contains(v.ips, {target}) AND v.s_dark"),
         ("The same question to the same resolver from another vantage",
-         f"v.s_has_answer AND m.measurement_uid NOT IN ({with_target}) "
+         f"{window} AND v.s_has_answer AND m.measurement_uid NOT IN ({with_target}) "
          "AND m.target_kind = 'resolver' AND m.engine = 'udp' "
          "AND EXISTS (SELECT 1 FROM reply_verdicts v2 JOIN measurements m2 USING (measurement_uid) "
          f"WHERE v2.s_later_genuine AND list_contains(v2.ips, {target}) AND m2.vantage <> m.vantage "
          "AND m2.resolver_address = m.resolver_address AND m2.hostname = m.hostname)"),
-        ("The trusted control (TCP)", "m.target_kind = 'control' AND m.hostname NOT LIKE '%.cn'"),
+        ("The trusted control (TCP)",
+         f"{window} AND m.target_kind = 'control' AND m.hostname NOT LIKE '%.cn'"),
     ]  # fmt: skip
     if end is not None:
         picks.append(("After the injection: a resolver still serving the target (cache tail)",
@@ -265,10 +258,10 @@ def example_uids(db: Path, event: dict[str, Any]) -> list[tuple[str, str]]:
                       f"v.s_later_genuine AND TRY_CAST(m.annotations['minute'] AS BIGINT) > {end}"))  # fmt: skip
     out = []
     for label, cond in picks:
-        found = _q(db, f"""
+        found = store.query(db, f"""
             SELECT m.measurement_uid FROM measurements m
             LEFT JOIN reply_verdicts v USING (measurement_uid)
-            WHERE {window if "cache tail" not in label else "true"} AND {cond}
+            WHERE {cond}
             ORDER BY m.hostname = 'www.example.com' DESC, m.measurement_uid LIMIT 1""")  # fmt: skip
         if found:
             out.append((label, str(found[0][0])))
@@ -283,9 +276,9 @@ def find_measurements(files: list[Path], uids: set[str]) -> Iterator[Measurement
 
 
 def target_uids(db: Path, event: dict[str, Any], limit: int = PCAP_LIMIT) -> list[str]:
-    target = _lit(event["target_address"])
-    window = _window(event).replace("annotations", "m.annotations")
-    rows = _q(db, f"""
+    target = sql_literal(event["target_address"])
+    window = _window(event)
+    rows = store.query(db, f"""
         SELECT DISTINCT m.measurement_uid FROM reply_verdicts v
         JOIN measurements m USING (measurement_uid)
         WHERE {window} AND list_contains(v.ips, {target}) ORDER BY 1 LIMIT {limit}""")  # fmt: skip
@@ -321,20 +314,26 @@ def build(out: Path, *, db: Path | None = None) -> dict[str, Any]:
     partial = [r for r in _rounds(out) if r.get("partial")]
     if partial:
         missing.append(f"{len(partial)} round(s) were torn by a crash; their records are kept")
-    readable = []
-    for path in files:
-        try:
-            store.validate([path])
-        except ValueError as exc:  # named file and line; the other files still count
-            missing.append(f"skipped an unreadable file: {exc}")
-            continue
-        readable.append(path)
-    files = readable
     if not files:
         return report
-    store.ingest(files, db)
+    try:
+        store.ingest(files, db)
+    except ValueError:
+        # Name each unreadable file (file and line) and load the others.
+        readable = []
+        for path in files:
+            try:
+                store.validate([path])
+            except ValueError as exc:
+                missing.append(f"skipped an unreadable file: {exc}")
+                continue
+            readable.append(path)
+        files = readable
+        if not files:
+            return report
+        store.ingest(files, db)
     summary = analyze(db)
-    report["measurements"] = _q(db, "SELECT count(*) FROM measurements")[0][0]
+    report["measurements"] = store.query(db, "SELECT count(*) FROM measurements")[0][0]
     report["replies_judged"] = summary.replies
     report["rules_version"] = summary.rules_version
     report["pools_version"] = summary.pools_version
@@ -352,15 +351,16 @@ def build(out: Path, *, db: Path | None = None) -> dict[str, Any]:
         ev["checklist"] = checklist(db, ev)
         ev["histograms"] = histograms(db, ev)
         ev["top_addresses"] = top_addresses(db, ev)
-        examples = example_uids(db, ev)
-        records = {m.measurement_uid: m for m in
-                   find_measurements(files, {u for _l, u in examples})}  # fmt: skip
-        ev["examples"] = [{"label": label, "measurement_uid": uid, "dig": dig(records[uid])}
-                          for label, uid in examples if uid in records]  # fmt: skip
-        pcap_uids |= {u for _l, u in examples} | set(target_uids(db, ev))
+        ev["examples"] = example_uids(db, ev)
+        pcap_uids |= {u for _l, u in ev["examples"]} | set(target_uids(db, ev))
         report["events"].append(ev)
+    # One pass over the records for every event's examples and the pcap.
+    records = {m.measurement_uid: m for m in find_measurements(files, pcap_uids)}
+    for ev in report["events"]:
+        ev["examples"] = [{"label": label, "measurement_uid": uid, "dig": dig(records[uid])}
+                          for label, uid in ev["examples"] if uid in records]  # fmt: skip
     if report["events"]:
-        measured = sorted(find_measurements(files, pcap_uids), key=lambda m: m.measurement_uid)
+        measured = sorted(records.values(), key=lambda m: m.measurement_uid)
         packets = pcap.write(out / "evidence.pcap", measured, local)
         report["pcap"] = {"file": "evidence.pcap", "packets": packets,
                           "measurements": len(measured),
