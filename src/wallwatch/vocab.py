@@ -137,6 +137,8 @@ class Outcome(StrEnum):
     INJECTED_MULTI_REPLY = "injected.multi_reply"
     #: The answer is in a published forged-address pool.
     INJECTED_FORGED_POOL = "injected.forged_pool"
+    #: A large platform's address (Facebook, Twitter, Dropbox) for a name that is not theirs.
+    INJECTED_UNRELATED_PLATFORM = "injected.unrelated_platform"
     #: The reply disagrees with the control and carries an injector's header fingerprint.
     INJECTED_FINGERPRINT = "injected.fingerprint"
     #: The resolver itself answered with an address the control disowns.
@@ -153,6 +155,59 @@ class Outcome(StrEnum):
     DNS_MALFORMED = "dns.malformed"
     #: The evidence does not support any of the other outcomes.
     UNKNOWN = "unknown"
+
+
+class Reading(StrEnum):
+    """What an outcome says of who made the reply: the classes attribution reads.
+
+    One table (:data:`READING`) maps every :class:`Outcome` to one of these, and the
+    attribution SQL, the minute signals, ``explain`` and the report are built from it,
+    so an outcome is never classed in two places (a test checks the table is total).
+    """
+
+    #: The injector itself made this packet: only the path can have sent it.
+    PATH = "path"
+    #: The answer is forged or false, but the packet could be the resolver's own.
+    FALSE_ANSWER = "false_answer"
+    #: The resolver turned "no such name" into an address.
+    REWRITE = "rewrite"
+    #: The answer agrees with the trusted control.
+    GENUINE = "genuine"
+    #: Nothing came back: says nothing of tampering.
+    SILENT = "silent"
+    #: The evidence supports no reading.
+    UNDETERMINED = "undetermined"
+
+
+#: How each outcome reads (see :class:`Reading`).
+READING: dict[Outcome, Reading] = {
+    Outcome.OK_MATCH_IP: Reading.GENUINE,
+    Outcome.OK_MATCH_NXDOMAIN: Reading.GENUINE,
+    Outcome.OK_MATCH_NODATA: Reading.GENUINE,
+    Outcome.OK_MATCH_ASN: Reading.GENUINE,
+    Outcome.INJECTED_DARK: Reading.PATH,
+    Outcome.INJECTED_MULTI_REPLY: Reading.PATH,
+    Outcome.INJECTED_FINGERPRINT: Reading.PATH,
+    Outcome.INJECTED_FORGED_POOL: Reading.FALSE_ANSWER,
+    Outcome.INJECTED_UNRELATED_PLATFORM: Reading.FALSE_ANSWER,
+    Outcome.RESOLVER_TAMPERED: Reading.FALSE_ANSWER,
+    Outcome.IP_BOGON: Reading.FALSE_ANSWER,
+    Outcome.NXDOMAIN_REWRITE: Reading.REWRITE,
+    Outcome.AUTHORITATIVE_CHANGED: Reading.UNDETERMINED,
+    Outcome.DNS_TIMEOUT: Reading.SILENT,
+    Outcome.DNS_MALFORMED: Reading.UNDETERMINED,
+    Outcome.UNKNOWN: Reading.UNDETERMINED,
+}
+
+
+def outcomes(*readings: Reading) -> frozenset[Outcome]:
+    """The outcomes that read as any of ``readings``."""
+    return frozenset(o for o, r in READING.items() if r in readings)
+
+
+#: Outcomes that *prove* the injector made the packet with no fingerprint needed: a dark
+#: host answered, or the genuine answer raced it (confirmed evidence; [holdon-2012]).
+PROVEN: frozenset[Outcome] = frozenset({Outcome.INJECTED_DARK, Outcome.INJECTED_MULTI_REPLY})
 
 
 class Evidence(StrEnum):

@@ -16,6 +16,12 @@ move looks the same; the report must say so). Without a baseline such names are 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from enum import StrEnum
+
+from wallwatch.store import sql_literal
+from wallwatch.vocab import PROVEN, Attribution, Reading, outcomes
+
 BASELINE_SQL = """
 SELECT m.hostname, m.query_type, list(DISTINCT lower(coalesce(a.ipv4, a.ipv6))) AS ips
 FROM base.measurements m JOIN base.answers a ON a.measurement_uid = m.measurement_uid
@@ -30,59 +36,87 @@ FROM control_answers c JOIN baseline_answers b USING (hostname, query_type)
 """
 
 
-ATTRIBUTION_SQL = """
+def sql_set(members: Iterable[StrEnum]) -> str:
+    """``('a', 'b')``: a vocabulary set as a SQL list (never spelled by hand)."""
+    return "(" + ", ".join(sorted(sql_literal(m.value) for m in members)) + ")"
+
+
+_PATH = sql_set(outcomes(Reading.PATH))
+_LIE = sql_set(outcomes(Reading.FALSE_ANSWER))
+_REWRITE = sql_set(outcomes(Reading.REWRITE))
+_GENUINE = sql_set(outcomes(Reading.GENUINE))
+_SILENT = sql_set(outcomes(Reading.SILENT))
+_PROVEN = sql_set(PROVEN)
+_A = {a: sql_literal(a.value) for a in Attribution}
+
+#: The outcomes that make a name's attribution tampered (its ``bad_answers`` are listed).
+TAMPERED = frozenset(
+    {Attribution.ON_PATH_INJECTOR, Attribution.TAMPERING_RESOLVER,
+     Attribution.ISP_NXDOMAIN_REWRITE, Attribution.HIJACKED_AUTHORITATIVE}
+)  # fmt: skip
+
+ATTRIBUTION_SQL = f"""
 SELECT hostname, query_type,
-       count(*) AS replies,
+       count(*) FILTER (WHERE response_index IS NOT NULL) AS replies,
+       count(DISTINCT measurement_uid) AS measurements,
        count(DISTINCT vantage) AS vantages,
        CASE
-         WHEN bool_or(outcome IN ('injected.dark_destination', 'injected.multi_reply'))
-           THEN 'on_path_injector'
-         WHEN bool_or(outcome = 'injected.fingerprint') THEN 'on_path_injector'
-         WHEN bool_or(outcome = 'resolver.nxdomain_rewrite') THEN 'isp_nxdomain_rewrite'
-         WHEN bool_or(outcome IN ('resolver.tampered', 'injected.forged_pool', 'ip.bogon'))
-           THEN 'tampering_resolver'
-         WHEN bool_and(outcome LIKE 'ok.%' OR outcome = 'dns.timeout') AND bool_or(changed)
-           THEN 'hijacked_authoritative'
-         WHEN bool_and(outcome LIKE 'ok.%' OR outcome = 'dns.timeout')
-              AND bool_or(outcome LIKE 'ok.%') THEN 'none'
-         ELSE 'unknown'
+         WHEN bool_or(outcome IN {_PATH}) THEN {_A[Attribution.ON_PATH_INJECTOR]}
+         WHEN bool_or(outcome IN {_REWRITE}) THEN {_A[Attribution.ISP_NXDOMAIN_REWRITE]}
+         WHEN bool_or(outcome IN {_LIE}) THEN {_A[Attribution.TAMPERING_RESOLVER]}
+         WHEN bool_and(outcome IN {_GENUINE} OR outcome IN {_SILENT}) AND bool_or(changed)
+           THEN {_A[Attribution.HIJACKED_AUTHORITATIVE]}
+         WHEN bool_and(outcome IN {_GENUINE} OR outcome IN {_SILENT})
+              AND bool_or(outcome IN {_GENUINE}) THEN {_A[Attribution.NONE]}
+         ELSE {_A[Attribution.UNKNOWN]}
        END AS attribution,
        CASE
          WHEN bool_or(evidence = 'confirmed') THEN 'high'
          WHEN bool_or(evidence = 'strong') THEN 'medium'
          WHEN bool_or(changed) THEN 'low'
-         WHEN bool_or(outcome LIKE 'ok.%') AND bool_and(outcome LIKE 'ok.%' OR outcome = 'dns.timeout')
+         WHEN bool_or(outcome IN {_GENUINE}) AND bool_and(outcome IN {_GENUINE} OR outcome IN {_SILENT})
            THEN 'high'
          ELSE 'low'
        END AS confidence,
        list_sort(list_distinct(list(rule_id) || CASE WHEN bool_or(changed)
            THEN ['authoritative_changed'] ELSE [] END)) AS reasons,
-       list_sort(list_distinct(flatten(list(ips) FILTER (WHERE outcome NOT LIKE 'ok.%'))))
-           AS bad_answers
+       -- What the data lacks for a stronger claim, named rather than guessed around.
+       bool_or(control_ips IS NOT NULL) AS has_control,
+       bool_or(outcome IN {_PROVEN} OR s_dark OR s_later_genuine) AS has_path_evidence,
+       list_sort(list_distinct(flatten(list(ips) FILTER (WHERE outcome NOT IN {_GENUINE}))))
+           AS non_genuine_answers
 FROM (SELECT v.*, coalesce(c.changed, false) AS changed
       FROM reply_verdicts v LEFT JOIN name_changes c USING (hostname, query_type))
 GROUP BY ALL
 """
 
+#: ``bad_answers`` only where the name was judged tampered: an address that merely
+#: could not be judged (no control) is not called bad.
+ATTRIBUTION_FINAL_SQL = f"""
+SELECT * EXCLUDE (non_genuine_answers),
+       CASE WHEN attribution IN {sql_set(TAMPERED)} THEN non_genuine_answers
+            ELSE [] END AS bad_answers
+FROM attributions_raw
+"""
+
 #: Attribution per (name, type, vantage, time window): the same rules, and the cache tail.
 #: A resolver still serving an address that was seen injected for the name in an earlier
 #: (or the same) window is not lying on its own account: its cache was poisoned on the
-#: path (gfw-dns.md 2.6, 4.1: the 2014 tail lasted hours after the injection stopped).
-WINDOW_ATTRIBUTION_SQL = """
+#: path ([greatfire-2014]: the 2014 tail lasted hours after the injection stopped).
+WINDOW_ATTRIBUTION_SQL = f"""
 WITH w AS (
     SELECT v.hostname, v.query_type, v.vantage, v.outcome, v.rule_id,
-           CAST(floor((epoch(CAST(m.measurement_start_time AS TIMESTAMP)) + v.t0) / {window})
-                * {window} AS BIGINT) AS window_start
+           CAST(floor((epoch(CAST(m.measurement_start_time AS TIMESTAMP)) + v.t0) / {{window}})
+                * {{window}} AS BIGINT) AS window_start
     FROM reply_verdicts v JOIN measurements m ON m.measurement_uid = v.measurement_uid
 ),
 per AS (
     SELECT hostname, query_type, vantage, window_start,
-           bool_or(outcome IN ('injected.dark_destination', 'injected.multi_reply',
-                               'injected.fingerprint')) AS path,
-           bool_or(outcome = 'resolver.nxdomain_rewrite') AS rewrite,
-           bool_or(outcome IN ('resolver.tampered', 'injected.forged_pool', 'ip.bogon')) AS lie,
-           bool_and(outcome LIKE 'ok.%' OR outcome = 'dns.timeout')
-               AND bool_or(outcome LIKE 'ok.%') AS clean,
+           bool_or(outcome IN {_PATH}) AS path,
+           bool_or(outcome IN {_REWRITE}) AS rewrite,
+           bool_or(outcome IN {_LIE}) AS lie,
+           bool_and(outcome IN {_GENUINE} OR outcome IN {_SILENT})
+               AND bool_or(outcome IN {_GENUINE}) AS clean,
            list(DISTINCT rule_id ORDER BY rule_id) AS reasons
     FROM w GROUP BY ALL
 ),
@@ -92,12 +126,12 @@ seen AS (
 )
 SELECT p.hostname, p.query_type, p.vantage, make_timestamp(p.window_start * 1000000) AS window_start,
        CASE
-         WHEN p.path THEN 'on_path_injector'
-         WHEN p.lie AND s.first_injected <= p.window_start THEN 'on_path_injector'
-         WHEN p.rewrite THEN 'isp_nxdomain_rewrite'
-         WHEN p.lie THEN 'tampering_resolver'
-         WHEN p.clean THEN 'none'
-         ELSE 'unknown'
+         WHEN p.path THEN {_A[Attribution.ON_PATH_INJECTOR]}
+         WHEN p.lie AND s.first_injected <= p.window_start THEN {_A[Attribution.ON_PATH_INJECTOR]}
+         WHEN p.rewrite THEN {_A[Attribution.ISP_NXDOMAIN_REWRITE]}
+         WHEN p.lie THEN {_A[Attribution.TAMPERING_RESOLVER]}
+         WHEN p.clean THEN {_A[Attribution.NONE]}
+         ELSE {_A[Attribution.UNKNOWN]}
        END AS attribution,
        coalesce(p.lie AND NOT p.path AND s.first_injected <= p.window_start, false) AS cache_tail,
        p.reasons

@@ -11,7 +11,10 @@ reported as ``unknown`` (Triplet's "Injector X") rather than forced into a label
 
 from __future__ import annotations
 
-FAMILIES_SQL = """
+from wallwatch.analysis.attribution import sql_set
+from wallwatch.vocab import Reading, outcomes
+
+FAMILIES_SQL = f"""
 WITH injected AS (
     SELECT v.measurement_uid, v.response_index, v.ip_ttl, v.edns, r.flags, r.df,
            r.ip_id = 0 AS ip_id_zero,
@@ -25,7 +28,7 @@ WITH injected AS (
     JOIN responses r ON r.measurement_uid = v.measurement_uid
          AND r.response_index = v.response_index
     -- Packets the injector itself made (not a resolver's reply carrying forged data).
-    WHERE v.outcome IN ('injected.dark_destination', 'injected.multi_reply', 'injected.fingerprint')
+    WHERE v.outcome IN {sql_set(outcomes(Reading.PATH))}
       AND r.qname IS NOT NULL AND r.ancount > 0
 ),
 families AS (

@@ -8,12 +8,13 @@ in 2020 was in Teredo, 2001::/32 (GFWatch); that prefix is matched by the signal
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 
-from wallwatch.lab.scenario import shared_data
+from wallwatch.paths import shared_data
 
 _ADDRESS = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:]+")
 
@@ -42,7 +43,13 @@ def _file_addresses(relative: str) -> list[str]:
 
 
 def load() -> tuple[str, list[KnownAddress]]:
-    """(version, addresses) of every known list."""
+    """(version, addresses) of every known list.
+
+    The version is the data file's date *and* a hash of what was loaded: the larger
+    lists are read only where the third-party files are present, and the content
+    then differs by two orders of magnitude, so a date alone would not say which
+    pools a verdict was judged against.
+    """
     data = tomllib.loads(
         resources.files("wallwatch.data").joinpath("forged-pools.toml").read_text()
     )
@@ -53,7 +60,10 @@ def load() -> tuple[str, list[KnownAddress]]:
             for relative in entry.get("files", []):
                 addresses += _file_addresses(relative)
             out += [KnownAddress(a, kind, entry["id"]) for a in dict.fromkeys(addresses)]
-    return str(data["version"]), out
+    digest = hashlib.sha256(
+        "\n".join(sorted(f"{k.kind},{k.list_id},{k.address}" for k in out)).encode()
+    ).hexdigest()[:12]
+    return f"{data['version']}+{len(out)}:{digest}", out
 
 
 def owner(address: str) -> tuple[str, str] | None:

@@ -18,7 +18,8 @@ from wallwatch.store import sql_literal
 from wallwatch.vocab import Evidence, Outcome
 
 #: 2: ``s_forged_pool`` also learns the addresses of replies raced by the genuine answer.
-RULES_VERSION = 2
+#: 3: ``unrelated_platform``; origin ASes from the bundled table when no MMDB is given.
+RULES_VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,11 @@ RULES: tuple[Rule, ...] = (
          "a known ISP NXDOMAIN-redirect address (dnsmasq-china-list bogus-nxdomain)"),
     Rule("forged_pool", "s_forged_pool AND NOT s_control_match", Outcome.INJECTED_FORGED_POOL,
          Evidence.STRONG, "the answer is in a published forged pool (gfw-dns.md 2.4, 3.4)"),
+    Rule("unrelated_platform", "s_unrelated_platform AND NOT s_control_match AND NOT s_asn_match",
+         Outcome.INJECTED_UNRELATED_PLATFORM, Evidence.STRONG,
+         "a Facebook, Twitter or Dropbox address for a name outside that platform: the firewall's "
+         "forged pools are mostly such addresses [triplet-2021] [wallbleed-2025]; a published "
+         "behaviour, not proof by itself"),
     Rule("nxdomain_in_control", "s_control_nx AND s_has_answer AND NOT s_control_match",
          Outcome.NXDOMAIN_REWRITE, Evidence.SCORED,
          "the control says the name does not exist, the reply gives an address"),

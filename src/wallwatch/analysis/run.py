@@ -9,25 +9,33 @@ Tables written beside the store's own (docs/schema.md):
   cache tail told apart;
 * ``injector_families``: forged replies grouped by fingerprint, named when they fit a profile;
 * ``analysis_rules`` and ``known_addresses``: the rules and pools the verdicts used.
+
+Every verdict row carries ``rules_version``, ``pools_version`` (date, count and content
+hash of the forged and redirect lists loaded) and ``netinfo_version`` (the IP-to-AS
+datasets, by name, date and content hash).
 """
 
 from __future__ import annotations
 
 import csv
 import tempfile
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from wallwatch.analysis import pools, signals
 from wallwatch.analysis.attribution import (
+    ATTRIBUTION_FINAL_SQL,
     ATTRIBUTION_SQL,
     BASELINE_SQL,
     NAME_CHANGES_SQL,
     WINDOW_ATTRIBUTION_SQL,
 )
 from wallwatch.analysis.families import FAMILIES_SQL
+from wallwatch.analysis.netinfo import Netinfo
 from wallwatch.analysis.rules import RULES_VERSION, rules_table, verdict_sql
 from wallwatch.store import MEMORY_LIMIT, sql_literal
 
@@ -38,6 +46,8 @@ class AnalysisSummary:
     attributions: dict[str, int]
     rules_version: int
     pools_version: str
+    #: The IP-to-AS datasets the verdicts used (name, date and content hash), or none.
+    netinfo_versions: tuple[str, ...] = ()
 
 
 def analyze(
@@ -46,13 +56,14 @@ def analyze(
     baseline: str | Path | None = None,
     mmdb: str | Path | None = None,
     window: int = 60,
+    netinfo: Netinfo | None = None,
 ) -> AnalysisSummary:
     """Compute (or recompute) the analysis tables of the store ``db``.
 
     ``baseline`` is an earlier store of the same names: with it, answers that every
     vantage and the control agree on but that changed since are told apart (see
-    :mod:`.attribution`). ``mmdb`` is a directory of dated MMDB snapshots (or one
-    file) for origin-AS matching (:mod:`.netinfo`).
+    :mod:`.attribution`). Origin ASes come from the bundled table, or first from
+    ``mmdb``, a directory of dated MMDB snapshots (or one file) (:mod:`.netinfo`).
     """
     import duckdb
 
@@ -60,48 +71,96 @@ def analyze(
     con.execute("SET enable_progress_bar = false")  # stderr belongs to wallwatch's own messages
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     try:
-        version, known = pools.load()
-        _load_table(con, "known_addresses", ("address", "kind", "list_id"),
-                    [(k.address, k.kind, k.list_id) for k in known])  # fmt: skip
-        _load_table(
-            con, "analysis_rules", ("rule_id", "outcome", "evidence", "rationale"), rules_table()
-        )
-        _load_asns(con, mmdb)
-        *intermediate, (_, final) = signals.steps()
-        for table, sql in intermediate:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
-        # The last step is not materialised on its own: the verdicts are computed in
-        # the same pass and stored with the evidence columns (one table, one write).
-        con.execute(
-            "CREATE OR REPLACE TABLE reply_verdicts AS "
-            f"SELECT s.*, r.outcome, r.evidence, {RULES_VERSION} AS rules_version, "
-            f"'{version}' AS pools_version FROM (SELECT *, {verdict_sql()} FROM ({final})) s "
-            "JOIN analysis_rules r USING (rule_id)"
-        )
-        if baseline is not None:
-            con.execute(f"ATTACH {sql_literal(str(baseline))} AS base (READ_ONLY)")
-            con.execute(f"CREATE OR REPLACE TEMP TABLE baseline_answers AS {BASELINE_SQL}")
-        else:
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE baseline_answers "
-                "(hostname VARCHAR, query_type VARCHAR, ips VARCHAR[])"
-            )
-        con.execute(f"CREATE OR REPLACE TEMP TABLE name_changes AS {NAME_CHANGES_SQL}")
-        con.execute(f"CREATE OR REPLACE TABLE attributions AS {ATTRIBUTION_SQL}")
-        con.execute(
-            "CREATE OR REPLACE TABLE window_attributions AS "
-            + WINDOW_ATTRIBUTION_SQL.replace("{window}", str(max(1, int(window))))
-        )
-        con.execute(f"CREATE OR REPLACE TABLE injector_families AS {FAMILIES_SQL}")
-        replies = int(con.execute("SELECT count(*) FROM reply_verdicts").fetchone()[0])
-        counts = dict(
-            con.execute("SELECT attribution, count(*) FROM attributions GROUP BY ALL").fetchall()
-        )
+        return analyze_connection(con, baseline=baseline, mmdb=mmdb, window=window, netinfo=netinfo)
     finally:
         con.close()
-    return AnalysisSummary(
-        replies, {str(k): int(v) for k, v in counts.items()}, RULES_VERSION, version
+
+
+def open_netinfo(mmdb: str | Path | None = None) -> Netinfo | None:
+    """The default origin-AS source: ``mmdb`` snapshots first, then the bundled table; None
+    when neither exists (the analysis then runs without AS evidence and says so)."""
+    try:
+        return Netinfo(mmdb)
+    except FileNotFoundError:
+        return None
+
+
+def analyze_connection(
+    con: Any,
+    *,
+    baseline: str | Path | None = None,
+    mmdb: str | Path | None = None,
+    window: int = 60,
+    netinfo: Netinfo | None = None,
+) -> AnalysisSummary:
+    """The analysis on an open DuckDB connection whose store tables are loaded."""
+    version, known = pools.load()
+    _load_table(con, "known_addresses", ("address", "kind", "list_id"),
+                [(k.address, k.kind, k.list_id) for k in known])  # fmt: skip
+    _load_table(
+        con, "analysis_rules", ("rule_id", "outcome", "evidence", "rationale"), rules_table()
     )
+    _load_platforms(con)
+    own = netinfo is None
+    if own:
+        netinfo = open_netinfo(mmdb)
+    try:
+        datasets = _load_asns(con, netinfo)
+    finally:
+        if own and netinfo is not None:
+            netinfo.close()
+    *intermediate, (_, final) = signals.steps()
+    for table, sql in intermediate:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
+    # The last step is not materialised on its own: the verdicts are computed in
+    # the same pass and stored with the evidence columns (one table, one write).
+    con.execute(
+        "CREATE OR REPLACE TABLE reply_verdicts AS "
+        f"SELECT s.*, r.outcome, r.evidence, {RULES_VERSION} AS rules_version, "
+        f"{sql_literal(version)} AS pools_version, "
+        f"{sql_literal('; '.join(datasets) or 'none')} AS netinfo_version "
+        f"FROM (SELECT *, {verdict_sql()} FROM ({final})) s "
+        "JOIN analysis_rules r USING (rule_id)"
+    )
+    if baseline is not None:
+        con.execute(f"ATTACH {sql_literal(str(baseline))} AS base (READ_ONLY)")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE baseline_answers AS {BASELINE_SQL}")
+        con.execute("DETACH base")
+    else:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE baseline_answers "
+            "(hostname VARCHAR, query_type VARCHAR, ips VARCHAR[])"
+        )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE name_changes AS {NAME_CHANGES_SQL}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE attributions_raw AS {ATTRIBUTION_SQL}")
+    con.execute(f"CREATE OR REPLACE TABLE attributions AS {ATTRIBUTION_FINAL_SQL}")
+    con.execute(
+        "CREATE OR REPLACE TABLE window_attributions AS "
+        + WINDOW_ATTRIBUTION_SQL.replace("{window}", str(max(1, int(window))))
+    )
+    con.execute(f"CREATE OR REPLACE TABLE injector_families AS {FAMILIES_SQL}")
+    replies = int(con.execute("SELECT count(*) FROM reply_verdicts").fetchone()[0])
+    counts = dict(
+        con.execute("SELECT attribution, count(*) FROM attributions GROUP BY ALL").fetchall()
+    )
+    return AnalysisSummary(
+        replies, {str(k): int(v) for k, v in counts.items()}, RULES_VERSION, version,
+        tuple(datasets),
+    )  # fmt: skip
+
+
+def _load_platforms(con: Any) -> None:
+    """Table ``platforms``: (asn, platform, domains) from ``data/platforms.toml``."""
+    data = tomllib.loads(resources.files("wallwatch.data").joinpath("platforms.toml").read_text())
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE platforms (asn INTEGER, platform VARCHAR, domains VARCHAR[])"
+    )
+    rows = [
+        f"({int(asn)}, {sql_literal(p['name'])}, [{', '.join(sql_literal(d) for d in p['domains'])}])"
+        for p in data["platform"]
+        for asn in p["asns"]
+    ]
+    con.execute(f"INSERT INTO platforms VALUES {', '.join(rows)}")
 
 
 def _load_table(
@@ -113,32 +172,30 @@ def _load_table(
     con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM (VALUES {values}) v({names})")
 
 
-def _load_asns(con: Any, mmdb: str | Path | None) -> None:
-    """Table ``ip_asn``: one lookup per distinct (day, address) of the store."""
+def _load_asns(con: Any, netinfo: Netinfo | None) -> list[str]:
+    """Table ``ip_asn``: one lookup per distinct (day, address) of the store; the datasets used."""
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE ip_asn (day DATE, ip VARCHAR, asn INTEGER, as_org VARCHAR)"
+        "CREATE OR REPLACE TEMP TABLE ip_asn "
+        "(day DATE, ip VARCHAR, asn INTEGER, as_org VARCHAR, dataset VARCHAR)"
     )
-    if mmdb is None:
-        return
-    from wallwatch.analysis.netinfo import NetinfoDB
-
+    if netinfo is None:
+        return []
     pairs = con.execute(
         "SELECT DISTINCT CAST(substr(m.measurement_start_time, 1, 10) AS DATE), "
         "lower(coalesce(a.ipv4, a.ipv6)) FROM answers a JOIN measurements m "
         "ON m.measurement_uid = a.measurement_uid WHERE coalesce(a.ipv4, a.ipv6) IS NOT NULL"
     ).fetchall()
-    netinfo = NetinfoDB(mmdb)
-    try:
-        rows = netinfo.rows(pairs)
-    finally:
-        netinfo.close()
-    with tempfile.NamedTemporaryFile("w", suffix=".csv", newline="", delete=False) as handle:
-        csv.writer(handle).writerows(rows)
-        name = handle.name
-    try:
-        con.execute(
-            f"INSERT INTO ip_asn SELECT * FROM read_csv({sql_literal(name)}, header=false, "
-            "columns={'day': 'DATE', 'ip': 'VARCHAR', 'asn': 'INTEGER', 'as_org': 'VARCHAR'})"
-        )
-    finally:
-        Path(name).unlink()
+    rows = netinfo.rows(pairs)
+    if rows:
+        with tempfile.NamedTemporaryFile("w", suffix=".csv", newline="", delete=False) as handle:
+            csv.writer(handle).writerows(rows)
+            name = handle.name
+        try:
+            con.execute(
+                f"INSERT INTO ip_asn SELECT * FROM read_csv({sql_literal(name)}, header=false, "
+                "columns={'day': 'DATE', 'ip': 'VARCHAR', 'asn': 'INTEGER', 'as_org': 'VARCHAR', "
+                "'dataset': 'VARCHAR'})"
+            )
+        finally:
+            Path(name).unlink()
+    return list(netinfo.datasets)

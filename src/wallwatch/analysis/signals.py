@@ -19,9 +19,13 @@ columns the rules read:
   more than 1 off the path's baseline -- Hold-On's two tests, with the baseline
   learned from this dataset's control-matching replies per (vantage, resolver);
 * ``s_bogon``: a private, loopback, link-local, multicast or reserved address;
-* ``s_asn_match``: an answer's origin AS is among the control's, as of the day (offline
-  MMDB snapshots, :mod:`.netinfo`; empty without ``--mmdb``): CDNs and GeoDNS answer
-  differently but from the same AS (OONI ``dns_consistency``; Iris).
+* ``s_asn_match``: an answer's origin AS is among the control's, as of the day (the
+  bundled table, or dated MMDB snapshots first, :mod:`.netinfo`): CDNs and GeoDNS answer
+  differently but from the same AS (OONI ``dns_consistency`` [ooni-ts017]; [iris-2017]);
+* ``s_unrelated_platform``: an answer in the AS of a large platform (Facebook, Twitter,
+  Dropbox; ``data/platforms.toml``) for a name outside that platform's domains -- the
+  firewall's published forged-pool behaviour ([triplet-2021], [wallbleed-2025]), which
+  needs no control to see.
 """
 
 from __future__ import annotations
@@ -140,6 +144,20 @@ STEPS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        # Answers in a large platform's AS for a name that is not the platform's.
+        "reply_platform",
+        """
+        SELECT b.measurement_uid, b.response_index, list(DISTINCT p.platform) AS platforms
+        FROM (SELECT measurement_uid, response_index, day, lower(hostname) AS hostname,
+                     unnest(ips) AS ip FROM reply_base) b
+        JOIN ip_asn n ON n.day = b.day AND n.ip = b.ip
+        JOIN platforms p ON p.asn = n.asn
+        WHERE len(list_filter(p.domains,
+                  lambda d: b.hostname = d OR ends_with(b.hostname, '.' || d))) = 0
+        GROUP BY ALL
+        """,
+    ),
+    (
         # Flags per distinct address: addresses repeat across replies (a forged pool is
         # small), so the pattern matching runs once per address, not once per reply.
         "ip_flags",
@@ -183,13 +201,18 @@ STEPS: tuple[tuple[str, str], ...] = (
                coalesce(f.s_forged_pool, false) AS s_forged_pool,
                coalesce(f.s_nx_redirect, false) AS s_nx_redirect,
                coalesce(f.s_bogon, false) AS s_bogon,
-               coalesce(len(list_intersect(ra.asns, ca.asns)) > 0, false) AS s_asn_match
+               coalesce(len(list_intersect(ra.asns, ca.asns)) > 0, false) AS s_asn_match,
+               coalesce(len(rp.platforms) > 0, false) AS s_unrelated_platform,
+               coalesce(rp.platforms, []) AS unrelated_platforms,
+               coalesce(ra.asns, []) AS answer_asns
         FROM reply_base b
         LEFT JOIN known_flags f ON f.measurement_uid = b.measurement_uid
              AND f.response_index IS NOT DISTINCT FROM b.response_index
         LEFT JOIN reply_asn ra ON ra.measurement_uid = b.measurement_uid
              AND ra.response_index IS NOT DISTINCT FROM b.response_index
         LEFT JOIN control_asn ca ON ca.hostname = b.hostname AND ca.query_type = b.query_type
+        LEFT JOIN reply_platform rp ON rp.measurement_uid = b.measurement_uid
+             AND rp.response_index IS NOT DISTINCT FROM b.response_index
         """,
     ),
     (

@@ -10,13 +10,14 @@ the 24 minutes of 21 January 2014 replay in 24 seconds. Shipped scenarios live i
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from wallwatch.paths import shared_data
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +78,6 @@ class Scenario:
                     if ":" not in address:
                         seen[address] = None
         return list(seen)
-
-
-def shared_data() -> Path:
-    """Where third-party data lives: ``$WALLWATCH_SHARED_DATA``, else ``../shared/data``."""
-    env = os.environ.get("WALLWATCH_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 def _lines(relative: str, every: int = 1) -> list[str]:

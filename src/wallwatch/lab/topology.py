@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from wallwatch.lab import netns, zones
-from wallwatch.lab.scenario import Scenario, shared_data
+from wallwatch.lab.scenario import Scenario
 from wallwatch.names import QueryName, parse_lines
+from wallwatch.paths import shared_data
 
 INSIDE_PREFIX = "10.10.0.0/16"
 BORDER_IN = "10.10.0.1"
