@@ -1,5 +1,58 @@
-"""wallwatch: detect, measure and prove DNS tampering by national firewalls."""
+"""wallwatch: detect, measure and prove DNS tampering by national firewalls.
+
+The public API is small on purpose (httpx's ``__init__`` is the model) and pinned by
+``tests/test_api.py``; ``docs/python-api.md`` shows it in use::
+
+    import wallwatch as ww
+    ms = ww.probe(["www.google.com"], ["8.8.8.8", "dark:203.0.113.7"], control="tcp:9.9.9.9")
+    result = ww.analyze(ms)
+    for row in result.attribution_rows():
+        print(row.hostname, row.attribution, row.reasons)
+
+The lower-level halves stay public in their modules (dnspython's habit):
+``wallwatch.probe.engine.Prober``, ``wallwatch.store``, ``wallwatch.analysis.rules``...
+"""
+
+from wallwatch._api import (
+    Analysis,
+    NameAttribution,
+    ReplyVerdict,
+    analyze,
+    detect,
+    explain,
+    locate,
+    netinfo,
+    probe,
+    read,
+)
+from wallwatch.analysis.netinfo import AddressInfo
+from wallwatch.records import Answer, InputError, Measurement, Response, Stray
+from wallwatch.vocab import Attribution, Engine, Evidence, Failure, Outcome, TargetKind
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "AddressInfo",
+    "Analysis",
+    "Answer",
+    "Attribution",
+    "Engine",
+    "Evidence",
+    "Failure",
+    "InputError",
+    "Measurement",
+    "NameAttribution",
+    "Outcome",
+    "ReplyVerdict",
+    "Response",
+    "Stray",
+    "TargetKind",
+    "__version__",
+    "analyze",
+    "detect",
+    "explain",
+    "locate",
+    "netinfo",
+    "probe",
+    "read",
+]

@@ -186,48 +186,59 @@ def ingest(
     finds lines that are not wallwatch records, does :func:`validate` read them again to
     name the first bad file and line (the error is then a ``ValueError``).
     """
-    duckdb = _duckdb()
-    con = duckdb.connect(str(db))
-    con.execute("SET enable_progress_bar = false")  # stderr belongs to wallwatch's own messages
-    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con = connect(db)
     try:
-        before = _counts(con)
-        columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
-        files = "[" + ", ".join(sql_literal(str(p)) for p in paths) + "]"
-        try:
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE staged AS SELECT * FROM read_json({files}, "
-                f"format='newline_delimited', columns={columns})"
-            )
-        except duckdb.Error as exc:
-            validate(paths)  # raises, naming the file and line, when it can
-            raise ValueError(f"{', '.join(map(str, paths))}: {exc}") from None
-        kinds = ", ".join(f"'{t.value}'" for t in RecordType)
-        records, strange = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE record_type IS NULL OR record_type NOT IN "
-            f"({kinds}) OR schema_version IS DISTINCT FROM {SCHEMA_VERSION}) FROM staged"
-        ).fetchone()
-        if strange:
-            validate(paths)
-            raise ValueError(
-                f"{', '.join(map(str, paths))}: {strange} lines are not wallwatch records"
-            )
-        con.execute(
-            "DELETE FROM staged WHERE record_type = 'measurement' AND measurement_uid IN "
-            "(SELECT measurement_uid FROM measurements)"
-            if "measurements" in _tables(con)
-            else "SELECT 1"
-        )
-        for table, query in TABLES.items():
-            if table in _tables(con):
-                con.execute(f"INSERT INTO {table} BY NAME {query}")
-            else:
-                con.execute(f"CREATE TABLE {table} AS {query}")
-        after = _counts(con)
+        report = ingest_into(con, paths)
         if parquet_dir is not None:
             export_parquet(con, parquet_dir)
     finally:
         con.close()
+    return report
+
+
+def connect(db: str | Path = ":memory:", *, read_only: bool = False) -> Any:
+    """A DuckDB connection set up as wallwatch uses it (quiet, memory-capped)."""
+    con = _duckdb().connect(str(db), read_only=read_only)
+    con.execute("SET enable_progress_bar = false")  # stderr belongs to wallwatch's own messages
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    return con
+
+
+def ingest_into(con: Any, paths: Sequence[str | Path]) -> IngestReport:
+    """:func:`ingest` on an open connection (an in-memory store of the Python API too)."""
+    duckdb = _duckdb()
+    before = _counts(con)
+    columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
+    files = "[" + ", ".join(sql_literal(str(p)) for p in paths) + "]"
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE staged AS SELECT * FROM read_json({files}, "
+            f"format='newline_delimited', columns={columns})"
+        )
+    except duckdb.Error as exc:
+        validate(paths)  # raises, naming the file and line, when it can
+        raise ValueError(f"{', '.join(map(str, paths))}: {exc}") from None
+    kinds = ", ".join(f"'{t.value}'" for t in RecordType)
+    records, strange = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE record_type IS NULL OR record_type NOT IN "
+        f"({kinds}) OR schema_version IS DISTINCT FROM {SCHEMA_VERSION}) FROM staged"
+    ).fetchone()
+    if strange:
+        validate(paths)
+        raise ValueError(f"{', '.join(map(str, paths))}: {strange} lines are not wallwatch records")
+    con.execute(
+        "DELETE FROM staged WHERE record_type = 'measurement' AND measurement_uid IN "
+        "(SELECT measurement_uid FROM measurements)"
+        if "measurements" in _tables(con)
+        else "SELECT 1"
+    )
+    for table, query in TABLES.items():
+        if table in _tables(con):
+            con.execute(f"INSERT INTO {table} BY NAME {query}")
+        else:
+            con.execute(f"CREATE TABLE {table} AS {query}")
+    con.execute("DROP TABLE staged")
+    after = _counts(con)
     return IngestReport(
         files=len(paths),
         records=int(records),
