@@ -201,7 +201,7 @@ def _poisoned_cache_dataset(serve, tmp_path: Path, *, with_raced_path: bool) -> 
 
 @pytest.mark.parametrize(
     ("with_raced_path", "expected"),
-    [(True, "injected.forged_pool"), (False, "resolver.tampered")],
+    [(True, "injected.forged_pool"), (False, "injected.unrelated_platform")],
 )
 def test_a_poisoned_cache_is_named_by_an_address_the_injector_was_caught_using(
     serve,

@@ -154,8 +154,11 @@ def test_a_satellite_file_given_as_ooni_and_a_wrong_directory_say_what_they_are(
         ValueError, match=r"results.json:1: not an OONI measurement: this looks like Censored"
     ):
         list(ooni.read(results))
-    result = CliRunner().invoke(main, ["import", "satellite", str(tmp_path)])
-    assert result.exit_code != 0 and "not a Satellite scan" in result.output
+    result = CliRunner().invoke(
+        main, ["import", "satellite", str(tmp_path), "-o", str(tmp_path / "out.jsonl")]
+    )
+    assert result.exit_code == 1 and "not a Satellite scan" in result.output
+    assert "nothing was imported" in result.output
 
 
 @needs_data
@@ -253,3 +256,79 @@ def test_export_ooni_round_trips_every_reply(serve, tmp_path: Path) -> None:  # 
     assert len(line["data"]["wallwatch"]["replies"]) == 2
     export(files, ExportFormat.PARQUET, tmp_path / "pq")
     assert (tmp_path / "pq" / "responses.parquet").exists()
+
+
+# -- importers that never lose a file ------------------------------------------------
+
+REAL = DATA / "ooni/real/backend-fastpath/bug_351.json"
+
+
+def _import(tmp_path: Path, *files: Path) -> tuple[int, str, list[Measurement]]:
+    out = tmp_path / "out.jsonl"
+    out.unlink(missing_ok=True)
+    result = CliRunner().invoke(main, ["import", "ooni", *map(str, files), "-o", str(out)])
+    got = [r for r in read_records(out) if isinstance(r, Measurement)] if out.exists() else []
+    return result.exit_code, result.output, got
+
+
+@needs_data
+def test_commented_json_and_test_keys_alone_are_read(tmp_path: Path) -> None:
+    text = REAL.read_text()
+    commented = tmp_path / "measurement.jsonc"
+    commented.write_text("// Test data, as OONI's probe-cli keeps it.\n"
+                         + text.replace("{", '{ /* a "quoted" comment */', 1) + "\n// end\n")  # fmt: skip
+    code, output, got = _import(tmp_path, commented)
+    plain = list(ooni.read(REAL))
+    assert code == 0 and [m.measurement_uid for m in got] == [m.measurement_uid for m in plain]
+    keys_only = tmp_path / "test_keys.json"
+    keys_only.write_text(json.dumps(json.loads(text)["test_keys"], indent=2))
+    code, output, got = _import(tmp_path, keys_only)
+    assert code == 0 and {m.hostname for m in got} == {m.hostname for m in plain}
+
+
+@needs_data
+def test_a_truncated_gzip_is_named_and_the_good_files_beside_it_imported(tmp_path: Path) -> None:
+    whole = gzip.compress((REAL.read_text().strip() + "\n").encode() * 3)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    code, output, got = _import(tmp_path, cut, REAL)
+    assert code == 0
+    assert "cut.jsonl.gz:" in output and "could not be read" in output
+    assert "import ooni: 2 file(s)" in output and "1 unreadable file" in output
+    assert {m.hostname for m in got}  # the good file's measurements are there
+
+
+@needs_data
+def test_only_unreadable_files_exit_non_zero_with_a_summary(tmp_path: Path) -> None:
+    pretty = json.dumps(json.loads(REAL.read_text()), indent=2)
+    cut = tmp_path / "cut.json"
+    cut.write_text(pretty[: len(pretty) // 2])
+    junk = tmp_path / "junk.json"
+    junk.write_text("this is not json\n")
+    code, output, got = _import(tmp_path, cut, junk)
+    where = pretty[: len(pretty) // 2].rstrip().count("\n") + 1
+    assert code == 1 and not got
+    assert f"cut.json:{where}: skipped: the document was cut at line {where}" in output
+    assert "import ooni: 2 file(s), 0 document(s)" in output and "nothing was imported" in output
+
+
+@needs_data
+def test_satellite_retries_are_one_measurement_with_ooni_failures(tmp_path: Path) -> None:
+    scan = DATA / "censoredplanet/e2e_test_data/Satellitev2_2021-04-25"
+    found = {m.hostname: m for m in satellite.read(scan) if m.target_kind == "resolver"}
+    mainichi = found["www.mainichi.co.jp"]  # rcodes -1, -1, 0: two timeouts, then an answer
+    assert mainichi.attempts == 3 and len(mainichi.responses) == 1
+    assert mainichi.responses[0].attempt == 2 and mainichi.failure is None
+    assert found["www.unwatch.org"].failure == "generic_timeout_error"
+    assert satellite.failure_of(2, None) == "dns_servfail_error"
+    assert satellite.failure_of(3, None) == "dns_nxdomain_error"
+    assert satellite.failure_of(5, None) == "dns_refused_error"
+    assert satellite.failure_of(None, "read udp: connection refused") == "connection_refused"
+    # IDs come from what was measured: a renamed copy of the scan gives the same ones.
+    copy = tmp_path / "renamed-scan"
+    copy.mkdir()
+    for f in scan.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    assert sorted(m.measurement_uid for m in satellite.read(copy)) == sorted(
+        m.measurement_uid for m in satellite.read(scan)
+    )

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from wallwatch import __version__
@@ -388,7 +389,7 @@ def analyze(
         raise click.ClickException(f"{db}: analysis failed: {exc}") from None
     err.print(
         f"{summary.replies} replies judged (rules v{summary.rules_version}, pools "
-        f"{summary.pools_version}): "
+        f"{summary.pools_version}, netinfo {'; '.join(summary.netinfo_versions) or 'none'}): "
         + ", ".join(f"{count} {name}" for name, count in sorted(summary.attributions.items())),
         highlight=False,
     )
@@ -405,6 +406,7 @@ def import_() -> None:
 
 
 def _import_run(records: Any, output: str, summary: Any, what: str) -> None:
+    """Write the records; always print the summary; exit 1 when nothing at all was imported."""
     from wallwatch.journal import Journal
     from wallwatch.records import InputError
 
@@ -415,11 +417,14 @@ def _import_run(records: Any, output: str, summary: Any, what: str) -> None:
             journal.write(record)
             if isinstance(record, InputError):
                 # One line per skip, never wrapped: people grep for file:line.
-                err.print(f"[yellow]{record.source}:{record.line}: skipped: {record.error}[/]",
-                          highlight=False, soft_wrap=True)  # fmt: skip
+                err.print(f"[yellow]{escape(record.source)}:{record.line}: skipped: "
+                          f"{escape(record.error)}[/]", highlight=False, soft_wrap=True)  # fmt: skip
     finally:
         journal.close()
-    err.print(f"import {what}: {summary.line()}", highlight=False, soft_wrap=True)
+        err.print(f"import {what}: {summary.line()}", highlight=False, soft_wrap=True)
+    if summary.measurements == 0:
+        err.print(f"import {what}: nothing was imported", highlight=False)
+        sys.exit(1)
 
 
 @import_.command("ooni")
@@ -450,11 +455,6 @@ def import_satellite(directories: tuple[str, ...], output: str) -> None:
     from wallwatch.interop.summary import ImportSummary
 
     summary = ImportSummary()
-    try:
-        for d in directories:
-            satellite.version(Path(d))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
     _import_run(chain.from_iterable(satellite.read_records(d, summary) for d in directories),
                 output, summary, "satellite")  # fmt: skip
 
@@ -662,6 +662,45 @@ def explain(uid: str, db: str) -> None:
         click.echo(run_explain(db, uid), nl=False)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("addresses", nargs=-1, required=True)
+@mmdb_option
+@click.option("--day", default=None, metavar="YYYY-MM-DD",
+              help="Look up as of this day (picks the MMDB snapshot; default today).")  # fmt: skip
+@click.option("--json", "as_json_out", is_flag=True, help="One JSON object per address.")
+def netinfo(
+    addresses: tuple[str, ...], mmdb: str | None, day: str | None, as_json_out: bool
+) -> None:
+    """Origin AS, organisation and prefix of each ADDRESS, and the dataset that says so."""
+    import ipaddress
+    import json
+    from datetime import date
+
+    from wallwatch import _api
+
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise click.BadParameter(
+                f"{address!r} is not an IP address", param_hint="ADDRESS"
+            ) from None
+    try:
+        when = date.fromisoformat(day) if day else None
+        found = _api.netinfo(*addresses, day=when, mmdb=mmdb)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    for info in found:
+        if as_json_out:
+            click.echo(json.dumps(info._asdict()))
+        elif info.asn is None:
+            click.echo(f"{info.address}\tno origin AS (unrouted, private or reserved)")
+        else:
+            click.echo(f"{info.address}\tAS{info.asn}\t{info.org}\t{info.prefix}\t{info.dataset}")
 
 
 @main.group()

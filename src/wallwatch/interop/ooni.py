@@ -36,6 +36,8 @@ import binascii
 import gzip
 import hashlib
 import ipaddress
+import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, cast
@@ -148,20 +150,86 @@ def _open(path: Path) -> IO[bytes]:
     return open(path, "rb")  # noqa: SIM115
 
 
+class Unreadable(ValueError):
+    """The file itself could not be read on (a truncated or corrupt gzip stream)."""
+
+    def __init__(self, line: int, error: str) -> None:
+        super().__init__(error)
+        self.line = line
+
+
 def documents(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line, raw JSON) of each document: JSON lines, or one pretty-printed document."""
-    with _open(path) as handle:
-        first = handle.readline()
-        stripped = first.strip()
-        single = stripped.startswith(b"{") and not _complete(stripped)
-        if single:
-            yield 1, first + handle.read()
-            return
-        if stripped:
-            yield 1, first
-        for number, line in enumerate(handle, start=2):
-            if line.strip():
-                yield number, line
+    """(line, raw JSON) of each document: JSON lines, or one pretty-printed document.
+
+    A document that starts with a comment (``//`` or ``/*``, the ``.jsonc`` form OONI's
+    probe-cli keeps test data in) is read as one commented document. A gzip stream that
+    ends early or is corrupt raises :class:`Unreadable` after the documents before it.
+    """
+    number = 0
+    try:
+        with _open(path) as handle:
+            first = handle.readline()
+            number = 1
+            stripped = first.strip()
+            commented = stripped.startswith((b"//", b"/*"))
+            single = commented or (stripped.startswith(b"{") and not _complete(stripped))
+            if single:
+                yield 1, first + handle.read()
+                return
+            if stripped:
+                yield 1, first
+            for number, line in enumerate(handle, start=2):
+                if line.strip():
+                    yield number, line
+    except (EOFError, OSError, zlib.error) as exc:
+        raise Unreadable(
+            number + 1, f"the file could not be read past line {number}: {exc}"
+        ) from None
+
+
+def strip_comments(text: bytes) -> bytes:
+    """JSON without ``//`` and ``/* */`` comments (outside strings); line breaks are kept,
+    so an error's line number still points into the file as written."""
+    out = bytearray()
+    i, n, in_string = 0, len(text), False
+    while i < n:
+        c = text[i]
+        if in_string:
+            out.append(c)
+            if c == 0x5C and i + 1 < n:  # backslash: keep the escaped byte
+                out.append(text[i + 1])
+                i += 2
+                continue
+            if c == 0x22:
+                in_string = False
+            i += 1
+        elif c == 0x22:
+            in_string = True
+            out.append(c)
+            i += 1
+        elif text.startswith(b"//", i):
+            end = text.find(b"\n", i)
+            i = n if end < 0 else end
+        elif text.startswith(b"/*", i):
+            end = text.find(b"*/", i + 2)
+            chunk = text[i : n if end < 0 else end + 2]
+            out += b"\n" * chunk.count(b"\n")
+            i = n if end < 0 else end + 2
+        else:
+            out.append(c)
+            i += 1
+    return bytes(out)
+
+
+def _where(raw: bytes, start: int, exc: Exception) -> int:
+    """The file line a decode error points at, for a multi-line document starting at ``start``."""
+    if b"\n" not in raw.rstrip():
+        return start
+    found = re.search(r"byte (\d+)", str(exc))
+    if found:
+        return start + raw[: int(found.group(1))].count(b"\n")
+    # "truncated": the document was cut at its last line.
+    return start + raw.rstrip().count(b"\n")
 
 
 def _complete(line: bytes) -> bool:
@@ -179,22 +247,49 @@ def read_records(
     path = Path(path)
     summary = summary if summary is not None else ImportSummary()
     summary.files += 1
-    for number, raw in documents(path):
-        try:
-            doc = _decode(raw)
-            doc = _unwrap(doc)
-            made = list(_measurements(doc, str(path), number))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            yield summary.skip(
-                "ooni", str(path), number, "not JSON of an OONI measurement", str(exc), raw
-            )
-            continue
-        except ValueError as exc:
-            yield summary.skip("ooni", str(path), number, str(exc).split(":")[0], str(exc), raw)
-            continue
-        summary.documents += 1
-        summary.measurements += len(made)
-        yield from made
+    try:
+        for number, raw in documents(path):
+            try:
+                doc = _document(raw)
+                # Without OONI's own ID, the ID derives from the content (a renamed or
+                # moved file gives the same IDs, so a store never doubles it).
+                made = list(_measurements(doc, str(path), number,
+                                          hashlib.blake2b(raw, digest_size=8).hexdigest()))  # fmt: skip
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                where = _where(raw, number, exc)
+                cut = "truncated" in str(exc)
+                reason = "truncated document" if cut else "not JSON of an OONI measurement"
+                error = f"the document was cut at line {where}: {exc}" if cut else str(exc)
+                yield summary.skip("ooni", str(path), where, reason, error, raw)
+                continue
+            except ValueError as exc:
+                yield summary.skip("ooni", str(path), number, str(exc).split(":")[0], str(exc), raw)
+                continue
+            summary.documents += 1
+            summary.measurements += len(made)
+            yield from made
+    except Unreadable as exc:
+        yield summary.skip("ooni", str(path), exc.line, "unreadable file", str(exc))
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        yield summary.skip("ooni", str(path), 0, "unreadable file", f"cannot open: {exc.strerror}")
+
+
+def _document(raw: bytes) -> ODoc:
+    """One OONI document: plain, commented (.jsonc), an API envelope, or test_keys alone."""
+    try:
+        doc = _decode(raw)
+    except msgspec.DecodeError:
+        cleaned = strip_comments(raw)
+        if cleaned == raw:
+            raise
+        raw = cleaned
+        doc = _decode(raw)
+    if doc.test_name is None and doc.test_keys is None and not (doc.body or doc.raw_measurement):
+        keys = _decode_keys(raw)
+        if keys.queries or keys.control or keys.pings or keys.lookups:
+            # A test_keys object on its own (probe-cli keeps test data this way).
+            return ODoc(test_keys=keys)
+    return _unwrap(doc)
 
 
 def read(path: str | Path) -> Iterator[Measurement]:
@@ -232,7 +327,7 @@ def _keys(doc: ODoc) -> OTestKeys:
     return keys or OTestKeys()
 
 
-def _measurements(doc: ODoc, source: str, line: int) -> Iterator[Measurement]:
+def _measurements(doc: ODoc, source: str, line: int, content_id: str) -> Iterator[Measurement]:
     name = doc.test_name or "?"
     version = doc.test_version or "?"
     prefixes = SUPPORTED.get(name)
@@ -244,9 +339,14 @@ def _measurements(doc: ODoc, source: str, line: int) -> Iterator[Measurement]:
         raise ValueError(f"unknown test version: {name} {version} (read: "
                          f"{', '.join(p + 'x' for p in prefixes)})")  # fmt: skip
     start = (doc.measurement_start_time or "1970-01-01 00:00:00").replace("T", " ").rstrip("Z")[:19]
-    uid = (
-        doc.measurement_uid
-        or hashlib.blake2b(f"{source}|{line}".encode(), digest_size=8).hexdigest()
+    # OONI names a measurement by its report and input; without its own measurement_uid
+    # the ID derives from those (or from the bytes when even they are missing), never
+    # from the file's path, so a renamed or reformatted file gives the same IDs.
+    identity = (doc.report_id, doc.measurement_start_time, doc.test_name, str(doc.input))
+    uid = doc.measurement_uid or (
+        hashlib.blake2b("|".join(map(str, identity)).encode(), digest_size=8).hexdigest()
+        if doc.report_id
+        else content_id
     )
     base: dict[str, Any] = dict(
         schema_version=records.SCHEMA_VERSION, report_id=doc.report_id or Path(source).stem,

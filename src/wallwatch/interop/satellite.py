@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from wallwatch import records
 from wallwatch.interop.summary import ImportSummary
@@ -56,22 +56,57 @@ def _answers(addresses: list[str]) -> tuple[Answer, ...]:
                         a if ":" in a else None) for a in addresses)  # fmt: skip
 
 
-def _measurement(*, source: str, index: int, vp: str, hostname: str, kind: TargetKind,
-                 addresses: list[str], rcode: int | None, start: str, country: str,
+#: Satellite's RCODEs as OONI's failure strings (the vocabulary every importer shares).
+_RCODE_FAILURES = {2: Failure.DNS_SERVFAIL, 3: Failure.DNS_NXDOMAIN, 5: Failure.DNS_REFUSED}
+
+
+def failure_of(rcode: int | None, error: str | None) -> Failure | None:
+    """OONI's failure string for one Satellite attempt (None: a usable NOERROR reply)."""
+    text = (error or "").lower()
+    if rcode is None or rcode < 0:
+        if "refused" in text:
+            return Failure.CONNECTION_REFUSED
+        if "unreachable" in text:
+            return Failure.HOST_UNREACHABLE
+        return Failure.GENERIC_TIMEOUT
+    if rcode == 0:
+        return None
+    return _RCODE_FAILURES.get(rcode, Failure.DNS_SERVER_MISBEHAVING)
+
+
+class Attempt(NamedTuple):
+    """One query of Satellite's retries: its RCODE (None: no reply), addresses, error, time."""
+
+    rcode: int | None
+    addresses: list[str]
+    error: str | None = None
+
+
+def _measurement(*, source: str, vp: str, hostname: str, kind: TargetKind,
+                 attempts: list[Attempt], start: str, country: str,
                  notes: dict[str, str]) -> Measurement:  # fmt: skip
-    responses: tuple[Response, ...] = ()
-    if rcode is not None and rcode >= 0:
-        responses = (Response(t=0.0, rtt=0.0, src=vp, sport=53, ip_ttl=None, raw_response="",
-                              rcode=rcode, ancount=len(addresses), answers=_answers(addresses)),)  # fmt: skip
+    """One query with its retries: every attempt that drew a reply is one of its responses.
+
+    The ID derives from what was measured (vantage, resolver, name, time, kind), not from
+    the file's path, so a renamed or moved scan directory gives the same IDs.
+    """
+    responses = tuple(
+        Response(t=0.0, rtt=0.0, src=vp, sport=53, ip_ttl=None, raw_response="", rcode=a.rcode,
+                 ancount=len(a.addresses), answers=_answers(a.addresses), attempt=i)
+        for i, a in enumerate(attempts) if a.rcode is not None and a.rcode >= 0
+    )  # fmt: skip
+    # As OONI: the failure of the first reply, or of the last attempt when none replied.
+    first = next((a for a in attempts if a.rcode is not None and a.rcode >= 0), None)
+    last = attempts[-1] if attempts else Attempt(None, [], None)
+    failure = failure_of(first.rcode, first.error) if first else failure_of(None, last.error)
+    uid = hashlib.blake2b(f"{vp}|{hostname}|{start}|{kind.value}".encode(), digest_size=8)
     return Measurement(
-        schema_version=records.SCHEMA_VERSION,
-        measurement_uid=hashlib.blake2b(f"{source}|{index}".encode(), digest_size=8).hexdigest(),
+        schema_version=records.SCHEMA_VERSION, measurement_uid=uid.hexdigest(),
         report_id=Path(source).parent.name, measurement_start_time=start,
         vantage=f"satellite/{country}", hostname=hostname.rstrip("."), query_type="A",
         engine=Engine.UDP, resolver_address=f"{vp}:53", target_kind=kind, transaction_id=0,
         source_port=0, t0=0.0, t=0.0, edns_payload=None, responses=responses,
-        failure=None if responses else Failure.GENERIC_TIMEOUT,
-        annotations={"source": f"{source}:{index + 1}", **notes},
+        failure=failure, attempts=max(1, len(attempts)), annotations={"source": source, **notes},
     )  # fmt: skip
 
 
@@ -101,7 +136,12 @@ def read_records(
     """Measurements of a Satellite scan directory, and an ``input_error`` per line skipped."""
     folder = Path(directory)
     summary = summary if summary is not None else ImportSummary()
-    kind = version(folder)
+    try:
+        kind = version(folder)
+    except (ValueError, OSError) as exc:
+        # One bad directory is named and skipped; the others are still read.
+        yield summary.skip("satellite", str(folder), 0, "not a Satellite scan", str(exc))
+        return
     found = _DATE.search(folder.name)
     day = f"{found.group(1)} 00:00:00" if found else "1970-01-01 00:00:00"
     if kind == "v1":
@@ -172,9 +212,10 @@ def _v1(line: dict[str, Any], index: int, source: str, day: str, countries: dict
     tags = answers if isinstance(answers, dict) else {}
     notes = {"satellite": "v1", "passed": str(line.get("passed")),
              "matched": json.dumps({ip: t for ip, t in tags.items()})}  # fmt: skip
-    yield _measurement(source=source, index=index, vp=str(line["resolver"]), hostname=str(line["query"]),
-                       kind=kind, addresses=addresses, rcode=rcode, start=day,
-                       country=countries.get(str(line["resolver"]), "ZZ"), notes=notes)  # fmt: skip
+    yield _measurement(source=f"{source}:{index + 1}", vp=str(line["resolver"]),
+                       hostname=str(line["query"]), kind=kind,
+                       attempts=[Attempt(rcode, addresses, str(line.get("error") or "") or None)],
+                       start=day, country=countries.get(str(line["resolver"]), "ZZ"), notes=notes)  # fmt: skip
 
 
 def _v2(line: dict[str, Any], index: int, source: str) -> Iterator[Measurement]:
@@ -184,43 +225,64 @@ def _v2(line: dict[str, Any], index: int, source: str) -> Iterator[Measurement]:
              "confidence": str((line.get("confidence") or {}).get("average"))}  # fmt: skip
     if isinstance(response, dict):  # v2.1
         rcodes = [int(r) for r in response.get("rcode", [])]
+        errors = [str(e) for e in response.get("error", [])]
         addresses = [k for k in response if k not in ("rcode", "error")]
         matched = {k: v for k, v in response.items() if k not in ("rcode", "error")}
-        yield _measurement(source=source, index=index, vp=str(line["vp"]), hostname=str(line["test_url"]),
-                           kind=TargetKind.RESOLVER, addresses=addresses,
-                           rcode=rcodes[-1] if rcodes else None, start=_time(str(line["start_time"])),
-                           country=country, notes={"satellite": "v2.1", **notes,
-                                                   "matched": json.dumps(matched)})  # fmt: skip
+        # The addresses belong to the last attempt (the one with an answer); the earlier
+        # RCODEs are the retries (-1: no reply), with their errors in order.
+        tries = [Attempt(None if r < 0 else r, [], errors.pop(0) if r < 0 and errors else None)
+                 for r in rcodes[:-1]]  # fmt: skip
+        if rcodes:
+            tries.append(Attempt(None if rcodes[-1] < 0 else rcodes[-1], addresses,
+                                 errors[0] if rcodes[-1] < 0 and errors else None))  # fmt: skip
+        yield _measurement(source=f"{source}:{index + 1}", vp=str(line["vp"]),
+                           hostname=str(line["test_url"]), kind=TargetKind.RESOLVER, attempts=tries,
+                           start=_time(str(line["start_time"])), country=country,
+                           notes={"satellite": "v2.1", **notes, "matched": json.dumps(matched)})  # fmt: skip
         return
     if not isinstance(response, list):
         raise ValueError("response is neither an object (v2.1) nor a list (v2.2)")
+    attempts: list[Attempt] = []
+    tags: dict[str, Any] = {}
+    start = _time(str(line["start_time"]))
     for entry in response:  # v2.2: the test domain's queries (others are liveness checks)
         if entry.get("url") != line["test_url"]:
             continue
         answers = entry.get("response") or {}
-        matched = (
-            {ip: (tags or {}).get("matched") for ip, tags in answers.items()}
-            if isinstance(answers, dict)
-            else {}
-        )
+        if isinstance(answers, dict):
+            tags.update({ip: (t or {}).get("matched") for ip, t in answers.items()})
         addresses = list(answers) if isinstance(answers, dict) else [str(a) for a in answers]
-        rcode = int(entry.get("rcode", -1))
-        if entry.get("error") not in (None, "null", "") and not addresses:
-            rcode = -1
-        start = _time(str(entry.get("start_time") or line["start_time"]))
-        yield _measurement(source=source, index=index, vp=str(line["vp"]), hostname=str(line["test_url"]),
-                           kind=TargetKind.RESOLVER, addresses=addresses, rcode=rcode, start=start,
-                           country=country, notes={"satellite": "v2.2", **notes,
-                                                   "matched": json.dumps(matched)})  # fmt: skip
+        rcode: int | None = int(entry.get("rcode", -1))
+        error = entry.get("error")
+        error = None if error in (None, "null", "") else str(error)
+        if (rcode is not None and rcode < 0) or (error and not addresses):
+            rcode = None
+        if not attempts:
+            start = _time(str(entry.get("start_time") or line["start_time"]))
+        attempts.append(Attempt(rcode, addresses, error))
+    if attempts:
+        # Satellite retries a query up to four times: one measurement with its attempts.
+        yield _measurement(source=f"{source}:{index + 1}", vp=str(line["vp"]),
+                           hostname=str(line["test_url"]), kind=TargetKind.RESOLVER,
+                           attempts=attempts, start=start, country=country,
+                           notes={"satellite": "v2.2", **notes, "matched": json.dumps(tags)})  # fmt: skip
 
 
 def _v2_control(line: dict[str, Any], index: int, source: str) -> Iterator[Measurement]:
+    tries = []
+    start = line.get("start_time")
     for entry in line.get("response") or []:
         if entry.get("url") != line.get("test_url"):
             continue
         answers = entry.get("response") or []
         addresses = list(answers) if isinstance(answers, dict) else [str(a) for a in answers]
-        yield _measurement(source=source, index=index, vp=str(line["vp"]), hostname=str(line["test_url"]),
-                           kind=TargetKind.CONTROL, addresses=addresses, rcode=int(entry.get("rcode", -1)),
-                           start=_time(str(entry.get("start_time") or line.get("start_time"))),
-                           country="control", notes={"satellite": "control"})  # fmt: skip
+        rcode = int(entry.get("rcode", -1))
+        error = entry.get("error")
+        start = start or entry.get("start_time")
+        tries.append(Attempt(None if rcode < 0 else rcode, addresses,
+                             None if error in (None, "null", "") else str(error)))  # fmt: skip
+    if tries:
+        yield _measurement(source=f"{source}:{index + 1}", vp=str(line["vp"]),
+                           hostname=str(line["test_url"]), kind=TargetKind.CONTROL, attempts=tries,
+                           start=_time(str(start)), country="control",
+                           notes={"satellite": "control"})  # fmt: skip
