@@ -207,10 +207,9 @@ def test_a_capture_of_injection_feeds_the_same_analysis(serve, tmp_path: Path) -
     assert [r.ip_ttl for r in raced.responses] == [103, 52]
     assert [a.ipv4 for r in raced.responses for a in r.answers] == ["65.49.2.178", "192.0.2.80"]
     dark = next(m for m in measurements if m.target_kind == "dark")
-    attribution, verdicts = judge_measurements(
-        [m for m in measurements if m.hostname == "blocked.example.com"]
-    )
-    assert attribution == "on_path_injector" and "injected.dark_destination" in verdicts
+    judged = judge_measurements([m for m in measurements if m.hostname == "blocked.example.com"])
+    assert judged.attribution == "on_path_injector"
+    assert "injected.dark_destination" in judged.verdicts
     assert dark.responses
 
 

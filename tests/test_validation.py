@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from conftest import SHARED
 from wallwatch.interop import ooni
-from wallwatch.interop.validation import judge
+from wallwatch.interop.validation import judge, ours
 
 OONI = SHARED / "data" / "ooni"
 pytestmark = pytest.mark.skipif(not OONI.exists(), reason=f"{OONI} is not beside the project")
@@ -56,6 +59,42 @@ def test_satellite_v2_results_are_judged_against_their_controls() -> None:
     controls = [
         m for m in measurements if m.target_kind == "control" and m.hostname == "custhelp.com"
     ]
-    assert judge_measurements([by_name["custhelp.com"], *controls])[0] == "tampering_resolver"
+    assert (
+        judge_measurements([by_name["custhelp.com"], *controls]).attribution == "tampering_resolver"
+    )
     with pytest.raises(ValueError, match="not a Satellite scan"):
         list(satellite.read(SATELLITE.parent))
+
+
+BASELINE = Path(__file__).parent / "data" / "validation-baseline.json"
+
+
+def test_no_validation_row_gets_worse() -> None:
+    """docs/validation.md as a regression test: a row that agreed must still agree, the
+    scores may not drop, and every disagreement must carry its reason."""
+    from wallwatch.interop.validation import all_rows, scores
+
+    rows = all_rows(SHARED / "data")
+    before = json.loads(BASELINE.read_text())
+    now = {f"{r.section}|{r.case}": r for r in rows}
+    assert set(before["rows"]) <= set(now), "a validation case disappeared"
+    worse = [key for key, row in before["rows"].items()
+             if row["expected"] == ours(row["attribution"]) and not now[key].agrees]  # fmt: skip
+    assert not worse, f"rows that got worse: {worse}"
+    for cls, old in before["scores"].items():
+        new = scores(rows)[cls]
+        assert new["precision"] >= old["precision"] and new["recall"] >= old["recall"], (
+            cls,
+            old,
+            new,
+        )
+    assert all(r.why for r in rows if not r.agrees), [
+        r.case for r in rows if not r.agrees and not r.why
+    ]
+
+
+def test_the_validation_doc_is_current() -> None:
+    from wallwatch.interop.validation import all_rows, markdown
+
+    doc = Path(__file__).parents[1] / "docs" / "validation.md"
+    assert doc.read_text() == markdown(all_rows(SHARED / "data")), "run ./scripts/validation"

@@ -131,6 +131,9 @@ class Outcome(StrEnum):
     OK_MATCH_NODATA = "ok.match_nodata"
     #: The reply agrees with the control by origin AS only (CDNs, GeoDNS).
     OK_MATCH_ASN = "ok.match_asn"
+    #: The source's own check vouches for the answer (a verified TLS handshake for the
+    #: name; Satellite's certificate, page, IP or AS tags matching its controls).
+    OK_MATCH_SOURCE = "ok.match_source"
     #: A reply came from a host that runs no DNS server.
     INJECTED_DARK = "injected.dark_destination"
     #: More than one differing reply to one query.
@@ -185,6 +188,7 @@ READING: dict[Outcome, Reading] = {
     Outcome.OK_MATCH_NXDOMAIN: Reading.GENUINE,
     Outcome.OK_MATCH_NODATA: Reading.GENUINE,
     Outcome.OK_MATCH_ASN: Reading.GENUINE,
+    Outcome.OK_MATCH_SOURCE: Reading.GENUINE,
     Outcome.INJECTED_DARK: Reading.PATH,
     Outcome.INJECTED_MULTI_REPLY: Reading.PATH,
     Outcome.INJECTED_FINGERPRINT: Reading.PATH,

@@ -18,7 +18,7 @@ from wallwatch.store import sql_literal
 from wallwatch.vocab import Evidence, Outcome
 
 #: 2: ``s_forged_pool`` also learns the addresses of replies raced by the genuine answer.
-#: 3: ``unrelated_platform``; origin ASes from the bundled table when no MMDB is given.
+#: 3: ``unrelated_platform``, ``source_check_match``; origin ASes from the bundled table.
 RULES_VERSION = 3
 
 
@@ -63,6 +63,11 @@ RULES: tuple[Rule, ...] = (
     Rule("control_nodata", "NOT s_has_answer AND s_has_reply AND rcode = 0 AND control_ips IS NOT NULL "
          "AND len(control_ips) = 0 AND NOT s_control_nx", Outcome.OK_MATCH_NODATA, Evidence.NONE,
          "no address of this type, and the control has none either"),
+    Rule("source_check_match", "s_source_match AND NOT s_control_match AND NOT s_forged_pool",
+         Outcome.OK_MATCH_SOURCE, Evidence.NONE,
+         "the source's own check vouches for the answer: a verified TLS handshake for the name "
+         "[ooni-ts017], or Satellite's certificate, page, IP or AS tags match its controls "
+         "[satellite-docs]"),
     Rule("control_match_asn", "s_asn_match AND NOT s_control_match AND NOT s_forged_pool",
          Outcome.OK_MATCH_ASN, Evidence.NONE,
          "the answer's origin AS is the control's (CDN/GeoDNS; OONI dns_consistency, Iris)"),

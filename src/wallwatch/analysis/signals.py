@@ -22,6 +22,11 @@ columns the rules read:
 * ``s_asn_match``: an answer's origin AS is among the control's, as of the day (the
   bundled table, or dated MMDB snapshots first, :mod:`.netinfo`): CDNs and GeoDNS answer
   differently but from the same AS (OONI ``dns_consistency`` [ooni-ts017]; [iris-2017]);
+* ``s_source_match``: the source's own check vouches for an answer: a verified TLS
+  handshake for the name to that address (OONI's ``tls_handshakes``, ts-017) where no
+  control answer exists to compare (a transparent proxy passes TLS through, so a
+  handshake never outweighs a control that disagrees), or Satellite's per-answer tags matching its controls by certificate, HTTP page, IP or AS
+  ([satellite-docs]), kept by the importers in ``annotations``;
 * ``s_unrelated_platform``: an answer in the AS of a large platform (Facebook, Twitter,
   Dropbox; ``data/platforms.toml``) for a name outside that platform's domains -- the
   firewall's published forged-pool behaviour ([triplet-2021], [wallbleed-2025]), which
@@ -95,6 +100,8 @@ STEPS: tuple[tuple[str, str], ...] = (
                r.response_index, r.rtt, r.ip_ttl, r.edns, r.rcode, r.failure AS parse_failure,
                r.engine, coalesce(ri.ips, []) AS ips, coalesce(ri.has_a, false) AS has_a,
                c.ips AS control_ips, coalesce(c.nxdomain, false) AS s_control_nx,
+               m.annotations['tls_validated'] AS tls_validated,
+               m.annotations['matched'] AS source_tags,
                r.response_index IS NOT NULL AS s_has_reply
         FROM measurements m
         LEFT JOIN responses r ON r.measurement_uid = m.measurement_uid
@@ -203,6 +210,15 @@ STEPS: tuple[tuple[str, str], ...] = (
                coalesce(f.s_bogon, false) AS s_bogon,
                coalesce(len(list_intersect(ra.asns, ca.asns)) > 0, false) AS s_asn_match,
                coalesce(len(rp.platforms) > 0, false) AS s_unrelated_platform,
+               coalesce(len(b.ips) > 0 AND (
+                   -- A verified handshake vouches for the *content*, not the lookup: a
+                   -- transparent proxy passes it through (OONI's dnsHijackingToProxy QA
+                   -- case). So it counts only where no control answer can be compared.
+                   (coalesce(len(b.control_ips), 0) = 0 AND len(list_intersect(
+                       b.ips, string_split(coalesce(b.tls_validated, ''), ' '))) > 0)
+                   OR list_bool_or(list_transform(b.ips, lambda ip: coalesce(len(list_intersect(
+                       CAST(json_extract(b.source_tags, '$."' || ip || '"') AS VARCHAR[]),
+                       ['ip', 'cert', 'http', 'asnum'])) > 0, false)))), false) AS s_source_match,
                coalesce(rp.platforms, []) AS unrelated_platforms,
                coalesce(ra.asns, []) AS answer_asns
         FROM reply_base b

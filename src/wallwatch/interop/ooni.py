@@ -110,8 +110,16 @@ class OLookup(msgspec.Struct):
     queries: list[OQuery] | None = None
 
 
+class OTls(msgspec.Struct):
+    address: str | None = None
+    server_name: str | None = None
+    failure: str | None = None
+    no_tls_verify: bool | None = None
+
+
 class OTestKeys(msgspec.Struct):
     queries: list[OQuery] | None = None
+    tls_handshakes: list[OTls] | None = None
     control: OControl | None = None
     control_resolver: str | None = None
     pings: list[OPing] | None = None
@@ -354,6 +362,9 @@ def _measurements(doc: ODoc, source: str, line: int, content_id: str) -> Iterato
         transaction_id=0, source_port=0, edns_payload=None,
     )  # fmt: skip
     notes = {"source": f"{source}:{line}", "ooni_test": f"{name} {version}",
+             # Addresses that completed a verified TLS handshake for the name: a CA vouches
+             # for them, as OONI's dns_consistency counts (ts-017) [ooni-ts017].
+             "tls_validated": " ".join(_validated(keys.tls_handshakes or [])),
              "ooni_measurement_uid": doc.measurement_uid or "",
              "input": doc.input if isinstance(doc.input, str) else ""}  # fmt: skip
     control_ip = (keys.control_resolver or "").rsplit(":", 1)[0]
@@ -410,6 +421,15 @@ def _measurements(doc: ODoc, source: str, line: int, content_id: str) -> Iterato
             target_kind=TargetKind.CONTROL, failure=_failure(dns.failure), t0=0.0, t=0.0,
             responses=_reply(dns.failure, answers, 0.0), annotations=notes,
         )  # fmt: skip
+
+
+def _validated(handshakes: list[OTls]) -> list[str]:
+    out = []
+    for tls in handshakes:
+        if tls.failure is None and not tls.no_tls_verify and tls.address and tls.server_name:
+            host = tls.address.rsplit(":", 1)[0].strip("[]").lower()
+            out.append(host)
+    return sorted(set(out))
 
 
 def _asn(value: str | int | None) -> str:
