@@ -35,7 +35,14 @@ from pathlib import Path
 import msgspec
 
 from wallwatch.events.detector import Detector, Event, EventChange, minute_iso
-from wallwatch.events.minute import Signals, StreamHistory, StreamKey, buckets, signals
+from wallwatch.events.minute import (
+    Signals,
+    StreamHistory,
+    StreamKey,
+    buckets,
+    judge_round,
+    signals,
+)
 from wallwatch.journal import read_records, recover
 from wallwatch.names import QueryName, parse_lines
 from wallwatch.records import Measurement
@@ -149,12 +156,10 @@ class Watch:
         self.detector = Detector(delta=config.delta, edd=config.edd, warmup=config.warmup,
                                  trace=config.trace, weights=weights)  # fmt: skip
         self.history: dict[StreamKey, StreamHistory] = {}
-        self.netinfo = None
-        if config.mmdb is not None:
-            from wallwatch.analysis.netinfo import NetinfoDB
+        from wallwatch.analysis.run import open_netinfo
 
-            self.netinfo = NetinfoDB(config.mmdb)
-        self.control: dict[tuple[str, str], set[str]] = {}
+        # Loaded once: every round's judgement looks its answers up here.
+        self.netinfo = open_netinfo(config.mmdb)
         self.judged: set[int] = set()
         self.rounds: list[RoundRecord] = []
         self.series: list[dict[str, object]] = []
@@ -215,14 +220,13 @@ class Watch:
         if minute in self.judged:
             return []
         self.judged.add(minute)
-        by_key, control = buckets(minute, measurements)
-        for key_, addrs in control.items():
-            self.control.setdefault(key_, set()).update(addrs)
+        # One judgement: the analysis's rules judge the round, the buckets count verdicts.
+        measurements = list(measurements)
+        by_key = buckets(minute, measurements, judge_round(measurements, self.netinfo))
         batch: list[Signals] = []
-        day = datetime.fromtimestamp(minute * 60, UTC).date()
         for key in sorted(by_key):
             history = self.history.setdefault(key, StreamHistory())
-            batch.append(signals(by_key[key], self.control, history, netinfo=self.netinfo, day=day))
+            batch.append(signals(by_key[key], history))
         for s in batch:
             self.series.append({
                 "minute": s.minute, "stream": s.key.label(), "vantage": s.key.vantage,

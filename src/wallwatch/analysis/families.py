@@ -14,8 +14,9 @@ from __future__ import annotations
 from wallwatch.analysis.attribution import sql_set
 from wallwatch.vocab import Reading, outcomes
 
-FAMILIES_SQL = f"""
-WITH injected AS (
+#: Per injected reply, the header features that tell its maker apart (one definition:
+#: the families below and the watch's per-minute fingerprint counts both read it).
+INJECTED_SQL = f"""
     SELECT v.measurement_uid, v.response_index, v.ip_ttl, v.edns, r.flags, r.df,
            r.ip_id = 0 AS ip_id_zero,
            (SELECT a.ttl FROM answers a WHERE a.measurement_uid = v.measurement_uid
@@ -30,7 +31,22 @@ WITH injected AS (
     -- Packets the injector itself made (not a resolver's reply carrying forged data).
     WHERE v.outcome IN {sql_set(outcomes(Reading.PATH))}
       AND r.qname IS NOT NULL AND r.ancount > 0
-),
+"""
+
+#: The fingerprint of one injected reply as text (the family key, all six features).
+FINGERPRINT_SQL = f"""
+SELECT measurement_uid, response_index,
+       'aa=' || CAST((flags & 1024) <> 0 AS INTEGER)
+       || ' name=' || CASE WHEN pointer THEN 'pointer' ELSE 'full' END
+       || ' ttl=' || coalesce(CAST(answer_ttl AS VARCHAR), '?')
+       || ' opt=' || CAST(coalesce(edns, false) AS INTEGER)
+       || ' df=' || coalesce(CAST(CAST(df AS INTEGER) AS VARCHAR), '?')
+       || ' ipid0=' || coalesce(CAST(CAST(ip_id_zero AS INTEGER) AS VARCHAR), '?') AS fingerprint
+FROM ({INJECTED_SQL})
+"""
+
+FAMILIES_SQL = f"""
+WITH injected AS ({INJECTED_SQL}),
 families AS (
     SELECT (flags & 1024) <> 0 AS aa,
            CASE WHEN pointer THEN 'pointer' ELSE 'full' END AS name_form,

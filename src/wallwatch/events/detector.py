@@ -28,6 +28,7 @@ from enum import StrEnum
 
 from wallwatch.events.cusum import Cusum, CusumStep
 from wallwatch.events.minute import Signals, StreamKey
+from wallwatch.vocab import Attribution
 
 
 class Phase(StrEnum):
@@ -78,9 +79,9 @@ class Event:
     gaps: list[int] = field(default_factory=list)
 
     @property
-    def attribution(self) -> str:
-        """Provisional, from the same evidence as the analysis's first two rules."""
-        return "on_path_injector" if self.proven else "tampering_resolver"
+    def attribution(self) -> Attribution:
+        """Provisional: the analysis's :data:`~wallwatch.vocab.PROVEN` verdicts were seen, or not."""
+        return Attribution.ON_PATH_INJECTOR if self.proven else Attribution.TAMPERING_RESOLVER
 
     @property
     def reasons(self) -> list[str]:
@@ -126,7 +127,7 @@ class Event:
             "traffic_share_estimate": round(self.peak_traffic_share, 4),
             "queries_answered_with_target": self.queries_to_target,
             "injector_fingerprints": self.fingerprints,
-            "attribution": self.attribution,
+            "attribution": self.attribution.value,
             "reasons": self.reasons,
             "gaps": [minute_iso(g, tz) for g in self.gaps],
         }  # fmt: skip

@@ -12,15 +12,19 @@ Signals (gfw-dns.md 3.9; style-and-ecosystem.md B3.9):
 * ``top_share``: the share of the names asked whose first reply holds the single most
   common address -- unrelated names on one address is what 2014 looked like;
 * ``names_per_address``: the heavy hitters behind it;
-* ``tampered_share`` and ``new_tampered_share``: names whose first reply the trusted
-  control disowns, and those of them this stream had never seen tampered before;
-* ``proven``: names whose first reply the injector demonstrably made (a dark host
-  answered, or a later reply to the same query raced it: the ``dark_destination`` and
-  ``raced_by_genuine`` rules of the analysis);
-* ``fingerprints``: counts of those injected replies per header fingerprint (AA bit,
-  answer TTL, OPT), the per-injector-family count;
-* ``outside_as_share``: names whose answer's origin AS is none of the control's (with an
-  MMDB snapshot; ``None`` without one).
+* ``tampered_share`` and ``new_tampered_share``: names whose first reply the analysis
+  judged tampered (an outcome that reads as the path's, a false answer or a rewrite),
+  and those of them this stream had never seen tampered before;
+* ``proven``: names whose first reply the injector demonstrably made (the analysis's
+  :data:`~wallwatch.vocab.PROVEN` outcomes: a dark host answered, or the genuine answer
+  raced it);
+* ``fingerprints``: counts of those injected replies per fingerprint, the family key of
+  :mod:`wallwatch.analysis.families` (all six features);
+* ``outside_as_share``: tampered names whose answer's origin AS is none of the control's.
+
+There is one judgement: :func:`judge_round` runs the analysis itself
+(:mod:`wallwatch.analysis.run`, the same rules as ``wallwatch analyze``) over the
+round's measurements, and the buckets only count its verdicts on each first reply.
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date
 from typing import TYPE_CHECKING
 
 from wallwatch.records import Measurement, Response
-from wallwatch.vocab import TargetKind
+from wallwatch.vocab import PROVEN, READING, Outcome, Reading, TargetKind
 
 if TYPE_CHECKING:
-    from wallwatch.analysis.netinfo import NetinfoDB
+    from wallwatch.analysis.netinfo import Netinfo
+
+#: Readings that count a name as tampered, and those that count it as judged at all.
+TAMPERED_READINGS = frozenset({Reading.PATH, Reading.FALSE_ANSWER, Reading.REWRITE})
+JUDGED_READINGS = TAMPERED_READINGS | {Reading.GENUINE}
 
 #: A share over fewer answered names than this is noise, not a signal.
 MIN_NAMES = 5
@@ -58,11 +65,39 @@ def addresses(response: Response) -> tuple[str, ...]:
     return tuple(sorted({ip for a in response.answers if (ip := a.ipv4 or a.ipv6)}))
 
 
-def fingerprint(response: Response) -> str:
-    """The header features that tell injector families apart (gfw-dns.md 3.3)."""
-    aa = int(bool((response.flags or 0) & 0x0400))
-    ttl = response.answers[0].ttl if response.answers else None
-    return f"aa={aa} ttl={ttl} opt={int(response.edns)}"
+@dataclass(frozen=True, slots=True)
+class FirstReply:
+    """The analysis's verdict on a measurement's first parsed reply."""
+
+    outcome: Outcome
+    #: The injector fingerprint (family key) when the reply is the injector's own packet.
+    fingerprint: str | None
+    #: The answer's origin AS is known, and whether it is among the control's.
+    asn_known: bool
+    asn_match: bool
+
+
+def judge_round(
+    measurements: Iterable[Measurement], netinfo: Netinfo | None = None
+) -> dict[str, FirstReply]:
+    """Verdicts of the analysis on each measurement's first parsed reply (one judgement)."""
+    from wallwatch import _api
+    from wallwatch.analysis.families import FINGERPRINT_SQL
+
+    records = list(measurements)
+    if not records:
+        return {}
+    with _api.analyze(records, netinfo=netinfo) as result:
+        rows = result.con.execute(f"""
+            SELECT v.measurement_uid, v.outcome, f.fingerprint, len(v.answer_asns) > 0,
+                   v.s_asn_match
+            FROM reply_verdicts v
+            LEFT JOIN ({FINGERPRINT_SQL}) f USING (measurement_uid, response_index)
+            WHERE v.response_index IS NOT NULL AND v.parse_failure IS NULL
+            QUALIFY row_number() OVER (PARTITION BY v.measurement_uid
+                                       ORDER BY v.response_index) = 1""").fetchall()  # fmt: skip
+    return {uid: FirstReply(Outcome(o), fp, bool(known), bool(match))
+            for uid, o, fp, known, match in rows}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -72,30 +107,28 @@ class Bucket:
     minute: int
     key: StreamKey
     first: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    verdict: dict[str, FirstReply] = field(default_factory=dict)
     names: set[str] = field(default_factory=set)
     proven: set[str] = field(default_factory=set)
     fingerprints: Counter[str] = field(default_factory=Counter)
     queries: int = 0
     replies: int = 0
 
-    def add(self, m: Measurement) -> None:
+    def add(self, m: Measurement, verdict: FirstReply | None) -> None:
         self.queries += 1
         self.names.add(m.hostname)
         self.replies += len(m.responses)
-        if m.hostname in self.first:
+        if m.hostname in self.first or verdict is None:
             return
         replies = [r for r in m.responses if r.failure is None]
-        if not replies:
-            return
-        first = addresses(replies[0])
+        first = addresses(replies[0]) if replies else ()
         if not first:
             return
         self.first[m.hostname] = first
-        raced = any(addresses(later) and not set(addresses(later)) & set(first)
-                    for later in replies[1:])  # fmt: skip
-        if m.target_kind == TargetKind.DARK or raced:
+        self.verdict[m.hostname] = verdict
+        if verdict.outcome in PROVEN:
             self.proven.add(m.hostname)
-            self.fingerprints[fingerprint(replies[0])] += 1
+            self.fingerprints[verdict.fingerprint or "unknown"] += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +163,7 @@ class StreamHistory:
     tampered_ever: set[str] = field(default_factory=set)
 
 
-def signals(
-    bucket: Bucket,
-    control: dict[tuple[str, str], set[str]],
-    history: StreamHistory,
-    *,
-    netinfo: NetinfoDB | None = None,
-    day: date | None = None,
-) -> Signals:
+def signals(bucket: Bucket, history: StreamHistory) -> Signals:
     """Compute a bucket's signals; updates ``history`` (call once per bucket, in order)."""
     by_address: Counter[str] = Counter()
     for addrs in bucket.first.values():
@@ -147,26 +173,21 @@ def signals(
     top, top_names = common[0] if common else (None, 0)
     judged = tampered = new = 0
     outside = as_judged = 0
-    qtype = bucket.key.qtype
     newly: set[str] = set()
-    for name, addrs in bucket.first.items():
-        genuine = control.get((name, qtype))
-        if not genuine:
+    for name, verdict in bucket.verdict.items():
+        reading = READING[verdict.outcome]
+        if reading not in JUDGED_READINGS:
             continue
         judged += 1
-        if set(addrs) & genuine:
-            if netinfo is not None and day is not None:
-                as_judged += 1
+        if reading not in TAMPERED_READINGS:
             continue
         tampered += 1
         if name not in history.tampered_ever:
             new += 1
             newly.add(name)
-        if netinfo is not None and day is not None:
+        if verdict.asn_known:
             as_judged += 1
-            theirs = {netinfo.lookup(day, a)[0] for a in addrs} - {None}
-            ours = {netinfo.lookup(day, a)[0] for a in genuine} - {None}
-            outside += int(bool(theirs) and bool(ours) and not theirs & ours)
+            outside += int(not verdict.asn_match)
     history.tampered_ever |= newly
     # Over names *asked*: a dark host that normally answers nothing has a share of 0,
     # not an undefined one, and a resolver that times out on half the panel cannot
@@ -206,21 +227,17 @@ def stream_key(m: Measurement) -> StreamKey:
     )
 
 
-def buckets(minute: int, measurements: Iterable[Measurement]) -> tuple[
-    dict[StreamKey, Bucket], dict[tuple[str, str], set[str]]
-]:  # fmt: skip
-    """One round's measurements as buckets, plus the control's addresses it saw."""
+def buckets(
+    minute: int, measurements: Iterable[Measurement], verdicts: dict[str, FirstReply]
+) -> dict[StreamKey, Bucket]:
+    """One round's measurements as buckets, each name with the analysis's verdict."""
     out: dict[StreamKey, Bucket] = {}
-    control: dict[tuple[str, str], set[str]] = {}
     for m in measurements:
         if m.target_kind == TargetKind.CONTROL:
-            for r in m.responses:
-                if r.failure is None:
-                    control.setdefault((m.hostname, m.query_type), set()).update(addresses(r))
             continue
         key = stream_key(m)
         bucket = out.get(key)
         if bucket is None:
             bucket = out[key] = Bucket(minute, key)
-        bucket.add(m)
-    return out, control
+        bucket.add(m, verdicts.get(m.measurement_uid))
+    return out

@@ -291,7 +291,7 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def baseline(rows: list[Row]) -> dict[str, dict[str, object]]:
+def baseline(rows: list[Row]) -> dict[str, object]:
     """What the regression test compares against: each row's verdict, and the scores."""
     return {"rows": {f"{r.section}|{r.case}": asdict(r) for r in rows}, "scores": scores(rows)}
 

@@ -1,7 +1,7 @@
 """The evidence behind each event, as data: the JSON twin of the HTML report.
 
 Why a checklist: "did the firewall do it?" was settled in 2014 by a short argument
-anyone could re-run (GreatFire; gfw-dns.md 3.10). The report makes each step of that
+anyone could re-run ([greatfire-2014]). The report makes each step of that
 argument a claim with the measurements behind it, so a journalist reads the claims
 and a researcher re-derives them from the store, the pcap and the dig output:
 
@@ -38,6 +38,7 @@ from wallwatch.journal import read_records
 from wallwatch.records import Measurement
 from wallwatch.render import dig
 from wallwatch.store import sql_literal
+from wallwatch.vocab import READING, Outcome, Reading, TargetKind
 
 #: Measurements of the target put in the pcap, at most.
 PCAP_LIMIT = 400
@@ -85,13 +86,14 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
 
     # 1. The same public resolver, two vantages: a lie in transit.
     per: dict[tuple[str, str], Counter[str]] = {}
-    for vantage, resolver, engine, kind, _i, _rtt, _ttl, forged, raced, _o, _h in rows:
+    for vantage, resolver, engine, kind, _i, _rtt, _ttl, forged, _raced, outcome, _h in rows:
         if kind != "resolver" or engine != "udp":
             continue
         c = per.setdefault((resolver, vantage), Counter())
         c["replies"] += 1
         c["forged"] += int(bool(forged))
-        c["forged_then_genuine"] += int(bool(forged) and bool(raced))
+        # The analysis's verdict, not a second definition: raced by the genuine answer.
+        c["forged_then_genuine"] += int(bool(forged) and outcome == Outcome.INJECTED_MULTI_REPLY)
     by_resolver: dict[str, dict[str, dict[str, int]]] = {}
     for (resolver, vantage), c in per.items():
         by_resolver.setdefault(resolver, {})[vantage] = dict(c)
@@ -106,24 +108,24 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
                  "genuine answer follows it), but not when asked from another: the forgery is "
                  "made in transit, not by the resolver.",
         "holds": holds1, "data": by_resolver,
-        "source": "GreatFire 2014-01-21; gfw-dns.md 3.10 item 1, 3.2",
+        "source": "[greatfire-2014]; [holdon-2012]",
     })  # fmt: skip
 
     # 2. A dark destination answers.
-    dark = [r for r in rows if r[3] == "dark"]
-    dark_forged = sum(1 for r in dark if r[7])
+    dark = [r for r in rows if r[3] == TargetKind.DARK]
+    dark_forged = sum(1 for r in dark if r[7] and r[9] == Outcome.INJECTED_DARK)
     items.append({
         "id": "dark_destination",
         "claim": "A host that runs no DNS server answers with the target.",
         "holds": dark_forged > 0 if dark else None,
         "data": {"replies_from_dark_hosts": len(dark), "with_target": dark_forged},
-        "source": "gfw-dns.md 3.1, 3.10 item 2; OONI ts-012",
+        "source": "[greatfire-2014]; [triplet-2021] 2.1; [ooni-ts012]",
     })  # fmt: skip
 
     # 3. Too fast: forged vs genuine round-trip times on the same paths.
     forged_rtt = [r[5] for r in rows if r[7] and r[5] is not None and r[2] == "udp"]
-    genuine_rtt = [r[5] for r in rows if str(r[9]).startswith("ok.") and r[5] is not None
-                   and r[2] == "udp" and r[3] == "resolver"]  # fmt: skip
+    genuine_rtt = [r[5] for r in rows if READING.get(Outcome(r[9])) == Reading.GENUINE
+                   and r[5] is not None and r[2] == "udp" and r[3] == "resolver"]  # fmt: skip
     fm, gm = _median(forged_rtt), _median(genuine_rtt)
     items.append({
         "id": "too_fast",
@@ -133,7 +135,7 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
         "data": {"median_forged_rtt_ms": round(fm * 1000, 2) if fm is not None else None,
                  "median_genuine_rtt_ms": round(gm * 1000, 2) if gm is not None else None,
                  "forged_replies": len(forged_rtt), "genuine_replies": len(genuine_rtt)},
-        "source": "Hold-On (gfw-dns.md 3.2); the 27 ms dig +trace of 2014 (4.1)",
+        "source": "[holdon-2012]; the 27 ms dig +trace of 2014 [greatfire-2014]",
     })  # fmt: skip
 
     # 4. Injector fingerprint.
@@ -146,7 +148,7 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
         "claim": "The injector-made replies fit a published injector profile.",
         "holds": any(f["profile"] != "unknown" for f in fam) if fam else None,
         "data": {"families": fam},
-        "source": "gfw-dns.md 3.3; Triplet FOCI'20 Table 3",
+        "source": "[triplet-2021] Table 3; [gfwrev-2009]",
     })  # fmt: skip
 
     # 5. Known pool, or one address across unrelated names.
@@ -159,7 +161,7 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
         "holds": bool(lists) or names_on_target >= 10,
         "data": {"known_lists": lists, "names_answered_with_target": names_on_target,
                  "peak_top_share": event.get("peak_top_share")},
-        "source": "gfw-dns.md 2.4, 3.4, 3.10 item 5",
+        "source": "[gfwatch-2021]; [wallbleed-2025]; [greatfire-2014]",
     })  # fmt: skip
 
     # 6. Selective scope.
@@ -176,7 +178,7 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
                  "root or resolver would not explain.",
         "holds": bool(untouched) and len(untouched) < len(tlds),
         "data": {"untouched_tlds": untouched, "per_tld": {t: dict(c) for t, c in tlds.items()}},
-        "source": "gfw-dns.md 3.10 item 6; 4.1 (.cn unaffected in 2014)",
+        "source": "[greatfire-2014] (.cn unaffected in 2014)",
     })  # fmt: skip
     return items
 
