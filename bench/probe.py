@@ -1,7 +1,7 @@
 """Benchmark: ``wallwatch probe`` against dnsperf, same Unbound, same names, one run.
 
 Starts Unbound on 127.0.0.1 (``local-zone: "test." redirect`` so it never
-recurses: every name under ``test.`` gets one A record, as in perf.md section 1),
+recurses: every name under ``test.`` gets one A record),
 runs dnsperf for ``--seconds`` with 500 outstanding queries, then runs the
 prober with full capture (every reply, IP TTL, kernel time, a JSON record per
 query) over a name list sized to take about as long, with ``--max-inflight 500``

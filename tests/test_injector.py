@@ -27,7 +27,7 @@ FLOW = socket.inet_aton("10.10.1.10") + socket.inet_aton("8.8.8.8") + struct.pac
 @pytest.mark.parametrize(
     ("rule", "name", "hit"),
     [
-        # gfw-dns.md 2.3, Wallbleed III-A
+        # [gfwatch-2021]; [wallbleed-2025] III-A
         (Rule("rsf.org"), "rsf.org", True),
         (Rule("rsf.org"), "x.rsf.org", True),
         (Rule("rsf.org"), "xrsf.org", False),

@@ -150,3 +150,19 @@ def test_every_rule_is_documented_with_its_verdict() -> None:
         row = next((r for r in rows if r.startswith(f"| `{rule.rule_id}` |")), None)
         assert row is not None, f"rule {rule.rule_id} is not in docs/outcomes.md"
         assert f"`{rule.outcome.value}`" in row and f"| {rule.evidence.value} |" in row, row
+
+
+def test_every_cited_source_key_is_in_the_bibliography() -> None:
+    """Code, docs and the report cite ``[key]``s that docs/sources.md defines."""
+    defined = set(re.findall(r"^\| `\[([a-z0-9-]+)\]` \|", (DOCS / "sources.md").read_text(), re.M))
+    root = Path(__file__).parents[1]
+    files = [*(root / "src").rglob("*.py"), *(root / "src").rglob("*.toml"), *(root / "docs").glob("*.md"),
+             root / "README.md"]  # fmt: skip
+    cited: dict[str, str] = {}
+    for path in files:
+        for key in re.findall(r"\[([a-z]+(?:-[a-z0-9]+)*-(?:\d{4}|docs|analysis|data|backend|probe-cli|"
+                              r"fingerprints|ts\d{3}|df\d{3}|list|db|dnsproxy))\]", path.read_text()):  # fmt: skip
+            cited.setdefault(key, str(path))
+    missing = {k: v for k, v in cited.items() if k not in defined}
+    assert not missing, missing
+    assert {"greatfire-2014", "holdon-2012", "triplet-2021", "ip-location-db"} <= set(cited)

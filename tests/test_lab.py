@@ -8,7 +8,7 @@ import pytest
 from wallwatch.lab.forge import NameForm, NotForgeable, forge_reply
 from wallwatch.lab.loopback import LoopbackServer, authoritative
 
-# Wallbleed Fig. 1 (gfw-dns.md 2.2): rsf.org -> 31.13.91.33, answer TTL 236.
+# [wallbleed-2025] Fig. 1: rsf.org -> 31.13.91.33, answer TTL 236.
 QUERY = (
     bytes.fromhex("123401000001000000000001")
     + b"\x03rsf\x03org\x00"

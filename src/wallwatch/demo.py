@@ -10,7 +10,7 @@ cache tail, then the evidence report (``report.html``, ``report.json``, a pcap).
 Without root it says why and runs the loopback miniature below instead.
 
 On that day every .com/.net/.org name (not .cn) was answered with 65.49.2.178
-(GreatFire 2014; gfw-dns.md 4.1). This demo stands up the loopback lab: a
+(GreatFire 2014; [greatfire-2014]). This demo stands up the loopback lab: a
 resolver whose UDP path is raced by an injector that forges that address for
 .com/.net/.org names, a *dark* host that runs no DNS server (so any reply from it
 is injected), and a TCP channel to the same resolver that the injector cannot

@@ -1,11 +1,11 @@
 """Locate the injector: send the same query with rising IP TTLs and find the first hop that answers.
 
 A query whose TTL runs out before the injector's tap draws nothing; from the tap on,
-forged replies come back (gfw-dns.md 3.6; Triplet 4.3; FOCI'14; CCR'12's HopQuery).
+forged replies come back ([triplet-2021]; [ccr-2012]; Triplet 4.3; FOCI'14; CCR'12's HopQuery).
 One correction is needed: Injector 3 sends its reply with the TTL the query had at
 the tap, so its reply survives the way back only when the probe's TTL is at least
 2n-1, and then arrives with IP TTL 1. So when the first reply arrives with TTL 1 the
-injector is at hop n = (t + 1) / 2, otherwise at hop t (gfw-dns.md 3.6).
+injector is at hop n = (t + 1) / 2, otherwise at hop t ([triplet-2021]; [ccr-2012]).
 """
 
 from __future__ import annotations

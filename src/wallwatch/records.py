@@ -9,7 +9,7 @@ Field names follow OONI's ``df-002-dnst`` where OONI has the field (``hostname``
 ``t0``, ``t``, ``transaction_id``, ``answer_type``, ``ipv4``/``ipv6``/``hostname``).
 wallwatch's extension is :attr:`Measurement.responses`: *every* packet that
 answered the query, not just the first, because the firewall's injectors race the
-genuine answer (gfw-dns.md 3.2, OONI tq-002 "second DNS reply").
+genuine answer ([holdon-2012], OONI tq-002 "second DNS reply").
 
 Field-by-field documentation: docs/schema.md. Bump :data:`SCHEMA_VERSION` on any
 change a reader could notice, and keep old readers working (tests/fixtures has a

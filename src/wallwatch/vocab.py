@@ -18,7 +18,7 @@ class TargetKind(StrEnum):
     """What the prober believes it is sending a query to.
 
     The kind decides how a reply is read later: any reply from a ``dark`` host is
-    an injection (gfw-dns.md 3.1, OONI ts-012, Triplet 2.1), a ``resolver``'s
+    an injection ([triplet-2021]; [ooni-ts012], OONI ts-012, Triplet 2.1), a ``resolver``'s
     reply may be its own lie or the path's, an ``authoritative`` server's reply is
     the ground truth unless the path lies, and a ``control`` is reached over a
     channel the on-path injector cannot forge (TCP, DoT, DoH).
@@ -82,7 +82,7 @@ class ParseFailure(StrEnum):
 
     A reply that fails to parse is never dropped: it is kept raw, base64, with one
     of these codes, because malformed replies are themselves a fingerprint
-    (Wallbleed's leaking injector, gfw-dns.md 2.2).
+    (Wallbleed's leaking injector, [wallbleed-2025]; [triplet-2021]; [gfwrev-2009]).
     """
 
     #: Fewer than the 12 bytes of a DNS header.

@@ -2,7 +2,7 @@
 
 Why a second codec: dnspython spends ~100 us building a query and 100-700 us
 parsing a reply on this machine (about 2,200 Python calls for a 138-byte message,
-`perf.md` section 2); a prober that must keep up with tens of thousands of replies
+docs/performance.md); a prober that must keep up with tens of thousands of replies
 a second cannot afford it. This module does only what the prober needs -- build a
 query; pull the header, the question, the answer records and the presence of OPT
 out of a reply -- with ``struct`` and slicing, in 2-4 us.

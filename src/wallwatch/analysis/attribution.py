@@ -1,6 +1,6 @@
 """Who did it: one attribution per (name, query type) from all the replies about it.
 
-Modelled on the checklist of gfw-dns.md 3.10 (GreatFire's 2014 argument): a forgery
+Modelled on the checklist of [greatfire-2014] (GreatFire's 2014 argument): a forgery
 that a dark host "sends", or that a genuine reply races from behind, can only have
 come from the path (confirmed); an injector's fingerprint on an answer the control
 disowns is strong evidence of the path; an address the ISP uses for non-existent

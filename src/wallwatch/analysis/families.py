@@ -5,7 +5,7 @@ the wire shows of their maker -- the AA bit, whether the answer names its owner 
 the ``c0 0c`` pointer or the full name, whether OPT was dropped, the answer TTL, and,
 when the prober ran with ``--raw-capture``, the DF bit and a zero IP ID -- and each
 family is described by its IP TTL spread. A family is then *named* when it fits a
-published profile (gfw-dns.md 3.3, Triplet Table 3, gfwrev09); one that fits none is
+published profile ([triplet-2021]; [gfwrev-2009], Triplet Table 3, gfwrev09); one that fits none is
 reported as ``unknown`` (Triplet's "Injector X") rather than forced into a label.
 """
 

@@ -1,7 +1,7 @@
 """Known addresses: forged pools of the firewall and ISP NXDOMAIN-redirect addresses.
 
 Shipped as a versioned data file (``wallwatch/data/forged-pools.toml``) with the
-source of every list (gfw-dns.md 2.4 and 3.4); larger third-party lists are read
+source of every list ([gfwatch-2021]; [wallbleed-2025]; [pcap-dnsproxy]); larger third-party lists are read
 from the shared data directory when it is present. Every IPv6 answer of the firewall
 in 2020 was in Teredo, 2001::/32 (GFWatch); that prefix is matched by the signals.
 """

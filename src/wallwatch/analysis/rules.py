@@ -34,14 +34,14 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     Rule("dark_destination", "s_dark AND s_has_answer", Outcome.INJECTED_DARK, Evidence.CONFIRMED,
-         "a host that runs no DNS server cannot answer (gfw-dns.md 3.1; OONI ts-012; Triplet 2.1)"),
+         "a host that runs no DNS server cannot answer ([triplet-2021] 2.1; [ooni-ts012])"),
     Rule("raced_by_genuine", "s_later_genuine AND NOT s_control_match", Outcome.INJECTED_MULTI_REPLY,
          Evidence.CONFIRMED,
-         "a later reply to the same query agrees with the control (Hold-On; gfw-dns.md 3.2)"),
+         "a later reply to the same query agrees with the control ([holdon-2012])"),
     Rule("nxdomain_redirect_address", "s_nx_redirect", Outcome.NXDOMAIN_REWRITE, Evidence.STRONG,
-         "a known ISP NXDOMAIN-redirect address (dnsmasq-china-list bogus-nxdomain)"),
+         "a known ISP NXDOMAIN-redirect address ([dnsmasq-china-list])"),
     Rule("forged_pool", "s_forged_pool AND NOT s_control_match", Outcome.INJECTED_FORGED_POOL,
-         Evidence.STRONG, "the answer is in a published forged pool (gfw-dns.md 2.4, 3.4)"),
+         Evidence.STRONG, "the answer is in a published forged pool ([gfwatch-2021]; [wallbleed-2025]; [pcap-dnsproxy])"),
     Rule("unrelated_platform", "s_unrelated_platform AND NOT s_control_match AND NOT s_asn_match",
          Outcome.INJECTED_UNRELATED_PLATFORM, Evidence.STRONG,
          "a Facebook, Twitter or Dropbox address for a name outside that platform: the firewall's "
@@ -53,9 +53,9 @@ RULES: tuple[Rule, ...] = (
     Rule("injector_fingerprint",
          "s_control_mismatch AND (s_type_mismatch OR (s_no_opt AND (s_fast OR s_ttl_off)))",
          Outcome.INJECTED_FINGERPRINT, Evidence.STRONG,
-         "A answer to a non-A query, or no OPT with a too-fast or off-path IP TTL (gfw-dns.md 3.3)"),
+         "A answer to a non-A query, or no OPT with a too-fast or off-path IP TTL ([triplet-2021]; [gfwrev-2009])"),
     Rule("bogon_answer", "s_bogon AND NOT s_control_match", Outcome.IP_BOGON, Evidence.SCORED,
-         "a private, loopback or reserved address (Censored Planet ip.invalid)"),
+         "a private, loopback or reserved address ([censoredplanet-analysis] ip.invalid)"),
     Rule("control_match", "s_control_match", Outcome.OK_MATCH_IP, Evidence.NONE,
          "the answer agrees with the trusted control by address"),
     Rule("control_nxdomain", "s_control_nx AND rcode = 3", Outcome.OK_MATCH_NXDOMAIN, Evidence.NONE,
@@ -80,7 +80,7 @@ RULES: tuple[Rule, ...] = (
     Rule("no_reply", "NOT s_has_reply", Outcome.DNS_TIMEOUT, Evidence.NONE,
          "the query drew no reply"),
     Rule("malformed_reply", "parse_failure IS NOT NULL", Outcome.DNS_MALFORMED, Evidence.SCORED,
-         "the reply is not a valid DNS message (kept raw; Wallbleed's injector leaked memory)"),
+         "the reply is not a valid DNS message (kept raw; the injector of [wallbleed-2025] leaked memory)"),
 )  # fmt: skip
 
 

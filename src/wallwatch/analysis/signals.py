@@ -1,4 +1,4 @@
-"""Evidence columns per reply, in SQL over the store (gfw-dns.md section 3).
+"""Evidence columns per reply, in SQL over the store ([triplet-2021]; [holdon-2012]; [iris-2017]).
 
 One row per reply (and one per measurement that drew none), with boolean ``s_*``
 columns the rules read:
@@ -55,7 +55,7 @@ STEPS: tuple[tuple[str, str], ...] = (
     (
         # Addresses seen in replies from hosts that run no DNS server: forged by
         # definition, so the dataset teaches its own forged pool (as GFWatch built
-        # its list from daily data, gfw-dns.md 3.4).
+        # its list from daily data, [gfwatch-2021]).
         "learned_forged",
         """
         SELECT DISTINCT unnest(ri.ips) AS address
@@ -73,7 +73,7 @@ STEPS: tuple[tuple[str, str], ...] = (
     (
         # A control reached over TCP can still be wrong: a public resolver whose
         # recursion crossed the border has the forgery in its cache (collateral
-        # damage, gfw-dns.md 3.8). Forged addresses are dropped from the control.
+        # damage, [ccr-2012]). Forged addresses are dropped from the control.
         "control_answers",
         """
         SELECT hostname, query_type,

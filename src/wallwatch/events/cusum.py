@@ -1,7 +1,7 @@
 """A streaming two-sided CUSUM that knows whether it is in an event.
 
 Why CUSUM: a mass redirection is a *step* in a per-minute share (0.05 -> 1.0 in 2014,
-gfw-dns.md 3.9 and 4.1), and Page's cumulative sum is the optimal detector of a step of
+[gfwatch-2021]; [greatfire-2014]), and Page's cumulative sum is the optimal detector of a step of
 known size in noise (Basseville & Nikiforov 1993, section 2.2). It needs no training
 set, its two parameters read as "how big a step" and "how sure", and each step can be
 traced for the report. ooni/data runs the same kind of detector on hourly buckets

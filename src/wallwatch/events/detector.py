@@ -7,7 +7,7 @@ signature). Alarms that point at the same address are one event: in 2014 a dozen
 streams -- 8.8.8.8 asked from inside, the ISP resolver, a dark host, per TLD -- all
 pointed at 65.49.2.178.
 
-Phases (gfw-dns.md 4.1, 3.9 item 5):
+Phases ([greatfire-2014]; [gfwatch-2021]):
 
 * ``injection``: some alarmed stream shows the injector at work this minute -- a dark
   host answered with the target, or the genuine answer raced it;

@@ -1,13 +1,13 @@
 """Per-minute signals of one monitored stream: what a mass redirection moves.
 
 A *stream* is what one vantage asks one target over one transport, split by the
-name's TLD and the query type (gfw-dns.md 3.9: per-TLD shares catch a ".com/.net/.org
+name's TLD and the query type ([gfwatch-2021]: per-TLD shares catch a ".com/.net/.org
 but not .cn" event). A *bucket* is one minute of one stream. Each bucket keeps, per
 name, only the addresses of the *first* reply (what a stub resolver would have used),
 so repeated queries of a name in one minute, or a round measured twice after a
 restart, cannot inflate a share: every signal counts distinct names.
 
-Signals (gfw-dns.md 3.9; style-and-ecosystem.md B3.9):
+Signals ([gfwatch-2021]):
 
 * ``top_share``: the share of the names asked whose first reply holds the single most
   common address -- unrelated names on one address is what 2014 looked like;

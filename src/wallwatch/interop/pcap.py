@@ -10,7 +10,7 @@ capture on the server side, or a filter) becomes a measurement of its own, its q
 inferred from its question.
 
 pcap and pcapng, Ethernet, raw IP, Linux cooked (v1 and v2) and BSD loopback link
-types, IPv4 and IPv6, UDP port 53 (dpkt; style-and-ecosystem.md B3). A packet that is
+types, IPv4 and IPv6, UDP port 53 (dpkt). A packet that is
 not DNS is skipped and counted; one that claims to be DNS but does not parse is kept as
 a reply with its parse failure (malformed replies are evidence: Wallbleed); a capture
 that ends mid-packet stops there with an ``input_error`` naming the packet, and

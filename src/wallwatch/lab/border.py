@@ -2,7 +2,7 @@
 
 Why userspace: this kernel has no ``netem``, and the defining property of the
 firewall's injector is a race -- the forged reply leaves the border at once while
-the genuine one still has the international path ahead of it (gfw-dns.md 2.1.1,
+the genuine one still has the international path ahead of it ([holdon-2012]; [triplet-2021],
 2.5). So the border namespace does not forward in the kernel (``ip_forward=0``);
 this process reads every IPv4 frame addressed to the border on either side with an
 ``AF_PACKET`` socket, and:

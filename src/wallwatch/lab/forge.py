@@ -1,14 +1,14 @@
 """Forged replies built the way the Great Firewall's injector builds them.
 
 The skeleton is Injector 3's, reverse-engineered in Wallbleed's ``blackbox.c`` and
-shown verbatim in Wallbleed Fig. 1 (gfw-dns.md 2.2): copy the query from its ID
+shown verbatim in Wallbleed Fig. 1 ([wallbleed-2025]; [triplet-2021]; [gfwrev-2009]): copy the query from its ID
 through the question's QTYPE and QCLASS, set the counts to 1/1/0/0 -- which drops
 the query's EDNS OPT record -- and append one answer ``c0 0c | TYPE | 00 01 | TTL |
 RDLEN | RDATA`` whose TYPE is AAAA for an AAAA query and A for *every* other
 query type. Flags are ``0x8180`` when the query had RD set and ``0x8400``
 otherwise (n4p#466's own example and blackbox.c agree on this mapping).
 
-Profile knobs of the other injectors (gfw-dns.md 2.2, Triplet Table 3): the AA
+Profile knobs of the other injectors ([wallbleed-2025]; [triplet-2021]; [gfwrev-2009], Triplet Table 3): the AA
 bit, the answer TTL, and the answer owner as the full QNAME instead of the
 ``c00c`` pointer.
 """

@@ -1,6 +1,6 @@
 """The emulated on-path DNS injector: rules, profiles, pools, and the packets it sends.
 
-Everything here follows gfw-dns.md section 2 (sources per item below); the lab's
+Everything here follows [triplet-2021]; [wallbleed-2025] (sources per item below); the lab's
 border process (:mod:`wallwatch.lab.border`) calls :meth:`Injector.forge` for every
 UDP packet to port 53 that crosses it, in either direction (2.1.2-2.1.3).
 
@@ -34,7 +34,7 @@ from wallwatch.lab.forge import NameForm, NotForgeable, build_forged, question_e
 
 
 class Anchor(StrEnum):
-    """How a rule's pattern must sit in the flattened name (gfw-dns.md 2.3)."""
+    """How a rule's pattern must sit in the flattened name ([gfwatch-2021])."""
 
     #: At the end, on a label boundary: ``rsf.org`` matches ``x.rsf.org``, not ``xrsf.org``.
     SUFFIX = "suffix"
@@ -70,7 +70,7 @@ class Profile:
     copies: int = 1
 
 
-#: Profiles from gfw-dns.md 2.2; "not reported" values are marked there.
+#: Profiles from [wallbleed-2025]; [triplet-2021]; [gfwrev-2009]; "not reported" values are marked there.
 PROFILES: dict[str, Profile] = {
     "injector1": Profile("injector1", aa=True, answer_ttl=60, name_form=NameForm.FULL,
                          ttl_mode=TtlMode.RISING),

@@ -6,7 +6,7 @@ plays the whole path: a handler returns *several* replies for one query -- forge
 ones first, the genuine one later -- each with its own delay and IP TTL
 (loopback does not decrement TTLs, so the prober sees exactly the TTL chosen).
 That is what an on-path injector looks like from the prober's socket: every
-reply comes from the address and port the query went to (gfw-dns.md 2.1).
+reply comes from the address and port the query went to ([triplet-2021]; [holdon-2012]).
 
 The handler's contract follows the shape of dnspython's test name server: it
 gets a :class:`Request` and returns a :class:`Reply`, raw ``bytes`` (to send

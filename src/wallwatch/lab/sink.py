@@ -1,7 +1,7 @@
 """The hosts at the forged addresses: count every packet that reaches them.
 
 In January 2014 the traffic of a country's browsers fell on 65.49.2.178 and took
-that host down (GreatFire 2014; gfw-dns.md 4.1). The sink namespace holds every
+that host down (GreatFire 2014; [greatfire-2014]). The sink namespace holds every
 forged address of the scenario and counts, per address and protocol, the IPv4
 packets that arrive, so the lab can say how much traffic a redirection sent where.
 

@@ -1,6 +1,6 @@
 """The sweep loop: send at a polite rate, keep listening, record every reply.
 
-Design (measured in perf.md section 2; this is its "batch loop"):
+Design (measured in docs/performance.md: a "batch loop"):
 
 * one non-blocking capturing socket per family (more with ``ports``), drained
   with ``recvmsg`` until ``EAGAIN``; sends go out in token-bucket bursts of at

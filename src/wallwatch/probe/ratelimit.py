@@ -1,7 +1,7 @@
 """A token bucket: the prober's ``--rate``.
 
 Sending in bursts of at most ``burst`` queries keeps the per-packet system-call
-cost amortised (the batch loop of perf.md section 2) while the long-run rate never
+cost amortised (the batch loop of docs/performance.md) while the long-run rate never
 exceeds ``rate``: a censorship measurement must not look like, or be, a flood.
 """
 

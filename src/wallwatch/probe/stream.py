@@ -1,6 +1,6 @@
 """Queries over channels an on-path injector cannot race: TCP, DoT and DoH.
 
-The firewall's DNS injector reacts to UDP port 53 only (gfw-dns.md 2.1), so a
+The firewall's DNS injector reacts to UDP port 53 only ([triplet-2021]; [holdon-2012]), so a
 lookup over TCP, TLS (RFC 7858) or HTTPS (RFC 8484) is the trusted control of a
 measurement, and TCP is also where a truncated UDP reply is retried (RFC 7766).
 These calls are blocking and run in the prober's small thread pool: they are

@@ -2,9 +2,9 @@
 
 Why not asyncio or dnspython's ``receive_udp``: neither returns ancillary data, so
 neither can see the IP TTL of a reply -- the single most telling fingerprint of an
-on-path injector (Hold-On; Triplet 4.3; gfw-dns.md 3.2-3.3). Here one non-blocking
+on-path injector (Hold-On; Triplet 4.3; [holdon-2012]; [triplet-2021]). Here one non-blocking
 socket is drained with ``recvmsg`` until ``EAGAIN`` (the batch loop measured in
-perf.md section 2), with:
+docs/performance.md), with:
 
 * ``IP_RECVTTL`` / ``IPV6_RECVHOPLIMIT``: the TTL of each reply;
 * ``SO_TIMESTAMPNS``: the kernel's receive time, so RTTs do not include the time
@@ -56,7 +56,7 @@ class UdpChannel:
     """One capturing UDP socket (IPv4 or IPv6).
 
     ``port=0`` picks an ephemeral port; a fixed port gives the per-query source
-    port control that source-port-dependent routing demands (ManyRoads, gfw-dns.md 1).
+    port control that source-port-dependent routing demands (ManyRoads, [gfwatch-2021]; [manyroads-2022]).
     """
 
     def __init__(

@@ -2,7 +2,7 @@
 
 Why Vega-Lite: a spec is data (it is kept in the JSON twin too, so a chart can be
 re-drawn and checked), and the vega-embed bundle that draws it is inlined from
-vl-convert, so the page needs no network (style-and-ecosystem.md B3.7).
+vl-convert, so the page needs no network.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Why rebuild packets rather than capture them: the prober keeps each reply's raw 
 bytes, IP TTL and arrival time (and, with ``--raw-capture``, IP ID and DF), which is
 everything a reader needs to check a forgery by eye. Each measurement becomes its
 query and every reply to it, as IPv4/UDP packets (LINKTYPE_RAW) built with dpkt
-(style-and-ecosystem.md B3: dpkt for pcap writing). The vantage's own address is not
+(dpkt writes the pcap). The vantage's own address is not
 in the records; it is taken from the lab's topology when known, else 192.0.2.1
 (TEST-NET-1), and said so in the report.
 """
