@@ -150,3 +150,18 @@ def test_analysis_of_a_store_file(serve: Callable[..., LoopbackServer], tmp_path
     uid = json.loads(out.read_text().splitlines()[0])["measurement_uid"]
     text = ww.explain(db, uid)
     assert "no control lookup" in text and "cannot be told from this data" in text
+
+
+def test_explain_accepts_the_sources_own_measurement_id() -> None:
+    path = (SHARED / "data/ooni/real/explorer/measurement_meta_0120200303c6ba9056fe7973cc6b51d15e2ebe18"
+            "_IE_efindlove_httpdiff.json")  # fmt: skip
+    if not path.exists():
+        pytest.skip("shared data not present")
+    records = list(ww.read(path))
+    source_uid = records[0].annotations["ooni_measurement_uid"]
+    assert source_uid and not any(r.measurement_uid == source_uid for r in records)
+    with ww.analyze(records) as result:
+        text = ww.explain(result, source_uid)
+    assert "www.efindlove.com" in text and "genuine" in text
+    # Replies imported without packet bytes are shown from their fields, not as parse failures.
+    assert "no packet bytes in the source" in text and "does not parse" not in text

@@ -331,3 +331,46 @@ def test_satellite_retries_are_one_measurement_with_ooni_failures(tmp_path: Path
     assert sorted(m.measurement_uid for m in satellite.read(copy)) == sorted(
         m.measurement_uid for m in satellite.read(scan)
     )
+
+
+@needs_data
+def test_a_v22_scan_from_china_without_controls_names_the_firewall_forgery(tmp_path: Path) -> None:
+    """The case a first reading got wrong: a Satellite v2.2 scan of a resolver in China whose
+    answer for a name that is not Facebook's is a Facebook address, and no control file.
+
+    The layout is the real v2.1 scan's first row rewritten as v2.2 (as above), moved to a
+    resolver in China and given a forged answer from the firewall's published pool range
+    ([wallbleed-2025] App. A: 31.13/16 is Facebook's). No shipped list holds the address:
+    the verdict rests on its origin AS alone, and says so.
+    """
+    src = json.loads((DATA / "censoredplanet/e2e_test_data/Satellitev2_2021-04-25/results.json")
+                     .read_text().splitlines()[0])  # fmt: skip
+    forged = "31.13.70.129"
+    from wallwatch.analysis import pools
+
+    assert forged not in {k.address for k in pools.load()[1]}
+    line = {**src, "vp": "202.106.0.20", "test_url": "www.wikipedia.org",
+            "location": {"country_name": "China", "country_code": "CN"}, "anomaly": True,
+            "passed_liveness": True}  # fmt: skip
+    line.pop("passed_control", None)
+    line["response"] = [
+        {"url": "www.wikipedia.org", "has_type_a": True, "error": "null", "rcode": -1,
+         "response": {}, "start_time": src["start_time"]},
+        {"url": "www.wikipedia.org", "has_type_a": True, "error": "null", "rcode": 0,
+         "response": {forged: {"asnum": 32934, "asname": "FACEBOOK", "matched": None}}},
+    ]  # fmt: skip
+    scan = tmp_path / "CP-Satellite-2022-01-01-12-00-01"
+    scan.mkdir()
+    (scan / "results.json").write_text(json.dumps(line) + "\n")
+    assert satellite.version(scan) == "v2.2"
+    (m,) = satellite.read(scan)
+    assert m.attempts == 2 and len(m.responses) == 1  # one query, a retry, one answer
+    judged = judge_measurements([m])
+    assert judged.attribution == "tampering_resolver"
+    assert "injected.unrelated_platform" in judged.verdicts and judged.on_list
+    import wallwatch as ww
+
+    with ww.analyze([m]) as result:
+        text = ww.explain(result, m.measurement_uid)
+    assert "AS of Facebook" in text and "no control lookup" in text
+    assert "cannot be told from this data" in text
