@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import time
+
 import dns.flags
 import dns.message
 import dns.name
@@ -15,6 +18,7 @@ from hypothesis import strategies as st
 
 from wallwatch import wire
 from wallwatch.vocab import ParseFailure
+from wallwatch.wire import parse_reply
 
 LABEL = st.text(
     alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_",
@@ -208,3 +212,40 @@ def test_qtype_names() -> None:
     assert wire.qtype_text(65) == "HTTPS"
     with pytest.raises(ValueError):
         wire.qtype_value("NOPE")
+
+
+def _pointer_chain_reply(size: int = 65000) -> bytes:
+    """A reply built to cost quadratic work: while offsets fit a pointer (14 bits), each
+    answer is named by a pointer to the previous answer's name (a chain that only goes
+    backwards); every later answer is named by the chain's end, so each one walks it all."""
+    question = b"\x03www\x07example\x03com\x00" + struct.pack("!HH", 1, 1)
+    out = bytearray(struct.pack("!HHHHHH", 0x1234, 0x8180, 1, 0, 0, 0) + question)
+    previous, count = 12, 0
+    while len(out) + 16 <= size:
+        here = len(out)
+        out += (
+            struct.pack("!H", 0xC000 | previous)
+            + struct.pack("!HHIH", 1, 1, 60, 4)
+            + b"\x01\x02\x03\x04"
+        )
+        if here < 0x3FF0:
+            previous = here
+        count += 1
+    struct.pack_into("!H", out, 6, count)
+    return bytes(out)
+
+
+def test_a_pointer_chain_reply_costs_linear_work() -> None:
+    wire = _pointer_chain_reply()
+    assert len(wire) > 60000
+    start = time.perf_counter()
+    parsed = parse_reply(wire)
+    elapsed = time.perf_counter() - start
+    assert parsed.failure == ParseFailure.BAD_POINTER
+    assert elapsed < 0.1, elapsed  # was 1.85 s before the work budget
+    # A genuine message with many compressed names stays within the budget.
+    many = dns.message.make_response(dns.message.make_query("example.com", "NS"))
+    many.answer.append(dns.rrset.from_text_list("example.com.", 60, "IN", "NS",
+                                                [f"ns{i}.example.com." for i in range(400)]))  # fmt: skip
+    parsed = parse_reply(many.to_wire())
+    assert parsed.failure is None and len(parsed.answers) == 400

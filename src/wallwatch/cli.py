@@ -387,9 +387,11 @@ def analyze(
         summary = run_analysis(db, baseline=baseline, mmdb=mmdb, window=window)
     except Exception as exc:  # DuckDB raises its own types; name the store in the message
         raise click.ClickException(f"{db}: analysis failed: {exc}") from None
+    names = sum(summary.attributions.values())
     err.print(
-        f"{summary.replies} replies judged (rules v{summary.rules_version}, pools "
-        f"{summary.pools_version}, netinfo {'; '.join(summary.netinfo_versions) or 'none'}): "
+        f"{summary.replies} reply verdicts (rules v{summary.rules_version}, pools "
+        f"{summary.pools_version}, netinfo {'; '.join(summary.netinfo_versions) or 'none'}); "
+        f"{names} names: "
         + ", ".join(f"{count} {name}" for name, count in sorted(summary.attributions.items())),
         highlight=False,
     )

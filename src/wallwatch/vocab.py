@@ -89,7 +89,8 @@ class ParseFailure(StrEnum):
     SHORT_HEADER = "short_header"
     #: A name ran past the end of the message.
     NAME_TRUNCATED = "name_truncated"
-    #: A compression pointer pointed forward or at itself (a loop).
+    #: A compression pointer pointed forward or at itself (a loop), or the pointers
+    #: chained past the per-message work bound (one step per byte; ``wire.work_budget``).
     BAD_POINTER = "bad_pointer"
     #: A label type other than a plain label or a pointer (0x40, 0x80).
     BAD_LABEL = "bad_label"

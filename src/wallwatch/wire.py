@@ -164,7 +164,19 @@ def _label_text(label: bytes) -> str:
     return "".join(out)
 
 
-def _read_name(msg: bytes, off: int, n: int) -> tuple[list[bytes], int]:
+def work_budget(size: int) -> list[int]:
+    """Steps (labels read plus pointers followed) one message of ``size`` bytes may cost.
+
+    Why a budget: pointers that only go backwards still chain, and every record may
+    start its name on a long chain, so an unbounded reader does quadratic work on one
+    crafted 64 KB reply (seconds of CPU). A genuine message reads each label a few times
+    at most, under one step per byte; past the budget the message is malformed
+    (``bad_pointer``), and its bytes are kept like any other malformed reply's.
+    """
+    return [64 + size]
+
+
+def _read_name(msg: bytes, off: int, n: int, budget: list[int]) -> tuple[list[bytes], int]:
     """Read a possibly compressed name at ``off``; return its labels and the end offset."""
     labels: list[bytes] = []
     end = -1
@@ -177,6 +189,9 @@ def _read_name(msg: bytes, off: int, n: int) -> tuple[list[bytes], int]:
         if count == 0:
             off += 1
             break
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Malformed(ParseFailure.BAD_POINTER)
         kind = count & 0xC0
         if kind == 0xC0:
             if off + 1 >= n:
@@ -211,7 +226,7 @@ def _name_text(labels: list[bytes]) -> str:
     return ".".join(_label_text(label) for label in labels) + "."
 
 
-def _rdata_text(msg: bytes, rtype: int, off: int, rdlen: int) -> str:
+def _rdata_text(msg: bytes, rtype: int, off: int, rdlen: int, budget: list[int]) -> str:
     if rtype == TYPE_A:
         if rdlen != 4:
             raise _Malformed(ParseFailure.BAD_RDATA)
@@ -221,7 +236,7 @@ def _rdata_text(msg: bytes, rtype: int, off: int, rdlen: int) -> str:
             raise _Malformed(ParseFailure.BAD_RDATA)
         return socket.inet_ntop(socket.AF_INET6, msg[off : off + 16])
     if rtype in _NAME_TYPES:
-        labels, end = _read_name(msg, off, off + rdlen)
+        labels, end = _read_name(msg, off, off + rdlen, budget)
         if end != off + rdlen:
             raise _Malformed(ParseFailure.BAD_RDATA)
         return _name_text(labels)
@@ -236,8 +251,9 @@ def _parse_fast(msg: bytes, out: ParsedReply) -> None:
     out.flags, out.rcode = flags, flags & 0xF
     out.qdcount, out.ancount, out.nscount, out.arcount = qd, an, ns, ar
     off = 12
+    budget = work_budget(n)
     for i in range(qd):
-        labels, end = _read_name(msg, off, n)
+        labels, end = _read_name(msg, off, n, budget)
         if end + 4 > n:
             raise _Malformed(ParseFailure.SECTION_TRUNCATED)
         if i == 0:
@@ -247,11 +263,12 @@ def _parse_fast(msg: bytes, out: ParsedReply) -> None:
         off = end + 4
     answers = out.answers
     qname = out.qname
+    declined = False
     for i in range(an + ns + ar):
         if qname is not None and msg[off : off + 2] == b"\xc0\x0c":
             owner, off = qname, off + 2  # the usual pointer to the question name
         else:
-            labels, off = _read_name(msg, off, n)
+            labels, off = _read_name(msg, off, n, budget)
             owner = _name_text(labels)
         if off + 10 > n:
             raise _Malformed(ParseFailure.SECTION_TRUNCATED)
@@ -260,14 +277,22 @@ def _parse_fast(msg: bytes, out: ParsedReply) -> None:
         if off + rdlen > n:
             raise _Malformed(ParseFailure.SECTION_TRUNCATED)
         if i < an:
-            data = _rdata_text(msg, rtype, off, rdlen)
-            answers.append(WireAnswer(owner, rtype, rclass, ttl, data))
+            try:
+                data = _rdata_text(msg, rtype, off, rdlen, budget)
+            except _Decline:
+                # Finish the walk first: dnspython only sees messages whose structure
+                # was read within the work budget.
+                declined = True
+            else:
+                answers.append(WireAnswer(owner, rtype, rclass, ttl, data))
         elif rtype == TYPE_OPT and i >= an + ns:
             out.edns, out.edns_payload = True, rclass
             out.rcode = (out.rcode or 0) | ((ttl >> 24) << 4)
         off += rdlen
     if off != n:
         raise _Malformed(ParseFailure.TRAILING_DATA)
+    if declined:
+        raise _Decline
 
 
 _SLOW_FAILURES: tuple[tuple[type[BaseException], ParseFailure], ...] = (

@@ -339,6 +339,7 @@ def build(out: Path, *, db: Path | None = None) -> dict[str, Any]:
     report["replies_judged"] = summary.replies
     report["rules_version"] = summary.rules_version
     report["pools_version"] = summary.pools_version
+    report["netinfo_version"] = "; ".join(summary.netinfo_versions) or "none"
     local = watch.get("local_addresses", {})
     pcap_uids: set[str] = set()
     for event in watch.get("events", []):
