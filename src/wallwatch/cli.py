@@ -252,7 +252,13 @@ def probe(
     s = result.stats
     err.print(
         f"report {result.report_id}: {s.measurements} measurements, {s.responses} replies, "
-        f"{s.strays} stray ({s.unmatched} unmatched), {s.timeouts} timeouts, "
+        f"{s.strays} stray ({s.unmatched} unmatched"
+        + (
+            f", {s.strays_unkept} over their source's budget: counted, not kept"
+            if s.strays_unkept
+            else ""
+        )
+        + f"), {s.timeouts} timeouts, "
         f"{s.parse_failures} unparseable, {s.kernel_drops} kernel drops"
         + (f", {result.skipped} skipped (resume)" if result.skipped else "")
         + (f", {len(bad)} bad input lines" if bad else ""),

@@ -169,19 +169,27 @@ def work_budget(size: int) -> list[int]:
 
     Why a budget: pointers that only go backwards still chain, and every record may
     start its name on a long chain, so an unbounded reader does quadratic work on one
-    crafted 64 KB reply (seconds of CPU). A genuine message reads each label a few times
-    at most, under one step per byte; past the budget the message is malformed
+    crafted 64 KB reply. Names reached through a pointer are decoded once per message
+    (:func:`_read_name` keeps them by offset), so a genuine message costs about one step
+    per label it holds; past the budget, one step per byte, the message is malformed
     (``bad_pointer``), and its bytes are kept like any other malformed reply's.
     """
     return [64 + size]
 
 
-def _read_name(msg: bytes, off: int, n: int, budget: list[int]) -> tuple[list[bytes], int]:
+#: Names already decoded in one message, by the offset a pointer reached them at.
+Memo = dict[int, tuple[bytes, ...]]
+
+
+def _read_name(
+    msg: bytes, off: int, n: int, budget: list[int], memo: Memo | None = None
+) -> tuple[list[bytes], int]:
     """Read a possibly compressed name at ``off``; return its labels and the end offset."""
     labels: list[bytes] = []
     end = -1
     limit = off  # pointers must go strictly backwards (as dnspython demands)
     length = 1
+    jumps: list[tuple[int, int]] = []  # (pointer target, labels read before it)
     while True:
         if off >= n:
             raise _Malformed(ParseFailure.NAME_TRUNCATED)
@@ -201,6 +209,14 @@ def _read_name(msg: bytes, off: int, n: int, budget: list[int]) -> tuple[list[by
                 raise _Malformed(ParseFailure.BAD_POINTER)
             if end < 0:
                 end = off + 2
+            known = memo.get(target) if memo is not None else None
+            if known is not None:
+                length += sum(len(label) + 1 for label in known)
+                if length > 255:
+                    raise _Malformed(ParseFailure.NAME_TOO_LONG)
+                labels.extend(known)
+                break
+            jumps.append((target, len(labels)))
             limit = off = target
             continue
         if kind:
@@ -213,6 +229,9 @@ def _read_name(msg: bytes, off: int, n: int, budget: list[int]) -> tuple[list[by
         if length > 255:
             raise _Malformed(ParseFailure.NAME_TOO_LONG)
         off = stop
+    if memo is not None:
+        for target, first in jumps:
+            memo[target] = tuple(labels[first:])
     return labels, (end if end >= 0 else off)
 
 
@@ -226,7 +245,7 @@ def _name_text(labels: list[bytes]) -> str:
     return ".".join(_label_text(label) for label in labels) + "."
 
 
-def _rdata_text(msg: bytes, rtype: int, off: int, rdlen: int, budget: list[int]) -> str:
+def _rdata_text(msg: bytes, rtype: int, off: int, rdlen: int, budget: list[int], memo: Memo) -> str:
     if rtype == TYPE_A:
         if rdlen != 4:
             raise _Malformed(ParseFailure.BAD_RDATA)
@@ -236,7 +255,7 @@ def _rdata_text(msg: bytes, rtype: int, off: int, rdlen: int, budget: list[int])
             raise _Malformed(ParseFailure.BAD_RDATA)
         return socket.inet_ntop(socket.AF_INET6, msg[off : off + 16])
     if rtype in _NAME_TYPES:
-        labels, end = _read_name(msg, off, off + rdlen, budget)
+        labels, end = _read_name(msg, off, off + rdlen, budget, memo)
         if end != off + rdlen:
             raise _Malformed(ParseFailure.BAD_RDATA)
         return _name_text(labels)
@@ -252,8 +271,9 @@ def _parse_fast(msg: bytes, out: ParsedReply) -> None:
     out.qdcount, out.ancount, out.nscount, out.arcount = qd, an, ns, ar
     off = 12
     budget = work_budget(n)
+    memo: Memo = {}
     for i in range(qd):
-        labels, end = _read_name(msg, off, n, budget)
+        labels, end = _read_name(msg, off, n, budget, memo)
         if end + 4 > n:
             raise _Malformed(ParseFailure.SECTION_TRUNCATED)
         if i == 0:
@@ -268,7 +288,7 @@ def _parse_fast(msg: bytes, out: ParsedReply) -> None:
         if qname is not None and msg[off : off + 2] == b"\xc0\x0c":
             owner, off = qname, off + 2  # the usual pointer to the question name
         else:
-            labels, off = _read_name(msg, off, n, budget)
+            labels, off = _read_name(msg, off, n, budget, memo)
             owner = _name_text(labels)
         if off + 10 > n:
             raise _Malformed(ParseFailure.SECTION_TRUNCATED)
@@ -278,7 +298,7 @@ def _parse_fast(msg: bytes, out: ParsedReply) -> None:
             raise _Malformed(ParseFailure.SECTION_TRUNCATED)
         if i < an:
             try:
-                data = _rdata_text(msg, rtype, off, rdlen, budget)
+                data = _rdata_text(msg, rtype, off, rdlen, budget, memo)
             except _Decline:
                 # Finish the walk first: dnspython only sees messages whose structure
                 # was read within the work budget.

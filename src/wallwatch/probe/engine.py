@@ -56,6 +56,11 @@ from wallwatch.vocab import Engine, Failure, TargetKind
 from wallwatch.wire import TC, ParsedReply, encode_name, parse_reply, query_tail
 
 _ID = struct.Struct("!H")
+#: Bytes of unsolicited replies parsed and kept per source: a burst, then a rate; the rest
+#: are only counted. In bytes, not packets, because parsing costs about one step per
+#: byte: a source flooding 64 KB crafted replies gets the CPU one sending small ones gets.
+STRAY_BURST = 256 * 1024
+STRAY_RATE = 64 * 1024.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,8 @@ class Stats:
     responses: int = 0
     strays: int = 0
     unmatched: int = 0
+    #: Unmatched strays past their source's budget: counted here, not parsed or kept.
+    strays_unkept: int = 0
     timeouts: int = 0
     parse_failures: int = 0
     icmp: int = 0
@@ -214,6 +221,7 @@ class Prober:
         ).hexdigest()
         self._uid_counter = 0
         self._targets: dict[Target, tuple[str, tuple[str, int], int]] = {}
+        self._stray_tokens: dict[str, tuple[float, float]] = {}
 
     # -- public -------------------------------------------------------------------
 
@@ -371,16 +379,30 @@ class Prober:
     def _on_datagram(
         self, index: int, data: bytes, addr: tuple[str, int], ttl: int | None, stamp: int
     ) -> None:
+        self.stats.responses += 1
+        # Match on the header first (cheap); only a reply to an open query, a late one, or
+        # an unsolicited one within its source's budget is parsed. A flood of crafted
+        # unsolicited packets then costs what a flood of ordinary ones does.
+        txid = _ID.unpack_from(data)[0] if len(data) >= 12 else -1
+        key = (index, addr[0], addr[1], txid)
+        slot = self._pending.get(key)
+        if slot is None:
+            known = self._recent.get(key) or self._recent_old.get(key)
+            if known is None and not self._stray_budget(addr[0], len(data)):
+                self.stats.strays += 1
+                self.stats.unmatched += 1
+                self.stats.strays_unkept += 1
+                return
+            parsed = parse_reply(data)
+            if parsed.failure is not None:
+                self.stats.parse_failures += 1
+            stamp = stamp or time.time_ns()
+            self._stray(index, key, data, parsed, addr, ttl, stamp)
+            return
         parsed = parse_reply(data)
         if parsed.failure is not None:
             self.stats.parse_failures += 1
-        self.stats.responses += 1
         stamp = stamp or time.time_ns()
-        key = (index, addr[0], addr[1], parsed.id if parsed.id is not None else -1)
-        slot = self._pending.get(key)
-        if slot is None:
-            self._stray(index, key, data, parsed, addr, ttl, stamp)
-            return
         attempt = slot.txids.index(key[3])
         ip_id, df = self._header_fields(index, addr, parsed.id)
         mismatch = parsed.qtype != slot.qtype or (
@@ -407,6 +429,18 @@ class Prober:
         ):
             server = StreamServer(Engine.TCP, slot.dest[0], slot.dest[1])
             self._submit_stream(slot, server)
+
+    def _stray_budget(self, source: str, size: int) -> bool:
+        """Take ``size`` bytes of ``source``'s unsolicited-reply budget (a token bucket per
+        source address: :data:`STRAY_BURST` bytes, then :data:`STRAY_RATE` a second)."""
+        now = time.monotonic()
+        tokens, last = self._stray_tokens.get(source, (float(STRAY_BURST), now))
+        tokens = min(float(STRAY_BURST), tokens + (now - last) * STRAY_RATE)
+        if tokens < size:
+            self._stray_tokens[source] = (tokens, now)
+            return False
+        self._stray_tokens[source] = (tokens - size, now)
+        return True
 
     def _header_fields(
         self, index: int, addr: tuple[str, int], txid: int | None
