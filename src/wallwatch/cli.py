@@ -13,10 +13,11 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from wallwatch import __version__
+from wallwatch.escape import console as console_text
+from wallwatch.escape import terminal
 from wallwatch.journal import read_records
 from wallwatch.names import BadLine, QueryName, parse_lines, read_names
 from wallwatch.probe.engine import ProbeConfig, Stats
@@ -245,7 +246,7 @@ def probe(
         try:
             result = run_sweep(
                 plan, config, output, resume=resume, procs=procs, progress=show,
-                warn=lambda text: err.print(f"[yellow]{text}[/]", highlight=False),
+                warn=lambda text: err.print(f"[yellow]{console_text(text)}[/]", highlight=False),
             )  # fmt: skip
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
@@ -322,7 +323,9 @@ def show(
             for record in read_records(path):
                 if not _wanted(record, uids, hostnames):
                     continue
-                click.echo(render(record))
+                # JSON escapes what it must and stays valid JSON; text for people is shown safe.
+                text = render(record)
+                click.echo(text if fmt == Format.JSON else terminal(text))
                 shown += 1
                 if limit is not None and shown >= limit:
                     return
@@ -425,8 +428,8 @@ def _import_run(records: Any, output: str, summary: Any, what: str) -> None:
             journal.write(record)
             if isinstance(record, InputError):
                 # One line per skip, never wrapped: people grep for file:line.
-                err.print(f"[yellow]{escape(record.source)}:{record.line}: skipped: "
-                          f"{escape(record.error)}[/]", highlight=False, soft_wrap=True)  # fmt: skip
+                err.print(f"[yellow]{console_text(record.source)}:{record.line}: skipped: "
+                          f"{console_text(record.error)}[/]", highlight=False, soft_wrap=True)  # fmt: skip
     finally:
         journal.close()
         err.print(f"import {what}: {summary.line()}", highlight=False, soft_wrap=True)
@@ -667,7 +670,7 @@ def explain(uid: str, db: str) -> None:
     from wallwatch.explain import explain as run_explain
 
     try:
-        click.echo(run_explain(db, uid), nl=False)
+        click.echo(terminal(run_explain(db, uid)), nl=False)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -708,7 +711,9 @@ def netinfo(
         elif info.asn is None:
             click.echo(f"{info.address}\tno origin AS (unrouted, private or reserved)")
         else:
-            click.echo(f"{info.address}\tAS{info.asn}\t{info.org}\t{info.prefix}\t{info.dataset}")
+            click.echo(
+                terminal(f"{info.address}\tAS{info.asn}\t{info.org}\t{info.prefix}\t{info.dataset}")
+            )
 
 
 @main.group()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from typing import Any
 
 import jinja2
 
 from wallwatch import __version__
+from wallwatch.escape import json_for_html
 from wallwatch.report import charts
 
 
@@ -35,8 +35,8 @@ def render(report: dict[str, Any]) -> str:
     specs: list[tuple[str, str, str]] = []
     for n, event in enumerate(report["events"]):
         for name, spec in charts.for_event(report, event):
-            # Safe inside <script>: no "</" can close the tag early.
-            specs.append((f"chart-{n}-{name}", name, json.dumps(spec).replace("</", "<\\/")))
+            # Safe inside <script> whatever the data's strings hold (wallwatch.escape).
+            specs.append((f"chart-{n}-{name}", name, json_for_html(spec)))
     return (
         _env()
         .get_template("report.html.j2")
