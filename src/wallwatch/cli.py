@@ -7,6 +7,8 @@ miniooni and zdns (names on stdin, ``-o``, ``-A key=value`` annotations).
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,10 +43,82 @@ mmdb_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group: every expected failure is one line naming the place and the cause.
+
+    A full disk, a missing permission, a corrupt store or a bad scenario is the user's
+    to fix, and a traceback hides the one line that says how; ``--debug`` (or
+    ``WALLWATCH_DEBUG=1``) shows it for a bug report.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug") or os.environ.get("WALLWATCH_DEBUG"):
+                raise
+            command = ctx.invoked_subcommand or ""
+            raise click.ClickException(f"{command}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The place and the cause of an error, on one line."""
+    if isinstance(exc, OSError):
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+        cause = exc.strerror or str(exc)
+        return f"{where}: {cause}" if where else cause
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    kind = type(exc).__name__
+    return text if kind in ("ValueError", "RuntimeError") else f"{kind}: {text}"
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wallwatch")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an error (for a bug report).")
+def main(debug: bool) -> None:
     """Detect, measure and prove DNS tampering by national firewalls."""
+
+
+class _Finite(click.ParamType[float, Any]):
+    """A finite float in a range (click's FloatRange lets ``nan`` through)."""
+
+    name = "number"
+
+    def __init__(self, low: float, *, low_open: bool = False) -> None:
+        self.low, self.low_open = low, low_open
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if number < self.low or (self.low_open and number == self.low):
+            self.fail(f"{value} must be {'>' if self.low_open else '>='} {self.low:g}", param, ctx)
+        return number
+
+
+POSITIVE = _Finite(0.0, low_open=True)
+NON_NEGATIVE = _Finite(0.0)
+
+
+class _Url(click.ParamType[str, Any]):
+    """An http(s) URL with a host, checked before anything runs (alerts are POSTed to it)."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(str(value))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(f"{value!r} is not an http(s) URL with a host", param, ctx)
+        return str(value)
 
 
 def _targets(specs: tuple[str, ...], files: tuple[str, ...]) -> list[Target]:
@@ -133,43 +207,43 @@ def _annotations(values: tuple[str, ...]) -> dict[str, str]:
     help="Trusted control per name: tcp:ADDR, dot:ADDR[#tls-name] or doh:URL.",
 )
 @click.option(
-    "--stream-workers", type=int, default=8, show_default=True,
+    "--stream-workers", type=click.IntRange(1, 1024), default=8, show_default=True,
     help="TCP/DoT/DoH lookups (controls, truncation retries) in flight at once.",
 )  # fmt: skip
 @click.option("--engine", type=click.Choice(["udp", "tcp"]), default="udp", show_default=True)
 @click.option(
     "--rate",
-    type=float,
+    type=NON_NEGATIVE,
     default=1000.0,
     show_default=True,
     help="Queries per second over all workers (0 = unlimited).",
 )
 @click.option(
     "--max-inflight",
-    type=int,
+    type=click.IntRange(1, 1_000_000),
     default=2000,
     show_default=True,
     help="Queries awaiting a first reply, per worker.",
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=POSITIVE,
     default=2.0,
     show_default=True,
     help="Seconds of silence before a retry.",
 )
 @click.option(
     "--window",
-    type=float,
+    type=NON_NEGATIVE,
     default=1.0,
     show_default=True,
     help="Seconds to keep listening after the first reply.",
 )
-@click.option("--retries", type=int, default=1, show_default=True)
+@click.option("--retries", type=click.IntRange(0, 100), default=1, show_default=True)
 @click.option("--rd/--no-rd", default=True, show_default=True, help="Ask for recursion.")
 @click.option(
     "--edns-payload",
-    type=int,
+    type=click.IntRange(0, 65535),
     default=1232,
     show_default=True,
     help="EDNS UDP size to advertise; 0 sends no OPT record.",
@@ -519,19 +593,23 @@ def export(files: tuple[str, ...], fmt: str, output: str) -> None:
               help="A vantage and what it asks each round (repeatable); targets as for probe -t.")  # fmt: skip
 @click.option("--lab", is_flag=True,
               help="Vantages are lab nodes (run in ww-lab-NAME); times on the scenario clock.")  # fmt: skip
-@click.option("--every", type=float, default=60.0, show_default=True,
+@click.option("--every", type=POSITIVE, default=60.0, show_default=True,
               help="Seconds between rounds (scenario seconds with --lab).")  # fmt: skip
-@click.option("--rounds", type=int, default=None, help="Stop after this many rounds in all.")
+@click.option(
+    "--rounds", type=click.IntRange(1), default=None, help="Stop after this many rounds in all."
+)
 @click.option("--until", default=None, help="Stop at this ISO time (scenario time with --lab).")
-@click.option("--rate", type=float, default=2000.0, show_default=True)
-@click.option("--timeout", type=float, default=0.6, show_default=True)
-@click.option("--window", type=float, default=0.3, show_default=True)
-@click.option("--post", default=None, metavar="URL", help="Also POST each alert (JSON) here.")
-@click.option("--delta", type=float, default=0.5, show_default=True,
+@click.option("--rate", type=NON_NEGATIVE, default=2000.0, show_default=True)
+@click.option("--timeout", type=POSITIVE, default=0.6, show_default=True)
+@click.option("--window", type=NON_NEGATIVE, default=0.3, show_default=True)
+@click.option(
+    "--post", default=None, type=_Url(), metavar="URL", help="Also POST each alert (JSON) here."
+)
+@click.option("--delta", type=POSITIVE, default=0.5, show_default=True,
               help="CUSUM: the step in a share to detect.")  # fmt: skip
-@click.option("--edd", type=float, default=2.0, show_default=True,
+@click.option("--edd", type=POSITIVE, default=2.0, show_default=True,
               help="CUSUM: expected detection delay, in rounds.")  # fmt: skip
-@click.option("--warmup", type=int, default=3, show_default=True,
+@click.option("--warmup", type=click.IntRange(0, 1000), default=3, show_default=True,
               help="Rounds that set each stream's baseline before it may alarm.")  # fmt: skip
 @mmdb_option
 def watch(
@@ -597,7 +675,7 @@ def report(out_dir: str, html_path: str | None, json_path: str | None) -> None:
     show_default=True,
     help="Directory for the records, the store and the Parquet files.",
 )
-@click.option("--rate", type=float, default=2000.0, show_default=True)
+@click.option("--rate", type=NON_NEGATIVE, default=2000.0, show_default=True)
 @click.option("--loopback", is_flag=True, help="Use the loopback miniature even as root.")
 def demo(out_dir: str, rate: float, loopback: bool) -> None:
     """Replay 21 January 2014 in the lab, watch it happen, and write the report.

@@ -59,11 +59,24 @@ def parse_target(spec: str, default_kind: TargetKind = TargetKind.RESOLVER) -> T
         port = _port(spec, p)
     else:
         addr = text
+        head6, _, last = text.rpartition(":")
+        if last.isdigit() and head6 and _is_address(head6.removesuffix(":") or head6):
+            # "::1:5300" is an address, but most likely meant as [::1]:5300.
+            raise ValueError(f"target {spec!r}: ambiguous; write [{head6}]:{last} for a port, "
+                             f"or [{text}] for the address")  # fmt: skip
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
         raise ValueError(f"target {spec!r}: {addr!r} is not an IP address") from None
     return Target(str(ip), port, kind)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _port(spec: str, text: str) -> int:
