@@ -110,13 +110,20 @@ TABLES: dict[str, str] = {
         "generate_subscripts(responses, 1) AS ri FROM staged WHERE record_type = 'measurement'))"
     ),
     "strays": (
-        "SELECT report_id, measurement_uid, local_port, response.* EXCLUDE (answers), "
+        "SELECT md5(concat_ws('|', report_id, local_port, response.t, response.src, "
+        "response.sport, response.raw_response)) AS stray_id, "
+        "report_id, measurement_uid, local_port, response.* EXCLUDE (answers), "
         "response.answers AS answers FROM staged WHERE record_type = 'stray'"
     ),
     "input_errors": (
-        "SELECT report_id, source, line, text, error FROM staged WHERE record_type = 'input_error'"
+        "SELECT md5(concat_ws('|', report_id, source, line, text, error)) AS input_error_id, "
+        "report_id, source, line, text, error FROM staged WHERE record_type = 'input_error'"
     ),
 }
+
+#: Tables whose rows have no ID in the records: a content hash keeps each row once, so
+#: ingesting the same file again (or a file and its copy) adds nothing.
+_CONTENT_KEYS = {"strays": "stray_id", "input_errors": "input_error_id"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +239,15 @@ def ingest_into(con: Any, paths: Sequence[str | Path]) -> IngestReport:
         if "measurements" in _tables(con)
         else "SELECT 1"
     )
+    present = _tables(con)
     for table, query in TABLES.items():
-        if table in _tables(con):
+        key = _CONTENT_KEYS.get(table)
+        if key is not None:
+            query = f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
+            if table in present:
+                _add_key(con, table, key)
+                query = f"SELECT * FROM ({query}) WHERE {key} NOT IN (SELECT {key} FROM {table})"
+        if table in present:
             con.execute(f"INSERT INTO {table} BY NAME {query}")
         else:
             con.execute(f"CREATE TABLE {table} AS {query}")
@@ -245,6 +259,22 @@ def ingest_into(con: Any, paths: Sequence[str | Path]) -> IngestReport:
         measurements=after["measurements"] - before.get("measurements", 0),
         responses=after["responses"] - before.get("responses", 0),
     )
+
+
+def _add_key(con: Any, table: str, key: str) -> None:
+    """Give a store made before content keys its key column, computed as new rows' is."""
+    columns = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+    if key in columns:
+        return
+    expression = TABLES[table].split(f" AS {key}", 1)[0].removeprefix("SELECT ")
+    con.execute(f"ALTER TABLE {table} ADD COLUMN {key} VARCHAR")
+    if table == "strays":
+        expression = (expression.replace("response.t", "t").replace("response.src", "src")
+                      .replace("response.sport", "sport").replace("response.raw_response", "raw_response"))  # fmt: skip
+    con.execute(f"UPDATE {table} SET {key} = {expression}")
+    # Rows doubled by earlier ingests go now: one row per key.
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table} "
+                f"QUALIFY row_number() OVER (PARTITION BY {key}) = 1")  # fmt: skip
 
 
 def export_parquet(con: Any, directory: str | Path) -> None:

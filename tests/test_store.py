@@ -1,0 +1,50 @@
+"""The store loads every record once: measurements by ID, strays and input errors by content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wallwatch import store
+from wallwatch.journal import Journal
+from wallwatch.records import SCHEMA_VERSION, InputError, Response, Stray
+
+
+def _file(path: Path) -> Path:
+    journal = Journal.open(path)
+    for i in range(3):
+        journal.write(Stray(schema_version=SCHEMA_VERSION, report_id="r", local_port=40000 + i,
+                            response=Response(t=0.1 * i, rtt=0.0, src="192.0.2.1", sport=53,
+                                              ip_ttl=60, raw_response="AAAA")))  # fmt: skip
+        journal.write(InputError(schema_version=SCHEMA_VERSION, report_id="r", source="names.txt",
+                                 line=i + 1, text="not ok", error="not a name"))  # fmt: skip
+    journal.close()
+    return path
+
+
+def test_ingesting_the_same_strays_and_input_errors_again_adds_nothing(tmp_path: Path) -> None:
+    first = _file(tmp_path / "a.jsonl")
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(first.read_bytes() * 2)  # the same records, twice, in another file
+    db = tmp_path / "s.duckdb"
+    for path in (first, first, copy):
+        store.ingest([path], db)
+    counts = store.query(
+        db, "SELECT (SELECT count(*) FROM strays), (SELECT count(*) FROM input_errors)"
+    )
+    assert counts == [(3, 3)]
+
+
+def test_a_store_from_before_content_keys_is_upgraded_and_deduplicated(tmp_path: Path) -> None:
+    path = _file(tmp_path / "a.jsonl")
+    db = tmp_path / "old.duckdb"
+    store.ingest([path], db)
+    con = store.connect(db)
+    con.execute("ALTER TABLE strays DROP COLUMN stray_id")
+    con.execute("ALTER TABLE input_errors DROP COLUMN input_error_id")
+    con.execute("INSERT INTO strays SELECT * FROM strays")  # doubled, as older ingests did
+    con.close()
+    store.ingest([path], db)
+    counts = store.query(
+        db, "SELECT (SELECT count(*) FROM strays), (SELECT count(*) FROM input_errors)"
+    )
+    assert counts == [(3, 3)]
