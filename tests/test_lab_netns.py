@@ -468,6 +468,17 @@ def test_lab_commands(lab) -> None:  # noqa: ANN001
     out = subprocess.run([*wallwatch, "exec", "client1", "--", "dig", "@8.8.8.8", "www.example.com", "+short"],
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.stdout.split() == [zones.genuine_address("www.example.com")]
+    assert status["healthy"] and not status["dead"]
+    border = next(p for p in status["state"]["processes"] if "wallwatch.lab.border" in p["program"])
+    os.kill(border["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    sick = subprocess.run([*wallwatch, "status"], capture_output=True, text=True)
+    assert (
+        sick.returncode == 1
+        and "lab unhealthy" in sick.stderr
+        and "wallwatch.lab.border" in sick.stderr
+    )
+    assert json.loads(sick.stdout)["healthy"] is False
     missing = subprocess.run(
         [*wallwatch, "exec", "nowhere", "--", "true"], capture_output=True, text=True
     )

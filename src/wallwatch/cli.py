@@ -830,12 +830,16 @@ def lab_down() -> None:
 
 @lab.command("status")
 def lab_status() -> None:
-    """Show the lab's namespaces, processes and counters (JSON)."""
+    """Show the lab's namespaces, processes and counters (JSON); exit 1 unless every process runs."""
     import json
 
     from wallwatch.lab import topology
 
-    click.echo(json.dumps(topology.status(), indent=2))
+    found = topology.status()
+    click.echo(json.dumps(found, indent=2))
+    if not found["healthy"]:
+        why = "; ".join(found["dead"]) or "no lab is up"
+        raise click.ClickException(f"lab unhealthy: {why}")
 
 
 @lab.command("exec", context_settings={"ignore_unknown_options": True})

@@ -131,6 +131,11 @@ def spawn(ns: str, args: Sequence[str], log: str) -> subprocess.Popen[bytes]:
     return child
 
 
+def spawned() -> list[subprocess.Popen[bytes]]:
+    """The processes :func:`spawn` started in this process, in order."""
+    return list(_children)
+
+
 def pids(ns: str) -> list[int]:
     out = run(["ip", "netns", "pids", ns], check=False)
     return [int(p) for p in out.split() if p.isdigit()]

@@ -10,6 +10,7 @@ the 24 minutes of 21 January 2014 replay in 24 seconds. Shipped scenarios live i
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from wallwatch.lab.injector import PROFILES, Anchor
 from wallwatch.paths import shared_data
 
 
@@ -108,6 +112,109 @@ def available() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+class _Strict(msgspec.Struct, forbid_unknown_fields=True):
+    """Scenario tables: an unknown key is an error (a typo must not bring a lab up silently)."""
+
+
+class _RuleSpec(_Strict):
+    pattern: str
+    anchor: Anchor = Anchor.SUFFIX
+    pool: str = ""
+
+
+class _InjectorSpec(_Strict):
+    id: str
+    profile: str
+    active: list[tuple[str, str]] = []
+    pools: dict[str, list[str]] = {}
+    rules: list[_RuleSpec] = []
+    rules_file: str | None = None
+    rules_every: int | None = None
+    pool_file: str | None = None
+    processes: int = 3
+
+
+class _ResolverSpec(_Strict):
+    cache_max: float | None = None
+    hijack: dict[str, str] = {}
+    nxdomain_rewrite: str | None = None
+
+
+class _AuthoritativeSpec(_Strict):
+    override: dict[str, str] = {}
+
+
+class _PublicResolverSpec(_Strict):
+    root: str = "outside"
+
+
+class _TruthSpec(_Strict):
+    actor: str
+    attribution: str
+    names: str
+    answer: str = ""
+    start: str = ""
+    end: str = ""
+    note: str = ""
+
+
+class _ScenarioSpec(_Strict):
+    name: str
+    clock_start: str
+    summary: str = ""
+    sources: list[str] = []
+    time_scale: float = 1.0
+    delay_ms: int = 80
+    border_hops: int = 3
+    injectors: list[_InjectorSpec] = []
+    resolver: _ResolverSpec = msgspec.field(default_factory=_ResolverSpec)
+    authoritative: _AuthoritativeSpec = msgspec.field(default_factory=_AuthoritativeSpec)
+    public_resolver: _PublicResolverSpec = msgspec.field(default_factory=_PublicResolverSpec)
+    truth: list[_TruthSpec] = []
+
+
+def validate(data: dict[str, Any], where: str) -> None:
+    """Check a scenario's keys, types and ranges before anything is built; raise
+    ``ValueError`` naming the file and the field."""
+    try:
+        spec = msgspec.convert(data, _ScenarioSpec)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"{where}: bad scenario: {exc}") from None
+    problems = []
+    if not (math.isfinite(spec.time_scale) and spec.time_scale > 0):
+        problems.append(f"time_scale must be a positive number, not {spec.time_scale}")
+    if spec.delay_ms < 0:
+        problems.append(f"delay_ms must be >= 0, not {spec.delay_ms}")
+    if not 1 <= spec.border_hops <= 30:
+        problems.append(f"border_hops must be 1-30, not {spec.border_hops}")
+    if spec.resolver.cache_max is not None and not spec.resolver.cache_max > 0:
+        problems.append(f"resolver.cache_max must be > 0, not {spec.resolver.cache_max}")
+    if spec.public_resolver.root not in ("inside", "outside"):
+        problems.append(
+            f"public_resolver.root must be inside or outside, not {spec.public_resolver.root!r}"
+        )
+    for i, injector in enumerate(spec.injectors):
+        if injector.profile not in PROFILES:
+            problems.append(f"injectors[{i}].profile {injector.profile!r} is not one of "
+                            f"{', '.join(sorted(PROFILES))}")  # fmt: skip
+        if injector.processes < 1:
+            problems.append(f"injectors[{i}].processes must be >= 1")
+        if injector.rules_every is not None and injector.rules_every < 1:
+            problems.append(f"injectors[{i}].rules_every must be >= 1")
+        for a, b in injector.active:
+            try:
+                if datetime.fromisoformat(b) <= datetime.fromisoformat(a):
+                    problems.append(f"injectors[{i}].active: {b} is not after {a}")
+            except ValueError as exc:
+                problems.append(f"injectors[{i}].active: {exc}")
+    try:
+        datetime.fromisoformat(spec.clock_start)
+    except ValueError as exc:
+        problems.append(f"clock_start: {exc}")
+    if problems:
+        raise ValueError(f"{where}: bad scenario: " + "; ".join(problems))
+
+
 def load(name_or_path: str) -> Scenario:
     """A shipped scenario by name, or a scenario file by path."""
     path = Path(name_or_path)
@@ -124,6 +231,7 @@ def load(name_or_path: str) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{where}: {exc}") from None
+    validate(data, where)
     try:
         return Scenario(
             name=data["name"],

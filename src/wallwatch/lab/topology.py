@@ -105,6 +105,8 @@ class LabState:
     #: Scenario seconds per real second, and the scenario time at ``started``.
     scale: float = 1.0
     clock_start: str = ""
+    #: The long-running processes the lab started: namespace, program, pid.
+    processes: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self) -> None:
         path = state_dir() / "state.json"
@@ -166,7 +168,12 @@ def up(scenario: Scenario, *, log: Any = print) -> LabState:
         netns.assert_isolated(before, netns.ours())
         state = LabState(scenario.name, time.time(), [asdict(n) for n in all_nodes])
         (directory / "clock.json").unlink(missing_ok=True)
+        first = len(netns.spawned())
         _start_processes(scenario, all_nodes, macs, state, directory, log)
+        state.processes = [
+            {"ns": c.args[3], "program": " ".join(map(str, c.args[4:7])), "pid": c.pid}
+            for c in netns.spawned()[first:]
+        ]
         state.started = time.time()
         state.scale = scenario.time_scale
         state.clock_start = scenario.clock_start.isoformat()
@@ -307,7 +314,8 @@ def down() -> list[str]:
 
 
 def status() -> dict[str, Any]:
-    """What is up: namespaces, processes, border and sink counters."""
+    """What is up: namespaces, each process the lab started and whether it still runs,
+    border and sink counters; ``healthy`` only when every process runs."""
     directory = state_dir()
     out: dict[str, Any] = {"namespaces": {ns: netns.pids(ns) for ns in netns.ours()}}
     for name in ("state", "border-stats", "sink-stats"):
@@ -317,4 +325,22 @@ def status() -> dict[str, Any]:
                 out[name] = json.loads(path.read_text())
             except ValueError:
                 out[name] = "unreadable"
+    state = out.get("state")
+    processes = state.get("processes", []) if isinstance(state, dict) else []
+    dead = []
+    for proc in processes:
+        proc["running"] = _running(int(proc["pid"]))
+        if not proc["running"]:
+            dead.append(f"{proc['program']} in {proc['ns']} (pid {proc['pid']})")
+    out["healthy"] = bool(out["namespaces"]) and bool(processes) and not dead
+    out["dead"] = dead
     return out
+
+
+def _running(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z"
