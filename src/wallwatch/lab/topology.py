@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from wallwatch.lab import netns, zones
 from wallwatch.lab.scenario import Scenario
@@ -170,10 +170,10 @@ def up(scenario: Scenario, *, log: Any = print) -> LabState:
         (directory / "clock.json").unlink(missing_ok=True)
         first = len(netns.spawned())
         _start_processes(scenario, all_nodes, macs, state, directory, log)
-        state.processes = [
-            {"ns": c.args[3], "program": " ".join(map(str, c.args[4:7])), "pid": c.pid}
-            for c in netns.spawned()[first:]
-        ]
+        state.processes = []
+        for child in netns.spawned()[first:]:
+            args = [str(a) for a in cast(list[str], child.args)]  # ip netns exec NS PROGRAM...
+            state.processes.append({"ns": args[3], "program": " ".join(args[4:7]), "pid": child.pid})
         state.started = time.time()
         state.scale = scenario.time_scale
         state.clock_start = scenario.clock_start.isoformat()
