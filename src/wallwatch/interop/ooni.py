@@ -261,8 +261,7 @@ def read_records(
                 doc = _document(raw)
                 # Without OONI's own ID, the ID derives from the content (a renamed or
                 # moved file gives the same IDs, so a store never doubles it).
-                made = list(_measurements(doc, str(path), number,
-                                          hashlib.blake2b(raw, digest_size=8).hexdigest()))  # fmt: skip
+                made = list(_measurements(doc, str(path), number, raw))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 where = _where(raw, number, exc)
                 cut = "truncated" in str(exc)
@@ -335,7 +334,7 @@ def _keys(doc: ODoc) -> OTestKeys:
     return keys or OTestKeys()
 
 
-def _measurements(doc: ODoc, source: str, line: int, content_id: str) -> Iterator[Measurement]:
+def _measurements(doc: ODoc, source: str, line: int, raw: bytes) -> Iterator[Measurement]:
     name = doc.test_name or "?"
     version = doc.test_version or "?"
     prefixes = SUPPORTED.get(name)
@@ -350,12 +349,11 @@ def _measurements(doc: ODoc, source: str, line: int, content_id: str) -> Iterato
     # OONI names a measurement by its report and input; without its own measurement_uid
     # the ID derives from those (or from the bytes when even they are missing), never
     # from the file's path, so a renamed or reformatted file gives the same IDs.
-    identity = (doc.report_id, doc.measurement_start_time, doc.test_name, str(doc.input))
-    uid = doc.measurement_uid or (
-        hashlib.blake2b("|".join(map(str, identity)).encode(), digest_size=8).hexdigest()
-        if doc.report_id
-        else content_id
-    )
+    uid = doc.measurement_uid
+    if not uid:
+        identity = (doc.report_id, doc.measurement_start_time, doc.test_name, str(doc.input))
+        content = "|".join(map(str, identity)).encode() if doc.report_id else raw
+        uid = hashlib.blake2b(content, digest_size=8).hexdigest()
     base: dict[str, Any] = dict(
         schema_version=records.SCHEMA_VERSION, report_id=doc.report_id or Path(source).stem,
         measurement_start_time=start, vantage=f"{doc.probe_cc or 'ZZ'}/{_asn(doc.probe_asn)}",
