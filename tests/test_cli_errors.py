@@ -80,3 +80,27 @@ def test_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (
         "out.jsonl: No space left on device" in result.output and "Traceback" not in result.output
     )
+
+
+def test_resume_refuses_an_output_that_is_not_records(tmp_path: Path) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("example.com\nexample.org\n")
+    result = CliRunner().invoke(main, ["probe", "-f", str(names), "-t", "127.0.0.1:9", "--quiet",
+                                       "-o", str(names), "--resume"])  # fmt: skip
+    assert result.exit_code != 0 and "refusing to resume" in result.output
+    assert names.read_text() == "example.com\nexample.org\n"
+
+
+def test_an_imported_answer_that_is_not_an_address_is_an_input_error(tmp_path: Path) -> None:
+    import json
+
+    doc = {"test_name": "dnscheck", "test_version": "0.9.2", "measurement_start_time": "2024-01-01 00:00:00",
+           "test_keys": {"queries": [{"hostname": "example.com", "query_type": "A", "engine": "udp",
+                                      "resolver_address": "8.8.8.8:53", "t": 0.1,
+                                      "answers": [{"answer_type": "A", "ipv4": "<script>", "ttl": 60}]}]}}  # fmt: skip
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc) + "\n")
+    result = CliRunner().invoke(
+        main, ["import", "ooni", str(path), "-o", str(tmp_path / "o.jsonl")]
+    )
+    assert result.exit_code == 1 and "is not an IPv4 address" in result.output

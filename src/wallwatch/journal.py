@@ -107,6 +107,13 @@ def recover(path: str | Path) -> Recovered:
                 raise msgspec.DecodeError("line is not terminated (torn by a crash)")
             record = records.decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # A crash tears the *end* of a record, so a torn line starts like one. Any
+            # other line means this is not a wallwatch output file: never rewrite it.
+            if not line.startswith(b'{"record_type":'):
+                raise ValueError(
+                    f"{target}:{number}: not wallwatch records ({line[:40]!r}); "
+                    "refusing to resume into it"
+                ) from None
             out.dropped.append((number, str(exc)))
             continue
         keep.append(line)

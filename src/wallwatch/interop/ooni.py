@@ -467,12 +467,23 @@ def _answers(items: list[OAnswer] | None) -> tuple[Answer, ...]:
         except ValueError:
             ttl = 0
         if item.ipv4:
-            out.append(Answer("A", ttl, "", item.ipv4))
+            out.append(Answer("A", ttl, "", _address(item.ipv4, 4)))
         elif item.ipv6:
-            out.append(Answer("AAAA", ttl, "", None, item.ipv6))
+            out.append(Answer("AAAA", ttl, "", None, _address(item.ipv6, 6)))
         elif item.hostname:
             out.append(Answer(item.answer_type or "CNAME", ttl, "", None, None, item.hostname))
     return tuple(out)
+
+
+def _address(text: str, version: int) -> str:
+    """An answer's address, checked: anything else makes the document an input error."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"bad answer: {text[:60]!r} is not an IPv{version} address") from None
+    if address.version != version:
+        raise ValueError(f"bad answer: {text[:60]!r} is not an IPv{version} address")
+    return str(address)
 
 
 def _reply(failure: str | None, answers: tuple[Answer, ...], t: float,

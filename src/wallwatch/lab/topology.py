@@ -173,7 +173,9 @@ def up(scenario: Scenario, *, log: Any = print) -> LabState:
         state.processes = []
         for child in netns.spawned()[first:]:
             args = [str(a) for a in cast(list[str], child.args)]  # ip netns exec NS PROGRAM...
-            state.processes.append({"ns": args[3], "program": " ".join(args[4:7]), "pid": child.pid})
+            state.processes.append(
+                {"ns": args[3], "program": " ".join(args[4:7]), "pid": child.pid}
+            )
         state.started = time.time()
         state.scale = scenario.time_scale
         state.clock_start = scenario.clock_start.isoformat()
