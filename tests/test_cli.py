@@ -113,13 +113,15 @@ def measured_hosts(path: Path) -> list[str]:
 def test_recover_drops_only_torn_lines(tmp_path: Path) -> None:
     out = tmp_path / "x.jsonl"
     good = '{"record_type":"input_error","schema_version":1,"report_id":"r","source":"-","line":3,"text":"x y","error":"e"}\n'
+    # Line 2: a torn prefix, then another writer's whole record on the same line.
     out.write_text(
-        good + "{not json\n" + good.replace('"line":3', '"line":4') + '{"record_type":"meas'
-    )
+        good + '{"record_type":"input_err' + good.replace('"line":3', '"line":5')
+        + good.replace('"line":3', '"line":4') + '{"record_type":"meas'
+    )  # fmt: skip
     recovered = recover(out)
     assert [n for n, _ in recovered.dropped] == [2, 4]
-    assert recovered.input_errors == {("-", 3), ("-", 4)}
-    assert out.read_text().count("\n") == 2
+    assert recovered.input_errors == {("-", 3), ("-", 4), ("-", 5)}
+    assert out.read_text().count("\n") == 3 and recovered.records == 3
 
 
 def test_procs_shard_the_names_and_lose_none(serve, tmp_path: Path) -> None:

@@ -115,13 +115,15 @@ def recover(path: str | Path) -> Recovered:
                     "refusing to resume into it"
                 ) from None
             out.dropped.append((number, str(exc)))
+            # Another writer's whole record may follow the torn prefix on the same line.
+            for piece in _salvage(line):
+                keep.append(piece)
+                out.records += 1
+                _note(out, records.decode(piece))
             continue
         keep.append(line)
         out.records += 1
-        if isinstance(record, Measurement):
-            out.done.add(record.key())
-        elif isinstance(record, InputError):
-            out.input_errors.add((record.source, record.line))
+        _note(out, record)
     if out.dropped:
         tmp = target.with_name(target.name + ".resume-tmp")
         with open(tmp, "wb") as handle:
@@ -130,6 +132,27 @@ def recover(path: str | Path) -> Recovered:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     return out
+
+
+def _note(out: Recovered, record: Record) -> None:
+    if isinstance(record, Measurement):
+        out.done.add(record.key())
+    elif isinstance(record, InputError):
+        out.input_errors.add((record.source, record.line))
+
+
+def _salvage(line: bytes) -> list[bytes]:
+    """Whole records that follow a torn prefix on one line (each ends the line)."""
+    start = line.find(b'{"record_type":', 1)
+    while start > 0:
+        piece = line[start:]
+        try:
+            records.decode(piece)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            start = line.find(b'{"record_type":', start + 1)
+            continue
+        return [piece if piece.endswith(b"\n") else piece + b"\n"]
+    return []
 
 
 def read_records(path: str | Path) -> Iterator[Record]:

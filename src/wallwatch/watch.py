@@ -3,30 +3,37 @@
 Why rounds of whole sweeps, each written to its own file: a round is the unit the
 detector reads (one minute of every stream), the unit a crash can tear, and the unit
 a restart resumes from. ``rounds.jsonl`` says which rounds finished; a restart replays
-every round file on disk -- finished or torn -- through the detector without
-re-alerting, and carries on with the next minute. Nothing measured is lost, and no
-minute is counted twice: the signals count distinct names per minute
-(:mod:`wallwatch.events.minute`), and a round that lands in a minute already judged
-is stored but not judged again.
+the finished rounds through the detector and carries on with the next minute. A round
+torn by a crash is completed from its files when every vantage finished its sweep, and
+otherwise set aside (its files renamed ``*.torn``, never judged: a half-measured minute
+must not read as a quiet one) and measured again at the next slot. No minute is judged
+twice: the signals count distinct names per minute (:mod:`wallwatch.events.minute`).
 
-Each vantage is a sweep run by ``wallwatch probe`` in a child process, either on
-this machine or, with ``--lab``, inside a lab namespace (``ww-lab-<node>``), so the
-prober's hot loop is the same one benchmarked in ``bench/probe.py``. With ``--lab``
-times are on the scenario's clock (:func:`wallwatch.lab.topology.scenario_clock`).
+Each vantage is a sweep run by ``wallwatch probe`` in a child process -- a vantage in a
+lab namespace must be entered with ``ip netns exec``, which only a new process can do --
+that dies with the watch (:mod:`wallwatch.supervise`), so a killed watch leaves no sweep
+writing behind it. With ``--lab`` times are on the scenario's clock
+(:func:`wallwatch.lab.topology.scenario_clock`).
 
-Alerts: one JSON line per event change on stdout (and in ``alerts.jsonl``), and,
-when ``--post`` is given, the same JSON POSTed to a URL; a failing POST is reported
-on stderr and does not stop the watch.
+Alerts are a log derived from the rounds: the order of writes is rounds.jsonl (fsync),
+then each alert with its idempotency key (``id``) in ``alerts.jsonl`` (fsync), then
+delivery. A restart re-derives the alerts of every finished round and raises those the
+log lacks (a crash between the two writes loses nothing), once. Alerts are printed on
+stdout and, with ``--post``, delivered by a worker with deadlines and retries
+(:mod:`wallwatch.delivery`), exactly once per receiver across restarts.
+
+``events.json`` is a snapshot derived from all this (rewritten when an event changes,
+every ten rounds, and at exit); the per-minute series is appended to ``series.jsonl``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timezone
@@ -34,6 +41,7 @@ from pathlib import Path
 
 import msgspec
 
+from wallwatch.delivery import Deliverer
 from wallwatch.events.detector import Detector, Event, EventChange, minute_iso
 from wallwatch.events.minute import (
     Signals,
@@ -46,6 +54,7 @@ from wallwatch.events.minute import (
 from wallwatch.journal import read_records, recover
 from wallwatch.names import QueryName, parse_lines
 from wallwatch.records import Measurement
+from wallwatch.supervise import preexec
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,8 @@ class RoundRecord(msgspec.Struct, frozen=True):
     files: list[str]
     measurements: int
     partial: bool = False
+    #: Torn and incomplete: its files were set aside (``*.torn``) and it was not judged.
+    discarded: bool = False
 
 
 @dataclass
@@ -165,6 +176,11 @@ class Watch:
         self.series: list[dict[str, object]] = []
         config.out.mkdir(parents=True, exist_ok=True)
         (config.out / "measurements").mkdir(exist_ok=True)
+        #: Alert ids already in the log (``alerts.jsonl``): raised exactly once.
+        self.raised: set[str] = set()
+        self._seen_keys: dict[str, int] = {}
+        self._unsaved = 0
+        self.deliverer: Deliverer | None = None
 
     # -- one round ---------------------------------------------------------------
 
@@ -195,8 +211,10 @@ class Watch:
                 self.config.out / "measurements" / f"r{number:06d}-m{minute}-{vantage.name}.jsonl"
             )
             files.append(path)
+            parent = os.getpid()
             procs.append(subprocess.Popen(self._command(vantage, number, minute, path),
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))  # fmt: skip
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                          preexec_fn=functools.partial(preexec, parent)))  # fmt: skip
         for vantage, proc in zip(self.config.vantages, procs, strict=True):
             _, err = proc.communicate()
             if proc.returncode:
@@ -206,17 +224,14 @@ class Watch:
         measurements = list(_measurements(files))
         record = RoundRecord(number, minute, at, real_start, time.time(),
                              [p.name for p in files], len(measurements))  # fmt: skip
-        with open(self.config.out / "rounds.jsonl", "ab") as f:
-            f.write(msgspec.json.encode(record) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _append_lines(self.config.out / "rounds.jsonl", [msgspec.json.encode(record).decode()])
         self.rounds.append(record)
         self.judge(minute, measurements, now=self.config.clock.now())
         return record
 
     def judge(self, minute: int, measurements: Iterable[Measurement], *, now: float,
               alert: bool = True) -> list[EventChange]:  # fmt: skip
-        """Run the detector over one minute; alert on what changed."""
+        """Run the detector over one minute; raise the alerts the log does not hold yet."""
         if minute in self.judged:
             return []
         self.judged.add(minute)
@@ -227,30 +242,48 @@ class Watch:
         for key in sorted(by_key):
             history = self.history.setdefault(key, StreamHistory())
             batch.append(signals(by_key[key], history))
+        rows = []
+        tz = self.config.clock.tz
         for s in batch:
-            self.series.append({
+            row = {
                 "minute": s.minute, "stream": s.key.label(), "vantage": s.key.vantage,
                 "resolver": s.key.resolver, "engine": s.key.engine, "kind": s.key.target_kind,
                 "tld": s.key.tld, "qtype": s.key.qtype, "answered": s.answered,
                 "top_address": s.top_address, "top_share": s.top_share,
                 "tampered_share": s.tampered_share, "new_tampered_share": s.new_tampered_share,
                 "proven_top": s.proven_top, "outside_as_share": s.outside_as_share,
-            })  # fmt: skip
-        changes = self.detector.step(minute, batch, now)
+            }  # fmt: skip
+            self.series.append(row)
+            rows.append(dict(row, minute=minute_iso(minute, tz, "minutes")))
         if alert:
-            for change in changes:
-                line = json.dumps(self.alert(change))
+            _append_lines(self.config.out / "series.jsonl", [json.dumps(r) for r in rows])
+        changes = self.detector.step(minute, batch, now)
+        fresh = []
+        for change in changes:
+            alert_key = f"{change.event.event_id}:{change.change.value}:{change.minute}"
+            n = self._seen_keys.get(alert_key, 0)
+            self._seen_keys[alert_key] = n + 1
+            alert_id = f"{alert_key}:{n}" if n else alert_key
+            if alert_id in self.raised:
+                continue
+            self.raised.add(alert_id)
+            fresh.append(json.dumps(self.alert(change, alert_id)))
+        if fresh:
+            # Logged (fsync) before anything is shown or sent: the log is what a restart trusts.
+            _append_lines(self.config.out / "alerts.jsonl", fresh)
+            for line in fresh:
                 self.emit(line)
-                with open(self.config.out / "alerts.jsonl", "a") as f:
-                    f.write(line + "\n")
-                if self.config.post:
-                    _post(self.config.post, line)
-        self.save()
+                if self.deliverer is not None:
+                    self.deliverer.send(json.loads(line))
+        self._unsaved += 1
+        if alert and (changes or self._unsaved >= 10):
+            self.save()
         return changes
 
-    def alert(self, change: EventChange) -> dict[str, object]:
+    def alert(self, change: EventChange, alert_id: str) -> dict[str, object]:
         return {
             "type": "wallwatch.event",
+            "id": alert_id,
             "change": change.change.value,
             "at": minute_iso(change.minute, self.config.clock.tz, "minutes"),
             "event": self.event_dict(change.event),
@@ -261,7 +294,8 @@ class Watch:
         return event.as_dict(self.config.clock.tz, len(self.panel), len(resolvers))
 
     def save(self) -> None:
-        """The detector's view, rewritten after every minute (``events.json``)."""
+        """The detector's view as a snapshot (``events.json``; series in ``series.jsonl``)."""
+        self._unsaved = 0
         tz = self.config.clock.tz
         data = {
             "panel": {"names": len(self.panel), "vantages": [v.name for v in self.config.vantages]},
@@ -269,10 +303,6 @@ class Watch:
             "local_addresses": self.config.local,
             "minutes": [minute_iso(m, tz, "minutes") for m in self.detector.minutes],
             "events": [self.event_dict(e) for e in self.detector.events],
-            "series": [
-                dict(row, minute=minute_iso(int(str(row["minute"])), tz, "minutes"))
-                for row in self.series
-            ],  # fmt: skip
             "traces": {
                 name: [
                     {
@@ -300,7 +330,7 @@ class Watch:
     # -- resume and the loop ----------------------------------------------------------
 
     def resume(self) -> int:
-        """Replay what is on disk; return the next round number."""
+        """Replay what is on disk; raise what the alert log lacks; return the next round."""
         done: dict[int, RoundRecord] = {}
         path = self.config.out / "rounds.jsonl"
         if path.exists():
@@ -311,10 +341,14 @@ class Watch:
                     print(f"watch: {path}:{number}: torn round record, ignored", file=sys.stderr)
                     continue
                 done[r.round] = r
+        self.raised = _alert_ids(self.config.out / "alerts.jsonl")
         files: dict[tuple[int, int], list[Path]] = {}
         for f in sorted((self.config.out / "measurements").glob("r*-m*-*.jsonl")):
             round_text, minute_part = f.name[1:].split("-", 2)[:2]
             files.setdefault((int(round_text), int(minute_part[1:])), []).append(f)
+        for number, finished in sorted(done.items()):
+            if finished.discarded and (number, finished.minute) not in files:
+                self.rounds.append(finished)
         for (number, minute), paths in sorted(files.items()):
             record = done.get(number)
             if record is None:
@@ -324,18 +358,65 @@ class Watch:
                               file=sys.stderr)  # fmt: skip
             measurements = list(_measurements(paths))
             if record is None:
-                # Torn by a crash mid-round: keep what it measured.
+                complete = self._complete(paths, measurements)
                 record = RoundRecord(number, minute, minute * 60.0, 0.0, 0.0,
-                                     [p.name for p in paths], len(measurements), partial=True)  # fmt: skip
-                with open(path, "ab") as out:
-                    out.write(msgspec.json.encode(record) + b"\n")
+                                     [p.name for p in paths], len(measurements), partial=True,
+                                     discarded=not complete)  # fmt: skip
+                if not complete:
+                    # Half a sweep is not a quiet minute: set aside, measured again.
+                    for p in paths:
+                        p.replace(p.with_name(p.name + ".torn"))
+                    print(f"watch: round {number} (minute {minute}) was torn by a crash with "
+                          f"{len(measurements)} measurements; set aside as *.torn, not judged",
+                          file=sys.stderr)  # fmt: skip
+                _append_lines(path, [msgspec.json.encode(record).decode()])
             self.rounds.append(record)
-            self.judge(minute, measurements, now=record.at, alert=False)
+            if not record.discarded:
+                self.judge(minute, measurements, now=record.at, alert=False)
+        # The series is derived from the rounds too: rewritten whole after the replay.
+        tz = self.config.clock.tz
+        rows = [json.dumps(dict(r, minute=minute_iso(int(str(r["minute"])), tz, "minutes")))
+                for r in self.series]  # fmt: skip
+        tmp = self.config.out / "series.jsonl.tmp"
+        tmp.write_text("".join(r + "\n" for r in rows))
+        tmp.replace(self.config.out / "series.jsonl")
+        self.save()
         return max((n for n, _ in files), default=-1) + 1
+
+    def _complete(self, paths: list[Path], measurements: list[Measurement]) -> bool:
+        """Every vantage's sweep of this round is on disk (the round can be judged)."""
+        per: dict[str, int] = {}
+        for m in measurements:
+            per[m.vantage] = per.get(m.vantage, 0) + 1
+        for vantage in self.config.vantages:
+            expected = len(self.panel) * (len(vantage.targets) + len(vantage.controls))
+            if per.get(vantage.name, 0) < expected:
+                return False
+        return True
 
     def run(self, *, stop: Callable[[], bool] = lambda: False) -> None:
         c = self.config
+        if c.post:
+            self.deliverer = Deliverer(
+                c.out / "deliveries.jsonl", [c.post],
+                warn=lambda text: print(f"watch: {text}", file=sys.stderr),
+            )  # fmt: skip
         number = self.resume()
+        if self.deliverer is not None:
+            # Alerts logged before a crash but never delivered go out first, once.
+            self.deliverer.start(pending_from=c.out / "alerts.jsonl")
+        try:
+            self._loop(number, stop)
+        finally:
+            self.save()
+            if self.deliverer is not None:
+                left = self.deliverer.close(timeout=15.0)
+                if left:
+                    print(f"watch: {left} alert deliveries still pending; they are sent at "
+                          "the next start", file=sys.stderr)  # fmt: skip
+
+    def _loop(self, number: int, stop: Callable[[], bool]) -> None:
+        c = self.config
         now = c.clock.now()
         # The first round starts now (its slot is the current one); after a restart,
         # at the next slot, so that no minute is measured twice.
@@ -372,11 +453,30 @@ def _measurements(paths: Iterable[Path]) -> Iterable[Measurement]:
             print(f"watch: {path}: {exc}; records before it kept", file=sys.stderr)
 
 
-def _post(url: str, line: str) -> None:
-    request = urllib.request.Request(url, data=line.encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            response.read()
-    except OSError as exc:
-        print(f"watch: POST to {url} failed: {exc}", file=sys.stderr)
+def _append_lines(path: Path, lines: list[str]) -> None:
+    """Append whole lines and fsync: what is logged survives a crash right after."""
+    if not lines:
+        return
+    with open(path, "ab+") as handle:
+        head = b""
+        if handle.tell():
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                head = b"\n"  # end a line torn by a crash; it stays unreadable, alone
+        handle.write(head + "".join(line + "\n" for line in lines).encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _alert_ids(path: Path) -> set[str]:
+    """Ids of the alerts in the log (a line torn by a crash is not an alert)."""
+    out: set[str] = set()
+    if path.exists():
+        for line in path.read_bytes().splitlines():
+            try:
+                alert = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(alert, dict) and "id" in alert:
+                out.add(str(alert["id"]))
+    return out

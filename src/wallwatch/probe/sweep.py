@@ -23,6 +23,7 @@ from wallwatch.names import BadLine, QueryName
 from wallwatch.probe.engine import ProbeConfig, Prober, Query, Stats, make_report_id
 from wallwatch.probe.stream import StreamServer
 from wallwatch.records import InputError
+from wallwatch.supervise import die_with_parent
 from wallwatch.targets import Target
 from wallwatch.vocab import Engine, TargetKind
 from wallwatch.wire import qtype_text
@@ -170,10 +171,11 @@ def _run_sharded(
     shard_rate = config.rate / procs if config.rate else None
     shard_config = _replace_rate(config, shard_rate)
     workers = []
+    parent = os.getpid()
     for shard in range(procs):
         worker = ctx.Process(
             target=_worker,
-            args=(plan, shard_config, output, shard, procs, done, report_id, counters),
+            args=(plan, shard_config, output, shard, procs, done, report_id, counters, parent),
             name=f"ww-probe-{shard}",
         )
         worker.start()
@@ -209,7 +211,10 @@ def _worker(
     done: set[Key],
     report_id: str,
     counters: list[int],
+    parent: int,
 ) -> None:
+    # A worker outliving a killed parent would race the resumed sweep (doubled records).
+    die_with_parent(parent)
     width = len(_STAT_FIELDS)
 
     def publish(stats: Stats) -> None:

@@ -309,13 +309,20 @@ def build(out: Path, *, db: Path | None = None) -> dict[str, Any]:
         "last_minute": (watch.get("minutes") or [None])[-1],
         "detector": watch.get("detector", {}),
         "events": [],
-        "series": watch.get("series", []),
+        "series": _series(out, watch),
         "traces": {},
         "missing": missing,
     }
-    partial = [r for r in _rounds(out) if r.get("partial")]
-    if partial:
-        missing.append(f"{len(partial)} round(s) were torn by a crash; their records are kept")
+    rounds = _rounds(out)
+    kept = [r for r in rounds if r.get("partial") and not r.get("discarded")]
+    if kept:
+        missing.append(f"{len(kept)} round(s) were torn by a crash after every vantage "
+                       "finished: completed from their files")  # fmt: skip
+    discarded = [r for r in rounds if r.get("discarded")]
+    if discarded:
+        missing.append(f"{len(discarded)} round(s) were torn by a crash mid-sweep: their "
+                       "records are kept as measurements/*.torn, not judged, and the minute "
+                       "was measured again")  # fmt: skip
     if not files:
         return report
     try:
@@ -388,6 +395,20 @@ def _event_streams(report: dict[str, Any], event: dict[str, Any]) -> set[str]:
     target = event["target_address"]
     return {str(row["stream"]) for row in report["series"] if row.get("top_address") == target
             and (row.get("top_share") or 0) >= 0.5}  # fmt: skip
+
+
+def _series(out: Path, watch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The watch's per-minute series: ``series.jsonl`` (older watches kept it in events.json)."""
+    path = out / "series.jsonl"
+    if not path.exists():
+        return list(watch.get("series", []))
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line torn by a crash
+    return rows
 
 
 def _rounds(out: Path) -> list[dict[str, Any]]:
