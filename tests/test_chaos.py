@@ -164,3 +164,38 @@ def _keys_tolerant(out: Path) -> Counter[str]:
         if record["record_type"] == "measurement":
             counts[record["hostname"]] += 1
     return counts
+
+
+def test_kill_9_of_watch_mid_round_leaves_no_sweep_behind_and_no_silent_minute(
+    serve,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    names, server = _names(tmp_path, 600), _server(serve, 600)
+    out = tmp_path / "watch"
+    argv = [sys.executable, "-m", "wallwatch", "watch", "-f", str(names), "-o", str(out),
+            "-V", f"here={server.spec}", "--every", "1", "--rate", "1500", "--timeout", "0.3",
+            "--window", "0.05"]  # fmt: skip
+    with open(tmp_path / "watch.stderr", "ab") as err:
+        proc = subprocess.Popen([*argv, "--rounds", "50"], stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not _children_writing(out / "measurements") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _children_writing(out / "measurements"), "no sweep started"
+    while time.monotonic() < deadline and not any(
+        f.stat().st_size for f in (out / "measurements").glob("r000000-*.jsonl")
+    ):
+        time.sleep(0.01)  # kill once the first round has written part of its sweep
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    assert not _children_writing(out / "measurements"), "a sweep outlived the killed watch"
+    done = subprocess.run([*argv, "--rounds", "3"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    torn = [r for r in rounds if r.get("partial")]
+    assert torn, rounds  # the killed round was found
+    for r in torn:  # either whole and judged, or set aside and not judged
+        assert r["discarded"] == (r["measurements"] < 600)
+    judged = [r for r in rounds if not r.get("discarded")]
+    assert sum(r["measurements"] for r in judged) == 600 * len(judged)
