@@ -104,3 +104,16 @@ def test_an_imported_answer_that_is_not_an_address_is_an_input_error(tmp_path: P
         main, ["import", "ooni", str(path), "-o", str(tmp_path / "o.jsonl")]
     )
     assert result.exit_code == 1 and "is not an IPv4 address" in result.output
+
+
+@pytest.mark.parametrize("verb", ["ingest", "analyze", "explain"])
+def test_a_corrupt_store_is_one_line(verb: str, tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    db.write_bytes(b"this is not a DuckDB file" * 100)
+    records = tmp_path / "r.jsonl"
+    records.write_text('{"record_type":"input_error","schema_version":1,"report_id":"r","source":"-",'
+                       '"line":1,"text":"x","error":"e"}\n')  # fmt: skip
+    args = {"ingest": [str(records)], "analyze": [], "explain": ["abc"]}[verb]
+    result = CliRunner().invoke(main, [verb, *args, "--db", str(db)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "s.duckdb" in result.output, result.output
