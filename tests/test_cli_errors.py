@@ -116,4 +116,6 @@ def test_a_corrupt_store_is_one_line(verb: str, tmp_path: Path) -> None:
     args = {"ingest": [str(records)], "analyze": [], "explain": ["abc"]}[verb]
     result = CliRunner().invoke(main, [verb, *args, "--db", str(db)])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert len(result.output.strip().splitlines()) == 1 and "s.duckdb" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "s.duckdb" in result.output, (
+        result.output
+    )

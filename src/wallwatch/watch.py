@@ -185,16 +185,19 @@ class Watch:
     # -- one round ---------------------------------------------------------------
 
     def _command(self, vantage: Vantage, number: int, minute: int, output: Path) -> list[str]:
+        """The child that sweeps ``vantage``: the library's entry point with a JSON spec."""
+        from wallwatch.probe.child import SweepSpec
+
         c = self.config
-        args = [sys.executable, "-m", "wallwatch", "probe", "-f", str(c.names), "-o", str(output),
-                "--quiet", "--rate", str(c.rate), "--window", str(c.window),
-                "--timeout", str(c.timeout), "--retries", "0", "--vantage", vantage.name,
-                "--stream-workers", "64",
-                "-A", f"round={number}", "-A", f"minute={minute}"]  # fmt: skip
-        for target in vantage.targets:
-            args += ["-t", target]
-        for control in vantage.controls:
-            args += ["--control", control]
+        spec = SweepSpec(
+            names=str(c.names), output=str(output), targets=list(vantage.targets),
+            controls=list(vantage.controls), vantage=vantage.name, rate=c.rate or None,
+            timeout=c.timeout, window=c.window,
+            annotations={"round": str(number), "minute": str(minute)},
+        )  # fmt: skip
+        spec_path = output.with_name(output.name.removesuffix(".jsonl") + ".spec.json")
+        spec_path.write_bytes(msgspec.json.encode(spec))
+        args = [sys.executable, "-m", "wallwatch.probe.child", str(spec_path)]
         if vantage.node is not None:
             from wallwatch.lab import netns
 
