@@ -794,6 +794,139 @@ def netinfo(
             )
 
 
+@main.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="The collector's directory (store, minute log, tokens).")  # fmt: skip
+@click.option("--listen", default="127.0.0.1:8040", show_default=True, metavar="HOST:PORT")
+@click.option("--uds", default=None, metavar="PATH", help="Listen on this Unix socket instead.")
+@click.option("--webhook", "webhooks", multiple=True, type=_Url(), metavar="URL",
+              help="POST every alert here (repeatable; retried, logged).")  # fmt: skip
+@click.option("--private", is_flag=True, help="Reading needs a token too.")
+@click.option("--grace", type=POSITIVE, default=90.0, show_default=True,
+              help="Seconds without new data after which pending minutes are judged.")  # fmt: skip
+def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...], private: bool,
+          grace: float) -> None:  # fmt: skip
+    """The observatory: collector, API and live dashboard in one process."""
+    import uvicorn
+
+    from wallwatch.observatory.app import create_app
+    from wallwatch.observatory.collector import Collector
+    from wallwatch.observatory.tokens import Tokens
+
+    host, _, port = listen.rpartition(":")
+    if not uds and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise click.BadParameter(f"{listen!r}: HOST:PORT", param_hint="--listen")
+    data = Path(data_dir)
+    collector = Collector(data, webhooks=list(webhooks), grace=grace)
+    app = create_app(collector, Tokens(data), private=private)
+    where = f"unix:{uds}" if uds else f"http://{host.strip('[]')}:{port}/"
+    err.print(f"wallwatch serve: {data} on {where}", highlight=False)
+    try:
+        if uds:
+            uvicorn.run(app, uds=uds, log_level="warning")
+        else:
+            uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="warning")
+    finally:
+        collector.close()
+
+
+@main.group()
+def token() -> None:
+    """Upload tokens of a collector (one vantage each, stored hashed)."""
+
+
+@token.command("new")
+@click.argument("vantage")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
+def token_new(vantage: str, data_dir: str) -> None:
+    """A new upload token for VANTAGE, printed alone on the last line."""
+    from wallwatch.observatory.tokens import Tokens
+
+    try:
+        value = Tokens(Path(data_dir)).new(vantage)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="VANTAGE") from None
+    err.print(
+        f"token for {console_text(vantage)} (shown once; only its hash is kept):", highlight=False
+    )
+    click.echo(value)
+
+
+@token.command("list")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+def token_list(data_dir: str) -> None:
+    """Tokens: id, vantage, created, revoked."""
+    import datetime
+
+    from wallwatch.observatory.tokens import Tokens
+
+    for t in Tokens(Path(data_dir)).list():
+        when = datetime.datetime.fromtimestamp(t.created, datetime.UTC).isoformat(
+            timespec="seconds"
+        )
+        click.echo(
+            terminal(f"{t.ident}\t{t.vantage}\t{when}\t{'revoked' if t.revoked else 'active'}")
+        )
+
+
+@token.command("revoke")
+@click.argument("ident")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+def token_revoke(ident: str, data_dir: str) -> None:
+    """Revoke a token by its id (from ``token list``) or every token of a vantage."""
+    from wallwatch.observatory.tokens import Tokens
+
+    try:
+        count = Tokens(Path(data_dir)).revoke(ident)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="IDENT") from None
+    if not count:
+        raise click.ClickException(f"no active token matches {ident!r}")
+    err.print(f"revoked {count} token(s)", highlight=False)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "--to",
+    "url",
+    required=True,
+    metavar="URL",
+    help="The collector: http(s)://HOST:PORT or unix:PATH.",
+)
+@click.option(
+    "--token",
+    "token_value",
+    required=True,
+    envvar="WALLWATCH_TOKEN",
+    help="Upload token (or $WALLWATCH_TOKEN).",
+)
+@click.option("--spool", default=None, type=click.Path(file_okay=False),
+              help="Spool directory (default: a .wallwatch-spool beside the first path).")  # fmt: skip
+def upload(paths: tuple[str, ...], url: str, token_value: str, spool: str | None) -> None:
+    """Ship records made offline (probe output, imports, watch directories) to a collector."""
+    from urllib.parse import urlsplit
+
+    from wallwatch.observatory.agent import Spool, files_of
+
+    if urlsplit(url).scheme not in ("http", "https", "unix"):
+        raise click.BadParameter(f"{url!r}: http(s)://HOST:PORT or unix:PATH", param_hint="--to")
+    files = files_of([Path(p) for p in paths])
+    where = Path(spool) if spool else Path(paths[0]).resolve().parent / ".wallwatch-spool"
+    queue = Spool(
+        where, url, token_value, warn=lambda text: err.print(console_text(text), highlight=False)
+    )
+    for path in files:
+        with open(path, "rb") as handle:
+            queue.add(handle)
+    if not queue.drain(retry=False):
+        left = len(queue.pending())
+        raise click.ClickException(f"{url}: not reachable; {left} batch(es) kept in {where}, "
+                                   "sent by the next 'wallwatch upload'")  # fmt: skip
+    err.print(f"upload: {len(files)} file(s): {queue.stored} measurements stored, "
+              f"{queue.duplicates} already there", highlight=False)  # fmt: skip
+
+
 @main.group()
 def lab() -> None:
     """The lab: an emulated firewall, real DNS servers, in network namespaces (root)."""

@@ -1,0 +1,287 @@
+"""The collector's HTTP side: uploads, the read API under /api/v1, the live stream, the dashboard.
+
+Why FastAPI: typed parameters become validation (422) and the OpenAPI document
+(``/openapi.json``, ``/docs``) for free, and its server-sent events push rounds, event
+changes and alerts to the dashboard without polling. Every JSON answer carries
+``metadata`` with the rows read and the milliseconds taken (also as ``X-Rows-Read`` and
+``X-Elapsed-Ms`` headers, on CSV too), as OONI's API does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import gzip
+import io
+import json
+import tempfile
+import time
+import zlib
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from wallwatch import __version__
+from wallwatch.escape import json_for_html
+from wallwatch.observatory.collector import MAX_BODY, MAX_DECOMPRESSED, Collector, UploadError
+from wallwatch.observatory.tokens import Tokens
+from wallwatch.store import sql_literal
+
+_FILTERS = {"vantage": "vantage", "hostname": "hostname", "target": "resolver_address",
+            "qtype": "query_type"}  # fmt: skip
+
+
+def _answer(rows: list[dict[str, Any]], started: float, read: int, **extra: Any) -> JSONResponse:
+    elapsed = round((time.perf_counter() - started) * 1000, 2)
+    body = {"metadata": {"rows_read": read, "elapsed_ms": elapsed, "count": len(rows), **extra},
+            "results": rows}  # fmt: skip
+    return JSONResponse(body, headers={"X-Rows-Read": str(read), "X-Elapsed-Ms": str(elapsed)})
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str], started: float) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([json.dumps(v) if isinstance(v, list | dict) else v for v in row.values()])
+    elapsed = round((time.perf_counter() - started) * 1000, 2)
+    return Response(out.getvalue(), media_type="text/csv",
+                    headers={"X-Rows-Read": str(len(rows)), "X-Elapsed-Ms": str(elapsed),
+                             "Content-Disposition": "attachment; filename=wallwatch.csv"})  # fmt: skip
+
+
+def create_app(collector: Collector, tokens: Tokens, *, private: bool = False) -> FastAPI:
+    """The ASGI app of one collector."""
+    app = FastAPI(title="wallwatch observatory", version=__version__,
+                  description="Uploads from vantages, the judgement across them, events and alerts.")  # fmt: skip
+
+    def vantage_of(authorization: str | None) -> str:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise HTTPException(401, "an upload token is needed (Authorization: Bearer TOKEN)")
+        vantage = tokens.vantage_of(authorization.split(None, 1)[1].strip())
+        if vantage is None:
+            raise HTTPException(401, "unknown or revoked token")
+        return vantage
+
+    def reader(authorization: str | None) -> None:
+        if private:
+            vantage_of(authorization)
+
+    @app.post("/api/v1/uploads", status_code=200)
+    async def upload(
+        request: Request,
+        authorization: Annotated[str | None, Header()] = None,
+        content_encoding: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Store a batch of wallwatch JSONL records (gzip with ``Content-Encoding: gzip``)
+        as the token's vantage. Idempotent: a measurement already stored is acknowledged
+        and not stored again."""
+        started = time.perf_counter()
+        vantage = vantage_of(authorization)
+        size = int(request.headers.get("content-length") or 0)
+        if size > MAX_BODY:
+            raise HTTPException(413, f"body over {MAX_BODY} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise HTTPException(413, f"body over {MAX_BODY} bytes")
+        data = bytes(body)
+        if (content_encoding or "").lower() == "gzip":
+            try:
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                data = inflater.decompress(data, MAX_DECOMPRESSED)
+                if inflater.unconsumed_tail:
+                    raise HTTPException(413, f"body over {MAX_DECOMPRESSED} bytes decompressed")
+            except zlib.error as exc:
+                raise HTTPException(422, f"not gzip: {exc}") from None
+        try:
+            result = await asyncio.to_thread(collector.upload, vantage, data)
+        except UploadError as exc:
+            raise HTTPException(exc.status, exc.detail) from None
+        return _answer([], started, result.received, vantage=vantage, received=result.received,
+                       stored=result.stored, duplicates=result.duplicates,
+                       input_errors=result.input_errors, minutes=result.minutes)  # fmt: skip
+
+    def query(sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        with collector.lock:
+            if not collector._has("measurements"):
+                return []
+            cursor = collector.con.execute(sql, params or [])
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    @app.get("/api/v1/measurements", response_model=None)
+    def measurements(
+        authorization: Annotated[str | None, Header()] = None,
+        since: str | None = None,
+        until: str | None = None,
+        vantage: str | None = None,
+        hostname: str | None = None,
+        target: str | None = None,
+        qtype: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+        after: Annotated[
+            str | None, Query(description="the last row's cursor: keyset pagination")
+        ] = None,
+        format: Literal["json", "csv", "parquet"] = "json",
+    ) -> Response:
+        """Measurements, newest last, filtered; ``after`` pages by (start time, uid)."""
+        reader(authorization)
+        started = time.perf_counter()
+        where, params = ["true"], []
+        for name, column in _FILTERS.items():
+            value = {"vantage": vantage, "hostname": hostname, "target": target, "qtype": qtype}[
+                name
+            ]
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since:
+            where.append("measurement_start_time >= ?")
+            params.append(since)
+        if until:
+            where.append("measurement_start_time < ?")
+            params.append(until)
+        if after:
+            at, _, uid = after.partition("|")
+            where.append("(measurement_start_time, measurement_uid) > (?, ?)")
+            params += [at, uid]
+        sql = ("SELECT measurement_uid, measurement_start_time, vantage, hostname, query_type, "
+               "resolver_address, target_kind, engine, failure, response_count FROM measurements "
+               f"WHERE {' AND '.join(where)} ORDER BY measurement_start_time, measurement_uid "
+               f"LIMIT {int(limit)}")  # fmt: skip
+        rows = query(sql, params)
+        cursor = (
+            f"{rows[-1]['measurement_start_time']}|{rows[-1]['measurement_uid']}" if rows else None
+        )
+        if format == "csv":
+            columns = list(rows[0]) if rows else ["measurement_uid"]
+            return _csv(rows, columns, started)
+        if format == "parquet":
+            with collector.lock, tempfile.TemporaryDirectory() as tmp:
+                target_path = Path(tmp) / "m.parquet"
+                collector.con.execute(f"COPY ({sql}) TO {sql_literal(str(target_path))} (FORMAT parquet)",
+                                      params)  # fmt: skip
+                return Response(
+                    target_path.read_bytes(), media_type="application/vnd.apache.parquet"
+                )
+        return _answer(rows, started, len(rows), next_cursor=cursor)
+
+    @app.get("/api/v1/aggregation", response_model=None)
+    def aggregation(
+        authorization: Annotated[str | None, Header()] = None,
+        axis: Literal["vantage", "target", "tld", "qtype", "hostname"] = "vantage",
+        grain: Literal["minute", "hour", "day"] = "hour",
+        format: Literal["json", "csv"] = "json",
+    ) -> Response:
+        """Measurement counts by one axis per time grain."""
+        reader(authorization)
+        started = time.perf_counter()
+        column = {"vantage": "vantage", "target": "resolver_address", "qtype": "query_type",
+                  "hostname": "hostname",
+                  "tld": "regexp_extract(hostname, '[^.]+$')"}[axis]  # fmt: skip
+        rows = query(
+            f"SELECT date_trunc('{grain}', CAST(measurement_start_time AS TIMESTAMP)) AS t, "
+            f"{column} AS {axis}, count(*) AS measurements, sum(response_count) AS replies "
+            "FROM measurements GROUP BY ALL ORDER BY ALL"
+        )
+        for row in rows:
+            row["t"] = str(row["t"])
+        if format == "csv":
+            return _csv(rows, ["t", axis, "measurements", "replies"], started)
+        return _answer(rows, started, sum(int(r["measurements"]) for r in rows))
+
+    @app.get("/api/v1/events")
+    def events(authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        """Events the judgement across vantages raised (open and over)."""
+        reader(authorization)
+        started = time.perf_counter()
+        with collector.lock:
+            rows = [collector.watch.event_dict(e) for e in collector.watch.detector.events]
+        return _answer(rows, started, len(rows))
+
+    @app.get("/api/v1/events/{event_id}")
+    def event(event_id: str, authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        reader(authorization)
+        started = time.perf_counter()
+        with collector.lock:
+            found = [collector.watch.event_dict(e) for e in collector.watch.detector.events
+                     if e.event_id == event_id]  # fmt: skip
+        if not found:
+            raise HTTPException(404, "no such event")
+        return _answer(found, started, 1)
+
+    @app.get("/api/v1/alerts")
+    def alerts(authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        """Every alert raised, with the delivery log of each webhook."""
+        reader(authorization)
+        started = time.perf_counter()
+        rows = _jsonl(collector.data / "judge" / "alerts.jsonl")
+        deliveries = _jsonl(collector.data / "deliveries.jsonl")
+        for row in rows:
+            row["deliveries"] = [d for d in deliveries if d.get("id") == row.get("id")]
+        return _answer(rows, started, len(rows))
+
+    @app.get("/api/v1/vantages")
+    def vantages(authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        """Each vantage: measurements stored, uploads, last seen, the last minute it sent."""
+        reader(authorization)
+        started = time.perf_counter()
+        with collector.lock:
+            rows = [{"vantage": v, **info} for v, info in sorted(collector.vantages.items())]
+        return _answer(rows, started, len(rows))
+
+    @app.get("/api/v1/heartbeat")
+    def heartbeat() -> JSONResponse:
+        """Alive, with the newest minute judged: a silent monitor and a broken one differ."""
+        started = time.perf_counter()
+        with collector.lock:
+            judged = max(collector.watch.judged) if collector.watch.judged else None
+            row = {"time": time.time(), "last_minute_judged": judged, "pending_minutes": len(collector.pending),
+                   "events_open": sum(1 for e in collector.watch.detector.events if e.end is None)}  # fmt: skip
+        return _answer([row], started, 0)
+
+    @app.get("/api/v1/stream", response_class=EventSourceResponse)
+    async def stream(request: Request, authorization: Annotated[str | None, Header()] = None,
+                     since: int = 0) -> AsyncIterator[ServerSentEvent]:  # fmt: skip
+        """Server-sent events: rounds judged (``minute``), uploads, alerts, late data."""
+        reader(authorization)
+        seq = since
+        while not await request.is_disconnected():
+            for message in collector.since(seq):
+                seq = message.seq
+                yield ServerSentEvent(data=message.data, event=message.kind, id=str(message.seq))
+            await asyncio.sleep(0.25)
+
+    @app.get("/", response_class=HTMLResponse)
+    def dashboard() -> HTMLResponse:
+        """The dashboard: open events, vantages, the live stream (no network needed)."""
+        page = resources.files("wallwatch.observatory").joinpath("dashboard.html").read_text()
+        config = json_for_html({"version": __version__, "private": private})
+        return HTMLResponse(page.replace("/*CONFIG*/null", config))
+
+    return app
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_bytes().splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def gzip_body(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=5)

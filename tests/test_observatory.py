@@ -1,0 +1,341 @@
+"""The observatory as users meet it: `wallwatch serve` on loopback, tokens, uploads, the API.
+
+Real HTTP against uvicorn in a child process; uploads through the CLI and the agent's
+spool; the judgement across vantages on the 2014 loopback lab.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from wallwatch.journal import Journal
+from wallwatch.lab.loopback import LoopbackServer, authoritative
+from wallwatch.observatory.agent import Spool, send
+from wallwatch.records import SCHEMA_VERSION, Answer, Measurement, Response
+from wallwatch.vocab import Engine, TargetKind
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "wallwatch", *args], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+class Server:
+    def __init__(self, data: Path, *extra: str) -> None:
+        self.data = data
+        self.port = _port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        with open(self.data.parent / f"serve-{self.port}.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "wallwatch", "serve", "--data", str(self.data),
+                 "--listen", f"127.0.0.1:{self.port}", *self.extra],
+                stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/api/v1/heartbeat", timeout=1).read()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(
+            "serve did not start: " + (self.data.parent / f"serve-{self.port}.log").read_text()
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            self.proc.wait(timeout=20)
+
+    def get(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+    def post(self, body: bytes, token: str | None, **headers: str) -> tuple[int, dict[str, object]]:
+        request = urllib.request.Request(self.url + "/api/v1/uploads", data=body, method="POST",
+                                         headers={**({"Authorization": f"Bearer {token}"} if token else {}), **headers})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=20) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def start(*extra: str, data: Path | None = None) -> Server:
+        s = Server(data or tmp_path / "collector", *extra).start()
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def _measurements(path: Path, vantage: str, count: int, minute0: int = 29000000,
+                  per_minute: int = 50) -> Path:  # fmt: skip
+    journal = Journal.open(path)
+    for i in range(count):
+        reply = Response(t=0.01, rtt=0.01, src="192.0.2.53", sport=53, ip_ttl=60, raw_response="",
+                         rcode=0, ancount=1, answers=(Answer("A", 60, "", "192.0.2.1"),))  # fmt: skip
+        journal.write(Measurement(
+            schema_version=SCHEMA_VERSION, measurement_uid=f"{vantage}-{i:05d}", report_id="r",
+            measurement_start_time="2026-12-01 10:00:00", vantage=vantage,
+            hostname=f"n{i % 50}.example.com", query_type="A", engine=Engine.UDP,
+            resolver_address="192.0.2.53:53", target_kind=TargetKind.RESOLVER, transaction_id=i,
+            source_port=40000, t0=0.0, t=0.1, responses=(reply,),
+            annotations={"minute": str(minute0 + i // per_minute)},
+        ))  # fmt: skip
+    journal.close()
+    return path
+
+
+def test_serve_tokens_upload_api_and_csv(server, tmp_path: Path) -> None:  # noqa: ANN001
+    s = server()
+    token = _cli("token", "new", "here", "--data", str(s.data)).stdout.strip().splitlines()[-1]
+    other = _cli("token", "new", "there", "--data", str(s.data)).stdout.strip().splitlines()[-1]
+    records = _measurements(tmp_path / "m.jsonl", "here", 300)
+    done = _cli("upload", "--to", s.url, "--token", token, str(records))
+    assert "300 measurements stored, 0 already there" in done.stderr
+    again = _cli("upload", "--to", s.url, "--token", token, str(records))
+    assert "0 measurements stored, 300 already there" in again.stderr
+    # Who may do what.
+    body = records.read_bytes()
+    assert s.post(body, None)[0] == 401
+    assert s.post(body, "not-a-token")[0] == 401
+    assert s.post(body, other)[0] == 403  # "there" may not upload as "here"
+    assert s.post(b"{not json\n", token)[0] == 422
+    assert s.post(b"garbage", token, **{"Content-Encoding": "gzip"})[0] == 422
+    bomb = gzip.compress(b"\n" * (200 * 1024 * 1024))
+    assert s.post(bomb, token, **{"Content-Encoding": "gzip"})[0] == 413
+    revoked = _cli("token", "new", "gone", "--data", str(s.data)).stdout.strip().splitlines()[-1]
+    ident = [line.split("\t")[0] for line in _cli("token", "list", "--data", str(s.data)).stdout.splitlines()
+             if "\tgone\t" in line][0]  # fmt: skip
+    _cli("token", "revoke", ident, "--data", str(s.data))
+    assert s.post(b"", revoked)[0] == 401
+    # The read API.
+    status, csv_body, headers = s.get("/api/v1/measurements?format=csv&limit=1000")
+    lines = csv_body.decode().splitlines()
+    assert status == 200 and lines[0].startswith("measurement_uid,") and len(lines) == 301
+    assert "x-rows-read" in {k.lower() for k in headers} and "x-elapsed-ms" in {
+        k.lower() for k in headers
+    }
+    status, page, _ = s.get("/api/v1/measurements?limit=120")
+    first = json.loads(page)
+    assert len(first["results"]) == 120 and first["metadata"]["elapsed_ms"] >= 0
+    cursor = urllib.request.quote(first["metadata"]["next_cursor"])
+    second = json.loads(s.get(f"/api/v1/measurements?limit=1000&after={cursor}")[1])["results"]
+    uids = [r["measurement_uid"] for r in first["results"] + second]
+    assert len(uids) == len(set(uids)) == 300  # keyset pages: no row twice, none missed
+    agg = json.loads(s.get("/api/v1/aggregation?axis=vantage&grain=day")[1])["results"]
+    assert agg == [
+        {"t": "2026-12-01 00:00:00", "vantage": "here", "measurements": 300, "replies": 300}
+    ]
+    for path in ("/api/v1/events", "/api/v1/alerts", "/api/v1/vantages", "/openapi.json", "/"):
+        assert s.get(path)[0] == 200, path
+    assert s.get("/api/v1/measurements?limit=0")[0] == 422
+    assert s.get("/api/v1/events/nope")[0] == 404
+    page = s.get("/")[1].decode()
+    assert "http://" not in page and "https://" not in page and "<script src" not in page
+
+
+def test_an_upload_survives_a_kill_9_of_the_collector_and_the_spool_drains(
+    server,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    data = tmp_path / "collector"
+    s = server(data=data)
+    token = _cli("token", "new", "here", "--data", str(data)).stdout.strip().splitlines()[-1]
+    records = _measurements(tmp_path / "m.jsonl", "here", 12000, per_minute=3000)
+    spool = Spool(tmp_path / "spool", s.url, token)
+    spool.add(records.read_bytes().splitlines(keepends=True))
+    assert len(spool.pending()) == 3
+    assert send(s.url, token, spool.pending()[0].read_bytes())["stored"] == 5000
+    s.stop(signal.SIGKILL)  # the collector dies; the agent keeps its spool
+    assert not spool.drain(retry=False) and len(spool.pending()) == 3
+    s2 = server(data=data)
+    spool.url = s2.url  # the collector came back (on another port here)
+    assert spool.drain(retry=False) and not spool.pending()
+    assert (
+        spool.stored == 7000 and spool.duplicates == 5000
+    )  # the first batch was never acknowledged
+    body = json.loads(s2.get("/api/v1/aggregation?axis=vantage&grain=day")[1])["results"]
+    assert body[0]["measurements"] == 12000
+
+
+def test_the_collector_judges_across_vantages_and_raises_the_event(
+    server,
+    serve,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    """Two vantages' rounds of the 2014 loopback lab, uploaded minute by minute: the collector's
+    judgement raises the event, alerts, and a webhook receives it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from test_watch import FORGED_2014
+
+    hooked: list[dict[str, object]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            hooked.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    data = tmp_path / "collector"
+    s = server(
+        "--grace", "2", "--webhook", f"http://127.0.0.1:{hook.server_address[1]}/a", data=data
+    )
+    inside = _cli("token", "new", "inside", "--data", str(data)).stdout.strip().splitlines()[-1]
+    outside = _cli("token", "new", "outside", "--data", str(data)).stdout.strip().splitlines()[-1]
+    zone = authoritative({f"n{i}.example.com": ["192.0.2.1"] for i in range(40)})
+    genuine: LoopbackServer = serve(zone)
+    minute0 = 29000000
+    _upload_2014(
+        s.url, tmp_path, {"inside": inside, "outside": outside}, minute0, genuine.address[0]
+    )
+    deadline = time.monotonic() + 20
+    events: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not events:
+        events = json.loads(s.get("/api/v1/events")[1])["results"]
+        time.sleep(0.2)
+    assert events and events[0]["target_address"] == FORGED_2014
+    alerts = json.loads(s.get("/api/v1/alerts")[1])["results"]
+    assert alerts and alerts[0]["change"] == "start" and alerts[0]["id"]
+    heartbeat = json.loads(s.get("/api/v1/heartbeat")[1])["results"][0]
+    assert heartbeat["last_minute_judged"] >= minute0 + 11
+    # Only the inside vantage's stream is in the event: the same resolver, honest outside.
+    streams = json.dumps(events[0]["scope"])
+    assert "inside" in streams and "outside" not in streams
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not hooked:
+        time.sleep(0.1)
+    assert hooked and hooked[0]["id"] == alerts[0]["id"]  # the webhook got the alert
+    delivered = json.loads(s.get("/api/v1/alerts")[1])["results"][0]["deliveries"]
+    assert delivered and delivered[0]["outcome"] == "delivered"
+    hook.shutdown()
+    hook.server_close()
+
+
+def _upload_2014(url: str, tmp_path: Path, tokens: dict[str, str], minute0: int, src: str,
+                 pause: float = 0.0) -> None:  # fmt: skip
+    """Fourteen minutes of two vantages' rounds; minutes 6-9 forged inside (the 2014 shape)."""
+    from test_watch import FORGED_2014
+
+    names = [f"n{i}.example.com" for i in range(40)]
+    journal_path = tmp_path / "rounds.jsonl"
+    for minute in range(minute0, minute0 + 14):
+        forged = minute0 + 6 <= minute < minute0 + 10
+        for vantage, token in tokens.items():
+            journal = Journal.open(journal_path)
+            for i, name in enumerate(names):
+                truth = f"198.51.100.{i + 1}"
+                lie = FORGED_2014 if forged and vantage == "inside" else truth
+                for kind, answer in ((TargetKind.RESOLVER, lie), (TargetKind.CONTROL, truth)):
+                    reply = Response(t=0.01, rtt=0.01, src=src, sport=53, ip_ttl=60,
+                                     raw_response="", rcode=0, ancount=1,
+                                     answers=(Answer("A", 60, "", answer),))  # fmt: skip
+                    journal.write(Measurement(
+                        schema_version=SCHEMA_VERSION,
+                        measurement_uid=f"{vantage}-{minute}-{i}-{kind.value}", report_id="r",
+                        measurement_start_time="2014-01-21 07:15:00", vantage=vantage,
+                        hostname=name, query_type="A",
+                        engine=Engine.UDP if kind == TargetKind.RESOLVER else Engine.TCP,
+                        resolver_address="8.8.8.8:53", target_kind=kind, transaction_id=i,
+                        source_port=4000, t0=0.0, t=0.1, responses=(reply,),
+                        annotations={"minute": str(minute)},
+                    ))  # fmt: skip
+            journal.close()
+            assert send(url, token, gzip.compress(journal_path.read_bytes()))["stored"] == 80
+            journal_path.unlink()
+        time.sleep(pause)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="Debian's chromium is needed (scripts/setup)"
+)
+def test_the_dashboard_shows_the_event_live_with_permalinks_and_csv(
+    server,
+    serve,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    """A real browser watches the event appear without a reload, follows its permalink and
+    downloads a CSV; nothing is loaded from outside the machine."""
+    from playwright.sync_api import sync_playwright
+
+    data = tmp_path / "collector"
+    s = server("--grace", "2", data=data)
+    tokens = {v: _cli("token", "new", v, "--data", str(data)).stdout.strip().splitlines()[-1]
+              for v in ("inside", "outside")}  # fmt: skip
+    genuine: LoopbackServer = serve(authoritative({"n0.example.com": ["192.0.2.1"]}))
+    outside_requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])  # fmt: skip
+        page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone's width
+        page.on(
+            "request", lambda r: None if r.url.startswith(s.url) else outside_requests.append(r.url)
+        )
+        page.goto(s.url + "/")
+        assert page.get_attribute("#events", "data-count") == "0"
+        _upload_2014(s.url, tmp_path, tokens, 29000000, genuine.address[0])
+        page.wait_for_selector("[data-event]", timeout=20000)  # no reload: the stream brought it
+        event_id = page.get_attribute("[data-event]", "data-event")
+        assert event_id and "65.49.2.178" in event_id
+        page.click("[data-event] a")
+        assert f"event={event_id}" in page.url.replace("%3A", ":")
+        assert "65.49.2.178" in page.text_content("#event")
+        # The permalink alone, in a new page, shows the same event.
+        other = browser.new_page()
+        other.goto(page.url)
+        other.wait_for_selector("#event-section:not([hidden])", timeout=10000)
+        assert "65.49.2.178" in other.text_content("#event")
+        with page.expect_download() as download:
+            page.click("#csv-measurements")
+        path = download.value.path()
+        assert path is not None and Path(path).read_text().startswith("measurement_uid,")
+        assert page.locator("[data-vantage]").count() == 2
+        browser.close()
+    assert outside_requests == []
