@@ -242,6 +242,21 @@ def test_the_collector_judges_across_vantages_and_raises_the_event(
     assert alerts and alerts[0]["change"] == "start" and alerts[0]["id"]
     heartbeat = json.loads(s.get("/api/v1/heartbeat")[1])["results"][0]
     assert heartbeat["last_minute_judged"] >= minute0 + 11
+    event_id = urllib.request.quote(str(events[0]["event_id"]))
+    status, pcap_bytes, _ = s.get(f"/api/v1/events/{event_id}/evidence.pcap")
+    assert (
+        status == 200
+        and pcap_bytes[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4")
+        and len(pcap_bytes) > 100
+    )
+    feed = json.loads(s.get("/api/v1/feeds/events.json")[1])
+    assert (
+        feed["version"].endswith("1.1") and feed["items"] and "?event=" in feed["items"][-1]["url"]
+    )
+    atom = s.get("/api/v1/feeds/events.atom")[1].decode()
+    assert atom.startswith("<?xml") and "<entry>" in atom and FORGED_2014 in atom
+    traces = json.loads(s.get("/api/v1/changepoints?stream=inside")[1])["results"]
+    assert traces and any(t["alarm"] for t in traces)
     # Only the inside vantage's stream is in the event: the same resolver, honest outside.
     streams = json.dumps(events[0]["scope"])
     assert "inside" in streams and "outside" not in streams

@@ -217,6 +217,77 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False) -
             raise HTTPException(404, "no such event")
         return _answer(found, started, 1)
 
+    @app.get("/api/v1/events/{event_id}/evidence.pcap")
+    def event_pcap(
+        event_id: str, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """The packets of the event's minutes that carry its target address (pcap)."""
+        reader(authorization)
+        from wallwatch.report import pcap
+
+        with collector.lock:
+            found = [e for e in collector.watch.detector.events if e.event_id == event_id]
+        if not found:
+            raise HTTPException(404, "no such event")
+        ev = found[0]
+        last = ev.end if ev.end is not None else 10**12
+        chosen = [m for m in collector.logged(ev.onset, last)
+                  if ev.target_address in {a.ipv4 or a.ipv6 for r in m.responses for a in r.answers}]  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "evidence.pcap"
+            pcap.write(path, chosen, {})
+            return Response(path.read_bytes(), media_type="application/vnd.tcpdump.pcap",
+                            headers={"X-Rows-Read": str(len(chosen)),
+                                     "Content-Disposition": f"attachment; filename={_slug(event_id)}.pcap"})  # fmt: skip
+
+    @app.get("/api/v1/changepoints")
+    def changepoints(authorization: Annotated[str | None, Header()] = None,
+                     stream: str | None = None) -> JSONResponse:  # fmt: skip
+        """The detector's CUSUM traces per (stream, signal): the sums against the threshold."""
+        reader(authorization)
+        started = time.perf_counter()
+        rows = []
+        with collector.lock:
+            for name, steps in collector.watch.detector.traces().items():
+                if stream is not None and stream not in name:
+                    continue
+                rows += [{"trace": name, "minute": s.bucket, "x": s.x, "mu0": s.mu0, "upper": s.upper,
+                          "lower": s.lower, "alarm": s.alarm} for s in steps]  # fmt: skip
+        return _answer(rows, started, len(rows))
+
+    @app.get("/api/v1/feeds/events.json")
+    def feed_json(request: Request) -> JSONResponse:
+        """The events as a JSON Feed (1.1): one item per event change."""
+        base = str(request.base_url).rstrip("/")
+        items = [{"id": a.get("id"), "title": f"{a.get('change')}: {a.get('event', {}).get('target_address')}",
+                  "url": f"{base}/?event={a.get('event', {}).get('event_id')}",
+                  "date_published": a.get("at"), "content_text": json.dumps(a.get("event"))}
+                 for a in _jsonl(collector.data / "judge" / "alerts.jsonl")]  # fmt: skip
+        return JSONResponse({"version": "https://jsonfeed.org/version/1.1",
+                             "title": "wallwatch events", "home_page_url": base + "/",
+                             "feed_url": base + "/api/v1/feeds/events.json", "items": items[::-1]})  # fmt: skip
+
+    @app.get("/api/v1/feeds/events.atom")
+    def feed_atom(request: Request) -> Response:
+        """The events as an Atom feed: one entry per event change."""
+        from xml.sax.saxutils import escape
+
+        base = str(request.base_url).rstrip("/")
+        alerts = _jsonl(collector.data / "judge" / "alerts.jsonl")[::-1]
+        updated = alerts[0].get("at") if alerts else "1970-01-01T00:00:00+00:00"
+        entries = "".join(
+            f"<entry><id>urn:wallwatch:{escape(str(a.get('id')))}</id>"
+            f"<title>{escape(str(a.get('change')))}: {escape(str(a.get('event', {}).get('target_address')))}</title>"
+            f"<updated>{escape(str(a.get('at')))}</updated>"
+            f'<link href="{escape(base)}/?event={escape(str(a.get("event", {}).get("event_id")))}"/>'
+            f'<content type="text">{escape(json.dumps(a.get("event")))}</content></entry>'
+            for a in alerts
+        )
+        xml = ('<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+               f"<title>wallwatch events</title><id>urn:wallwatch:{escape(base)}</id>"
+               f"<updated>{escape(str(updated))}</updated>{entries}</feed>")  # fmt: skip
+        return Response(xml, media_type="application/atom+xml")
+
     @app.get("/api/v1/alerts")
     def alerts(authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
         """Every alert raised, with the delivery log of each webhook."""
@@ -267,6 +338,10 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False) -
         return HTMLResponse(page.replace("/*CONFIG*/null", config))
 
     return app
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:

@@ -251,6 +251,21 @@ class Collector:
                     self.watch.judge(minute, self.pending.pop(minute), now=minute * 60.0 + 60.0,
                                      alert=False)  # fmt: skip
 
+    def logged(self, first: int, last: int) -> list[Measurement]:
+        """Measurements of the minute log from minute ``first`` to ``last``."""
+        out: list[Measurement] = []
+        for path in sorted((self.data / "minutes").glob("m*.jsonl")):
+            if not first <= int(path.stem[1:]) <= last:
+                continue
+            for line in path.read_bytes().splitlines():
+                try:
+                    record = records.decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue
+                if isinstance(record, Measurement):
+                    out.append(record)
+        return out
+
     def close(self) -> None:
         with self.lock:
             self.watch.save()
