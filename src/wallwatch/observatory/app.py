@@ -202,7 +202,7 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False) -
         """Events the judgement across vantages raised (open and over)."""
         reader(authorization)
         started = time.perf_counter()
-        with collector.lock:
+        with collector.judge_lock:
             rows = [collector.watch.event_dict(e) for e in collector.watch.detector.events]
         return _answer(rows, started, len(rows))
 
@@ -210,7 +210,7 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False) -
     def event(event_id: str, authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
         reader(authorization)
         started = time.perf_counter()
-        with collector.lock:
+        with collector.judge_lock:
             found = [collector.watch.event_dict(e) for e in collector.watch.detector.events
                      if e.event_id == event_id]  # fmt: skip
         if not found:
@@ -225,7 +225,7 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False) -
         reader(authorization)
         from wallwatch.report import pcap
 
-        with collector.lock:
+        with collector.judge_lock:
             found = [e for e in collector.watch.detector.events if e.event_id == event_id]
         if not found:
             raise HTTPException(404, "no such event")
@@ -247,7 +247,7 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False) -
         reader(authorization)
         started = time.perf_counter()
         rows = []
-        with collector.lock:
+        with collector.judge_lock:
             for name, steps in collector.watch.detector.traces().items():
                 if stream is not None and stream not in name:
                     continue
@@ -312,7 +312,7 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False) -
     def heartbeat() -> JSONResponse:
         """Alive, with the newest minute judged: a silent monitor and a broken one differ."""
         started = time.perf_counter()
-        with collector.lock:
+        with collector.judge_lock:
             judged = max(collector.watch.judged) if collector.watch.judged else None
             row = {"time": time.time(), "last_minute_judged": judged, "pending_minutes": len(collector.pending),
                    "events_open": sum(1 for e in collector.watch.detector.events if e.end is None)}  # fmt: skip

@@ -83,7 +83,12 @@ class Collector:
         self.data.mkdir(parents=True, exist_ok=True)
         (self.data / "minutes").mkdir(exist_ok=True)
         self.db = self.data / "wallwatch.duckdb"
+        #: The store, the pending minutes, the vantages and the messages (short holds).
         self.lock = threading.RLock()
+        #: The detector and its events (held while a minute is judged).
+        self.judge_lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stopping = False
         self.con = store.connect(self.db)
         self.messages: deque[Message] = deque(maxlen=2000)
         self.seq = 0
@@ -103,6 +108,10 @@ class Collector:
         self._replay()
         if self.watch.deliverer is not None:
             self.watch.deliverer.start(pending_from=judge_dir / "alerts.jsonl")
+        # Uploads are acknowledged once stored; minutes are judged by this worker, so a
+        # slow judgement never holds an agent's upload (or its next round).
+        self._judge_thread = threading.Thread(target=self._judge_loop, name="ww-judge", daemon=True)
+        self._judge_thread.start()
 
     # -- messages for the live stream ------------------------------------------------
 
@@ -123,6 +132,7 @@ class Collector:
     def upload(self, vantage: str, body: bytes) -> UploadResult:
         """Validate and store one batch of JSONL records sent as ``vantage``."""
         parsed: list[Record] = []
+        raw: dict[int, bytes] = {}  # id(record) -> its line as sent: stored without re-encoding
         for number, line in enumerate(body.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -134,6 +144,7 @@ class Collector:
                 raise UploadError(403, f"line {number}: measurement of vantage "
                                        f"{record.vantage!r}, but the token uploads as {vantage!r}")  # fmt: skip
             parsed.append(record)
+            raw[id(record)] = line
         measurements = [r for r in parsed if isinstance(r, Measurement)]
         with self.lock:
             known = self._known([m.measurement_uid for m in measurements])
@@ -149,8 +160,8 @@ class Collector:
             # The minute log first, then the store: a crash between them leaves the batch
             # unacknowledged, the agent sends it again, and the store still takes it once.
             for minute, ms in by_minute.items():
-                self._log(minute, ms)
-            stored = self._ingest(parsed) if parsed else 0
+                self._log(minute, [raw[id(m)] for m in ms])
+            stored = self._ingest([raw[id(r)] for r in parsed]) if parsed else 0
             for minute, ms in by_minute.items():
                 if minute in self.watch.judged:
                     self.publish(
@@ -166,7 +177,7 @@ class Collector:
                 seen["last_minute"] = max(minutes)
                 self.last_data = time.monotonic()
             self.publish("upload", {"vantage": vantage, "stored": stored, "minutes": minutes})
-            self.close_minutes()
+        self._wake.set()
         return UploadResult(len(measurements), stored, len(measurements) - stored,
                             sum(1 for r in parsed if isinstance(r, records.InputError)), minutes)  # fmt: skip
 
@@ -184,46 +195,47 @@ class Collector:
         return bool(self.con.execute(
             "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchone()[0])  # fmt: skip
 
-    def _ingest(self, parsed: list[Record]) -> int:
+    def _ingest(self, lines: list[bytes]) -> int:
         with tempfile.TemporaryDirectory(prefix="ww-upload-") as tmp:
             path = Path(tmp) / "batch.jsonl"
-            buffer = bytearray()
-            for record in parsed:
-                records.encode_into(record, buffer)
-            path.write_bytes(buffer)
+            path.write_bytes(b"\n".join(lines) + b"\n")
             report = store.ingest_into(self.con, [path])
         return report.measurements
 
-    def _log(self, minute: int, ms: Iterable[Measurement]) -> None:
-        buffer = bytearray()
-        for m in ms:
-            records.encode_into(m, buffer)
+    def _log(self, minute: int, lines: Iterable[bytes]) -> None:
         with open(self.data / "minutes" / f"m{minute}.jsonl", "ab") as handle:
-            handle.write(buffer)
+            handle.write(b"".join(line + b"\n" for line in lines))
 
     # -- judgement -------------------------------------------------------------------
 
     def close_minutes(self, *, force: bool = False) -> list[int]:
         """Judge the pending minutes that are closed (``force``: all of them), in order."""
-        with self.lock:
-            if not self.pending:
-                return []
-            newest = max(self.pending)
-            quiet = time.monotonic() - self.last_data >= self.grace
-            ready = sorted(m for m in self.pending if force or quiet or m <= newest - 2)
-            for minute in ready:
+        with self.judge_lock:
+            with self.lock:
+                if not self.pending:
+                    return []
+                newest = max(self.pending)
+                quiet = time.monotonic() - self.last_data >= self.grace
+                ready = sorted(m for m in self.pending if force or quiet or m <= newest - 2)
+                batches = [(m, self.pending.pop(m)) for m in ready]
+            for minute, measurements in batches:
                 if self.watch.judged and minute < max(self.watch.judged):
                     # Older than a judged minute: the sums have moved on; keep, announce.
-                    self.publish(
-                        "late", {"minute": minute, "measurements": len(self.pending[minute])}
-                    )
-                    del self.pending[minute]
+                    self.publish("late", {"minute": minute, "measurements": len(measurements)})
                     continue
-                measurements = self.pending.pop(minute)
                 changes = self.watch.judge(minute, measurements, now=minute * 60.0 + 60.0)
                 self.publish("minute", {"minute": minute, "measurements": len(measurements),
                                         "changes": [c.change.value for c in changes]})  # fmt: skip
             return ready
+
+    def _judge_loop(self) -> None:
+        while not self._stopping:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            try:
+                self.close_minutes()
+            except Exception as exc:  # the collector keeps serving; the failure is shown
+                self.publish("error", {"judge": f"{type(exc).__name__}: {exc}"})
 
     def _replay(self) -> None:
         """Rebuild the detector from the minute log (a restart loses no judgement)."""
@@ -267,7 +279,10 @@ class Collector:
         return out
 
     def close(self) -> None:
-        with self.lock:
+        self._stopping = True
+        self._wake.set()
+        self._judge_thread.join(10.0)
+        with self.judge_lock, self.lock:
             self.watch.save()
             if self.watch.deliverer is not None:
                 self.watch.deliverer.close(timeout=5.0)

@@ -1,0 +1,127 @@
+"""Benchmark: the collector's uploads and its API, against DuckDB doing the same work directly.
+
+Starts ``wallwatch serve`` on loopback, uploads generated rounds (gzip batches of 5,000
+measurements, one minute each, judged as they close) with one token, then times the API:
+a page of a day's ``measurements`` and an ``aggregation`` by vantage per hour. The
+references, in the same run: the same batches loaded with ``store.ingest_into`` on a
+fresh store (no HTTP, no judgement), and the same two queries run directly in DuckDB.
+
+The last line is machine-readable:
+
+    serve uploads_per_s=<n> ingest_reference_per_s=<n> measurements_p99_ms=<n>
+        measurements_direct_p99_ms=<n> aggregation_p99_ms=<n> aggregation_direct_p99_ms=<n> stored=<n>
+
+Usage: ``.venv/bin/python bench/serve.py [--measurements 200000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from wallwatch import records, store
+from wallwatch.observatory.agent import send
+from wallwatch.records import SCHEMA_VERSION, Answer, Measurement, Response
+from wallwatch.vocab import Engine, TargetKind
+
+BATCH = 5000
+
+
+def batch(number: int, vantage: str) -> bytes:
+    out = bytearray()
+    for i in range(BATCH):
+        reply = Response(t=0.01, rtt=0.01, src="192.0.2.53", sport=53, ip_ttl=60, raw_response="",
+                         rcode=0, ancount=1, answers=(Answer("A", 60, "", f"198.51.{i % 250}.{i // 250 % 250}"),))  # fmt: skip
+        records.encode_into(Measurement(
+            schema_version=SCHEMA_VERSION, measurement_uid=f"{vantage}-{number}-{i}", report_id="r",
+            measurement_start_time=f"2026-12-01 {number % 24:02d}:{number % 60:02d}:00",
+            vantage=vantage, hostname=f"n{i}.example.com", query_type="A", engine=Engine.UDP,
+            resolver_address="192.0.2.53:53", target_kind=TargetKind.RESOLVER, transaction_id=i,
+            source_port=40000, t0=0.0, t=0.1, responses=(reply,),
+            annotations={"minute": str(29000000 + number)},
+        ), out)  # fmt: skip
+    return gzip.compress(bytes(out), compresslevel=5)
+
+
+def p99(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=100)[98] if len(samples) >= 2 else samples[0]
+
+
+def timed(url: str, runs: int = 40) -> list[float]:
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=60) as r:
+            r.read()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--measurements", type=int, default=200_000)
+    args = parser.parse_args()
+    batches = [batch(n, "here") for n in range(max(1, args.measurements // BATCH))]
+    with tempfile.TemporaryDirectory(prefix="ww-bench-serve-") as tmp:
+        data = Path(tmp) / "collector"
+        token = subprocess.run([sys.executable, "-m", "wallwatch", "token", "new", "here", "--data", str(data)],
+                               capture_output=True, text=True, check=True).stdout.split()[-1]  # fmt: skip
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "wallwatch", "serve", "--data", str(data),
+                                   "--listen", f"127.0.0.1:{port}"], stderr=subprocess.DEVNULL)  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(200):
+                try:
+                    urllib.request.urlopen(url + "/api/v1/heartbeat", timeout=1).read()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            start = time.perf_counter()
+            stored = sum(int(str(send(url, token, b)["stored"])) for b in batches)
+            uploads = stored / (time.perf_counter() - start)
+            page = timed(url + "/api/v1/measurements?since=2026-12-01&until=2026-12-02&limit=1000")
+            agg = timed(url + "/api/v1/aggregation?axis=vantage&grain=hour")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        # References: the same batches straight into a store; the same queries straight in DuckDB.
+        con = store.connect(Path(tmp) / "ref.duckdb")
+        start = time.perf_counter()
+        for n, b in enumerate(batches):
+            path = Path(tmp) / f"b{n}.jsonl"
+            path.write_bytes(gzip.decompress(b))
+            store.ingest_into(con, [path])
+        reference = stored / (time.perf_counter() - start)
+        direct_page, direct_agg = [], []
+        for _ in range(40):
+            t = time.perf_counter()
+            con.execute("SELECT * FROM measurements WHERE measurement_start_time >= '2026-12-01' AND "
+                        "measurement_start_time < '2026-12-02' ORDER BY measurement_start_time, "
+                        "measurement_uid LIMIT 1000").fetchall()  # fmt: skip
+            direct_page.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            con.execute("SELECT date_trunc('hour', CAST(measurement_start_time AS TIMESTAMP)), vantage, "
+                        "count(*) FROM measurements GROUP BY ALL").fetchall()  # fmt: skip
+            direct_agg.append((time.perf_counter() - t) * 1000)
+        con.close()
+    print(json.dumps({"batches": len(batches), "batch": BATCH}))
+    print(f"serve uploads_per_s={uploads:.0f} ingest_reference_per_s={reference:.0f} "
+          f"measurements_p99_ms={p99(page):.1f} measurements_direct_p99_ms={p99(direct_page):.1f} "
+          f"aggregation_p99_ms={p99(agg):.1f} aggregation_direct_p99_ms={p99(direct_agg):.1f} "
+          f"stored={stored}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
