@@ -354,3 +354,67 @@ def test_the_dashboard_shows_the_event_live_with_permalinks_and_csv(
         assert page.locator("[data-vantage]").count() == 2
         browser.close()
     assert outside_requests == []
+
+
+def test_hostile_uploads_are_always_4xx_and_store_nothing(server, tmp_path: Path) -> None:  # noqa: ANN001
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    s = server()
+    token = _cli("token", "new", "here", "--data", str(s.data)).stdout.strip().splitlines()[-1]
+    good = _measurements(tmp_path / "m.jsonl", "here", 3).read_bytes().splitlines()[0]
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(
+        st.binary(max_size=300),
+        st.text(max_size=200).map(str.encode),
+        st.builds(lambda k, v: good.replace(k, v), st.sampled_from([b'"vantage":"here"', b'"schema_version":1',
+                  b'"record_type":"measurement"', b'"engine":"udp"', b'"responses":[']),
+                  st.sampled_from([b'"vantage":1', b'"schema_version":"x"', b'"record_type":"evil"',
+                                   b'"engine":"<script>"', b'"responses":{']))))  # fmt: skip
+    def post(body: bytes) -> None:
+        status, _ = s.post(body, token)
+        assert 400 <= status < 500 or (status == 200 and not body.strip()), (status, body)
+
+    post()
+    assert json.loads(s.get("/api/v1/aggregation?axis=vantage&grain=day")[1])["results"] == []
+    # Hostile strings in valid records are stored as data and never become markup.
+    hostile = good.replace(b'"n0.example.com"', b'"<img src=x onerror=alert(1)>"')
+    assert s.post(hostile, token)[0] == 200
+    csv_text = s.get("/api/v1/measurements?format=csv")[1].decode()
+    assert "<img src=x onerror=alert(1)>" in csv_text  # data, as it came
+    page = s.get("/")[1].decode()
+    assert "<img" not in page and ".textContent" in page and "innerHTML" not in page
+
+
+def test_private_mode_unix_socket_and_rate_limits(tmp_path: Path) -> None:
+    from wallwatch.observatory.agent import _UnixConnection
+
+    data = tmp_path / "collector"
+    sock = tmp_path / "ww.sock"
+    token = _cli("token", "new", "here", "--data", str(data)).stdout.strip().splitlines()[-1]
+    proc = subprocess.Popen([sys.executable, "-m", "wallwatch", "serve", "--data", str(data), "--uds", str(sock),
+                             "--private", "--rate-limit", "0.05"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        def get(path: str, auth: str | None) -> int:
+            conn = _UnixConnection(str(sock), timeout=10)
+            conn.request("GET", path, headers={"Authorization": f"Bearer {auth}"} if auth else {})
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        assert get("/api/v1/events", None) == 401  # private: reading needs a token
+        assert get("/api/v1/events", token) == 200
+        records = _measurements(tmp_path / "m.jsonl", "here", 5000, per_minute=5000)
+        assert send(f"unix:{sock}", token, gzip.compress(records.read_bytes()))["stored"] == 5000
+        # Storing 5,000 measurements cost this token more than its 0.05 s of server time a
+        # minute: its next request waits (429), whatever it asks.
+        assert get("/api/v1/heartbeat", token) == 429
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

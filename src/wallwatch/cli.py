@@ -804,8 +804,10 @@ def netinfo(
 @click.option("--private", is_flag=True, help="Reading needs a token too.")
 @click.option("--grace", type=POSITIVE, default=90.0, show_default=True,
               help="Seconds without new data after which pending minutes are judged.")  # fmt: skip
+@click.option("--rate-limit", "budget", type=POSITIVE, default=60.0, show_default=True,
+              help="Server seconds each client (token or address) may use per minute (429 past it).")  # fmt: skip
 def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...], private: bool,
-          grace: float) -> None:  # fmt: skip
+          grace: float, budget: float) -> None:  # fmt: skip
     """The observatory: collector, API and live dashboard in one process."""
     import uvicorn
 
@@ -818,7 +820,7 @@ def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...]
         raise click.BadParameter(f"{listen!r}: HOST:PORT", param_hint="--listen")
     data = Path(data_dir)
     collector = Collector(data, webhooks=list(webhooks), grace=grace)
-    app = create_app(collector, Tokens(data), private=private)
+    app = create_app(collector, Tokens(data), private=private, budget=budget)
     where = f"unix:{uds}" if uds else f"http://{host.strip('[]')}:{port}/"
     err.print(f"wallwatch serve: {data} on {where}", highlight=False)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import gzip
+import hashlib
 import io
 import json
 import tempfile
@@ -55,10 +56,52 @@ def _csv(rows: list[dict[str, Any]], columns: list[str], started: float) -> Resp
                              "Content-Disposition": "attachment; filename=wallwatch.csv"})  # fmt: skip
 
 
-def create_app(collector: Collector, tokens: Tokens, *, private: bool = False) -> FastAPI:
-    """The ASGI app of one collector."""
+class Budget:
+    """Server time each client may use per minute (OONI's API limits by cost, not count).
+
+    Why server time: one aggregation over ten million rows costs what thousands of small
+    requests do; counting requests would either starve honest dashboards or let a single
+    heavy query through. A client is its token, or its address when it sends none.
+    """
+
+    def __init__(self, seconds_per_minute: float) -> None:
+        self.rate = seconds_per_minute / 60.0
+        self.cap = seconds_per_minute
+        self.spent: dict[str, tuple[float, float]] = {}
+
+    def wait(self, key: str) -> float:
+        """Seconds until ``key`` may be served again (0: now)."""
+        level, at = self.spent.get(key, (0.0, time.monotonic()))
+        level = max(0.0, level - (time.monotonic() - at) * self.rate)
+        self.spent[key] = (level, time.monotonic())
+        return 0.0 if level < self.cap else (level - self.cap) / self.rate + 1.0
+
+    def charge(self, key: str, seconds: float) -> None:
+        level, at = self.spent.get(key, (0.0, time.monotonic()))
+        self.spent[key] = (level + seconds, at)
+
+
+def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
+               budget: float = 60.0) -> FastAPI:  # fmt: skip
+    """The ASGI app of one collector; ``budget``: server seconds per client per minute."""
     app = FastAPI(title="wallwatch observatory", version=__version__,
                   description="Uploads from vantages, the judgement across them, events and alerts.")  # fmt: skip
+    limits = Budget(budget)
+
+    @app.middleware("http")
+    async def limit(request: Request, call_next: Any) -> Response:
+        auth = request.headers.get("authorization")
+        key = ("token:" + hashlib.sha256(auth.encode()).hexdigest()[:16] if auth
+               else "address:" + (request.client.host if request.client else "unix"))  # fmt: skip
+        wait = limits.wait(key)
+        if wait > 0:
+            return JSONResponse({"detail": f"rate limit: too much server time used; retry in {wait:.0f} s"},
+                                status_code=429, headers={"Retry-After": str(int(wait) + 1)})  # fmt: skip
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        if request.url.path != "/api/v1/stream":  # a long-lived stream costs no work while idle
+            limits.charge(key, time.perf_counter() - started)
+        return response
 
     def vantage_of(authorization: str | None) -> str:
         if not authorization or not authorization.lower().startswith("bearer "):
