@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from test_watch import loopback_2014  # noqa: F401  (the 2014 loopback lab fixture)
 from wallwatch.journal import Journal
 from wallwatch.lab.loopback import LoopbackServer, authoritative
 from wallwatch.observatory.agent import Spool, send
@@ -418,3 +419,31 @@ def test_private_mode_unix_socket_and_rate_limits(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_watch_ships_each_round_as_it_closes_and_the_collector_sees_the_event(
+    server,  # noqa: ANN001
+    loopback_2014,  # noqa: ANN001, F811
+    tmp_path: Path,
+) -> None:
+    from test_watch import FORGED_2014, config
+    from wallwatch.watch import Watch
+
+    clock, vantage = loopback_2014
+    data = tmp_path / "collector"
+    s = server("--grace", "1", data=data)
+    token = _cli("token", "new", vantage.name, "--data", str(data)).stdout.strip().splitlines()[-1]
+    cfg = config(tmp_path, clock, vantage, upload=s.url, upload_token=token)
+    lines: list[str] = []
+    Watch(cfg, emit=lines.append).run()
+    rounds = [json.loads(x) for x in (cfg.out / "rounds.jsonl").read_text().splitlines()]
+    total = sum(r["measurements"] for r in rounds)
+    agg = json.loads(s.get("/api/v1/aggregation?axis=vantage&grain=day")[1])["results"]
+    assert sum(int(r["measurements"]) for r in agg) == total > 0  # every round, once
+    assert not list((cfg.out / "spool").glob("*.gz"))  # the spool drained
+    deadline = time.monotonic() + 15
+    events: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not events:
+        events = json.loads(s.get("/api/v1/events")[1])["results"]
+        time.sleep(0.3)
+    assert events and events[0]["target_address"] == FORGED_2014

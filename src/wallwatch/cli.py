@@ -609,6 +609,10 @@ def export(files: tuple[str, ...], fmt: str, output: str) -> None:
               help="CUSUM: the step in a share to detect.")  # fmt: skip
 @click.option("--edd", type=POSITIVE, default=2.0, show_default=True,
               help="CUSUM: expected detection delay, in rounds.")  # fmt: skip
+@click.option("--upload", "upload_url", default=None, metavar="URL",
+              help="Ship each round to a collector as it closes (http(s)://HOST:PORT or unix:PATH).")  # fmt: skip
+@click.option("--token", "upload_token", default=None, envvar="WALLWATCH_TOKEN",
+              help="The vantage's upload token (or $WALLWATCH_TOKEN).")  # fmt: skip
 @click.option("--warmup", type=click.IntRange(0, 1000), default=3, show_default=True,
               help="Rounds that set each stream's baseline before it may alarm.")  # fmt: skip
 @mmdb_option
@@ -616,6 +620,7 @@ def watch(
     names_file: str, out_dir: str, vantages: tuple[str, ...], lab: bool, every: float,
     rounds: int | None, until: str | None, rate: float, timeout: float, window: float,
     post: str | None, delta: float, edd: float, warmup: int, mmdb: str | None,
+    upload_url: str | None, upload_token: str | None,
 ) -> None:  # fmt: skip
     """Sweep a panel every minute and print one JSON line per event change.
 
@@ -637,10 +642,20 @@ def watch(
             stop_at = datetime.fromisoformat(until).timestamp()
         except ValueError:
             raise click.BadParameter(f"not an ISO time: {until!r}", param_hint="--until") from None
+    if bool(upload_url) != bool(upload_token):
+        raise click.UsageError("--upload and --token go together")
+    if upload_url:
+        from urllib.parse import urlsplit
+
+        if urlsplit(upload_url).scheme not in ("http", "https", "unix"):
+            raise click.BadParameter(
+                f"{upload_url!r}: http(s)://HOST:PORT or unix:PATH", param_hint="--upload"
+            )
     config = WatchConfig(names=Path(names_file), out=Path(out_dir), vantages=parsed, every=every,
                          rounds=rounds, until=stop_at, rate=rate, timeout=timeout, window=window,
                          post=post, clock=clock, delta=delta, edd=edd, warmup=warmup,
-                         mmdb=Path(mmdb) if mmdb else None)  # fmt: skip
+                         mmdb=Path(mmdb) if mmdb else None, upload=upload_url,
+                         upload_token=upload_token)  # fmt: skip
     try:
         Watch(config).run()
     except KeyboardInterrupt:

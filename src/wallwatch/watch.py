@@ -53,6 +53,7 @@ from wallwatch.events.minute import (
 )
 from wallwatch.journal import read_records, recover
 from wallwatch.names import QueryName, parse_lines
+from wallwatch.observatory.agent import Spool
 from wallwatch.records import Measurement
 from wallwatch.supervise import preexec
 
@@ -148,6 +149,10 @@ class WatchConfig:
     trace: bool = True
     #: Each vantage's own address, for the pcap (the records do not hold it).
     local: dict[str, str] = field(default_factory=dict)
+    #: A collector to ship each round to as it closes (``http(s)://`` or ``unix:PATH``) and
+    #: the vantage token; batches are spooled in ``OUT/spool`` while it is unreachable.
+    upload: str | None = None
+    upload_token: str | None = None
     #: Dated MMDB snapshots (a directory or a file): the share of answers outside the
     #: control's AS (:mod:`wallwatch.analysis.netinfo`).
     mmdb: Path | None = None
@@ -181,6 +186,7 @@ class Watch:
         self._seen_keys: dict[str, int] = {}
         self._unsaved = 0
         self.deliverer: Deliverer | None = None
+        self.spool: Spool | None = None
 
     # -- one round ---------------------------------------------------------------
 
@@ -229,6 +235,12 @@ class Watch:
                              [p.name for p in files], len(measurements))  # fmt: skip
         _append_lines(self.config.out / "rounds.jsonl", [msgspec.json.encode(record).decode()])
         self.rounds.append(record)
+        if self.spool is not None:
+            # Spooled whole before the round is judged; sent by a worker, never waited for.
+            for path in files:
+                if path.exists():
+                    with open(path, "rb") as handle:
+                        self.spool.add(handle)
         self.judge(minute, measurements, now=self.config.clock.now())
         return record
 
@@ -405,6 +417,9 @@ class Watch:
                 warn=lambda text: print(f"watch: {text}", file=sys.stderr),
             )  # fmt: skip
         number = self.resume()
+        if c.upload and c.upload_token:
+            self.spool = Spool(c.out / "spool", c.upload, c.upload_token,
+                               warn=lambda text: print(f"watch: upload: {text}", file=sys.stderr)).start()  # fmt: skip
         if self.deliverer is not None:
             # Alerts logged before a crash but never delivered go out first, once.
             self.deliverer.start(pending_from=c.out / "alerts.jsonl")
@@ -412,6 +427,11 @@ class Watch:
             self._loop(number, stop)
         finally:
             self.save()
+            if self.spool is not None:
+                left = self.spool.close(timeout=15.0)
+                if left:
+                    print(f"watch: {left} upload batch(es) spooled in {c.out / 'spool'}; sent at "
+                          "the next start", file=sys.stderr)  # fmt: skip
             if self.deliverer is not None:
                 left = self.deliverer.close(timeout=15.0)
                 if left:
