@@ -354,17 +354,3 @@ def netinfo(
         return [source.lookup(a, day) for a in addresses]
     finally:
         source.close()
-
-
-__all__ = [
-    "Analysis",
-    "NameAttribution",
-    "ReplyVerdict",
-    "analyze",
-    "detect",
-    "explain",
-    "locate",
-    "netinfo",
-    "probe",
-    "read",
-]

@@ -22,6 +22,7 @@ Only loopback addresses are accepted: the lab never sends a packet off the machi
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import ipaddress
 import itertools
@@ -117,16 +118,28 @@ class LoopbackServer:
         #: With a server context, the TCP listener speaks DNS over TLS (RFC 7858).
         self.tls = tls
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.udp = socket.socket(self.family, socket.SOCK_DGRAM)
-        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.udp.bind((host, port))
-        self.address: tuple[str, int] = self.udp.getsockname()[:2]
         self.tcp: socket.socket | None = None
-        if tcp:
-            self.tcp = socket.socket(self.family, socket.SOCK_STREAM)
-            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.tcp.bind(self.address)
-            self.tcp.listen(64)
+        # UDP and TCP share one port: an ephemeral UDP port may be taken for TCP by
+        # another process, so a free pair is looked for (and nothing leaks on failure).
+        for attempt in range(50):
+            self.udp = socket.socket(self.family, socket.SOCK_DGRAM)
+            try:
+                self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                self.udp.bind((host, port))
+                self.address: tuple[str, int] = self.udp.getsockname()[:2]
+                if tcp:
+                    self.tcp = socket.socket(self.family, socket.SOCK_STREAM)
+                    self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    self.tcp.bind(self.address)
+                    self.tcp.listen(64)
+                break
+            except OSError as exc:
+                self.udp.close()
+                if self.tcp is not None:
+                    self.tcp.close()
+                    self.tcp = None
+                if port or exc.errno != errno.EADDRINUSE or attempt == 49:
+                    raise
         self.stats = ServerStats()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
