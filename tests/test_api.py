@@ -165,3 +165,18 @@ def test_explain_accepts_the_sources_own_measurement_id() -> None:
     assert "www.efindlove.com" in text and "genuine" in text
     # Replies imported without packet bytes are shown from their fields, not as parse failures.
     assert "no packet bytes in the source" in text and "does not parse" not in text
+
+
+def test_an_ooni_answers_own_asn_is_used_before_todays_table() -> None:
+    """OONI records each answer's AS as the probe looked it up on the day: that routing,
+    not the bundled table's, judges AS consistency, and the verdict says which was used."""
+    path = SHARED / "data/ooni/real/probe-cli/IT_nexa.polito.it_measurement.json"
+    if not path.exists():
+        pytest.skip("shared data not present")
+    records = list(ww.read(path))
+    assert any("answer_asns" in r.annotations for r in records if isinstance(r, ww.Measurement))
+    with ww.analyze(records) as result:
+        rows = result.sql("SELECT asn, dataset FROM ip_asn WHERE ip = '130.192.16.171'").fetchall()
+        assert rows == [(137, "the source's own lookup on the day")]
+        versions = result.sql("SELECT DISTINCT netinfo_version FROM reply_verdicts").fetchall()
+    assert "source: per-answer ASNs" in versions[0][0]

@@ -18,10 +18,12 @@ datasets, by name, date and content hash).
 from __future__ import annotations
 
 import csv
+import json
 import tempfile
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -178,14 +180,36 @@ def _load_asns(con: Any, netinfo: Netinfo | None) -> list[str]:
         "CREATE OR REPLACE TEMP TABLE ip_asn "
         "(day DATE, ip VARCHAR, asn INTEGER, as_org VARCHAR, dataset VARCHAR)"
     )
-    if netinfo is None:
-        return []
+    # First what the source itself recorded (OONI's per-answer ASN, looked up by the probe
+    # on the day): the routing of the measurement's own day beats any later table.
+    own: dict[tuple[date, str], tuple[date, str, int | None, str | None, str | None]] = {}
+    for day, text in con.execute(
+        "SELECT DISTINCT CAST(substr(measurement_start_time, 1, 10) AS DATE), "
+        "annotations['answer_asns'] FROM measurements WHERE annotations['answer_asns'] IS NOT NULL"
+    ).fetchall():
+        try:
+            found = json.loads(text)
+        except ValueError:
+            continue
+        for ip, value in found.items() if isinstance(found, dict) else ():
+            try:
+                asn, org = value
+                own[(day, str(ip))] = (
+                    day,
+                    str(ip),
+                    int(asn),
+                    str(org),
+                    "the source's own lookup on the day",
+                )
+            except (TypeError, ValueError):
+                continue  # not the shape the importer writes: today's table answers instead
     pairs = con.execute(
         "SELECT DISTINCT CAST(substr(m.measurement_start_time, 1, 10) AS DATE), "
         "lower(coalesce(a.ipv4, a.ipv6)) FROM answers a JOIN measurements m "
         "ON m.measurement_uid = a.measurement_uid WHERE coalesce(a.ipv4, a.ipv6) IS NOT NULL"
     ).fetchall()
-    rows = netinfo.rows(pairs)
+    rest = [p for p in pairs if tuple(p) not in own]
+    rows = list(own.values()) + (netinfo.rows(rest) if netinfo is not None else [])
     if rows:
         with tempfile.NamedTemporaryFile("w", suffix=".csv", newline="", delete=False) as handle:
             csv.writer(handle).writerows(rows)
@@ -198,4 +222,5 @@ def _load_asns(con: Any, netinfo: Netinfo | None) -> list[str]:
             )
         finally:
             Path(name).unlink()
-    return list(netinfo.datasets)
+    used = list(netinfo.datasets) if netinfo is not None else []
+    return (["source: per-answer ASNs of the measurements"] if own else []) + used

@@ -36,6 +36,7 @@ import binascii
 import gzip
 import hashlib
 import ipaddress
+import json
 import re
 import zlib
 from collections.abc import Iterator
@@ -75,6 +76,9 @@ class OAnswer(msgspec.Struct):
     ipv6: str | None = None
     hostname: str | None = None
     ttl: int | float | str | None = None
+    #: The answer's origin AS as the probe looked it up on the day (df-002, since 2020).
+    asn: int | None = None
+    as_org_name: str | None = None
 
 
 class OQuery(msgspec.Struct):
@@ -380,12 +384,13 @@ def _measurements(doc: ODoc, source: str, line: int, raw: bytes) -> Iterator[Mea
         replies = list(_responses(query)) + [
             r for q in later or [] for r in _responses(q, delayed=True)
         ]
+        origin = _origins([query, *(later or [])])
         return Measurement(
             **base, measurement_uid=f"{uid}.{index}", hostname=(query.hostname or "").rstrip("."),
             query_type=query.query_type or "A", engine=_ENGINES.get(query.engine or "", Engine.GETADDRINFO),
             resolver_address=address, target_kind=kind, failure=_failure(query.failure),
             t0=float(query.t0 or 0.0), t=float(query.t or 0.0),
-            responses=tuple(replies), annotations=notes,
+            responses=tuple(replies), annotations={**notes, **origin},
         )  # fmt: skip
 
     lookups: list[OQuery] = list(keys.queries or [])
@@ -419,6 +424,19 @@ def _measurements(doc: ODoc, source: str, line: int, raw: bytes) -> Iterator[Mea
             target_kind=TargetKind.CONTROL, failure=_failure(dns.failure), t0=0.0, t=0.0,
             responses=_reply(dns.failure, answers, 0.0), annotations=notes,
         )  # fmt: skip
+
+
+def _origins(queries: list[OQuery]) -> dict[str, str]:
+    """``answer_asns``: each answer's origin AS as the probe saw it on the day (JSON), kept
+    so the analysis judges AS consistency with the routing of the measurement's own day
+    rather than today's table."""
+    found: dict[str, list[object]] = {}
+    for query in queries:
+        for answer in query.answers or []:
+            address = answer.ipv4 or answer.ipv6
+            if address and answer.asn:
+                found[address.lower()] = [int(answer.asn), answer.as_org_name or ""]
+    return {"answer_asns": json.dumps(found, sort_keys=True)} if found else {}
 
 
 def _validated(handshakes: list[OTls]) -> list[str]:
