@@ -267,6 +267,13 @@ def test_the_collector_judges_across_vantages_and_raises_the_event(
     assert hooked and hooked[0]["id"] == alerts[0]["id"]  # the webhook got the alert
     delivered = json.loads(s.get("/api/v1/alerts")[1])["results"][0]["deliveries"]
     assert delivered and delivered[0]["outcome"] == "delivered"
+    # The static evidence report of the collector's directory, across both vantages.
+    _cli("report", str(data))
+    report = json.loads((data / "report.json").read_text())
+    (event,) = report["events"]
+    assert event["target_address"] == FORGED_2014 and event["checklist"]
+    assert report["measurements"] == 14 * 2 * 80
+    assert (data / "report.html").exists() and (data / "wallwatch.duckdb").exists()
     hook.shutdown()
     hook.server_close()
 

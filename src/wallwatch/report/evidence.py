@@ -45,11 +45,19 @@ PCAP_LIMIT = 400
 
 
 def measurement_files(out: Path) -> list[Path]:
+    """A watch's round files, a collector's minute log, or a plain probe output."""
     files = (
         sorted((out / "measurements").glob("*.jsonl")) if (out / "measurements").is_dir() else []
     )
+    if (out / "minutes").is_dir():  # a collector (wallwatch serve --data)
+        files += sorted((out / "minutes").glob("m*.jsonl"))
     single = out / "measurements.jsonl"  # a plain probe output, without a watch
     return files + ([single] if single.exists() else [])
+
+
+def judge_dir(out: Path) -> Path:
+    """Where the detector's files are: the watch directory, or a collector's ``judge/``."""
+    return out / "judge" if (out / "judge" / "events.json").exists() else out
 
 
 def _minute(iso: str | None) -> int | None:
@@ -294,8 +302,9 @@ def build(out: Path, *, db: Path | None = None) -> dict[str, Any]:
 
     missing: list[str] = []
     files = measurement_files(out)
-    db = db or out / "wallwatch.duckdb"
-    watch_path = out / "events.json"
+    # A collector's own store is open while it serves: the report builds its own.
+    db = db or out / ("report.duckdb" if judge_dir(out) != out else "wallwatch.duckdb")
+    watch_path = judge_dir(out) / "events.json"
     watch: dict[str, Any] = json.loads(watch_path.read_text()) if watch_path.exists() else {}
     if not watch:
         missing.append(f"no {watch_path.name}: no watch ran here, so there is no event timeline")
@@ -309,7 +318,7 @@ def build(out: Path, *, db: Path | None = None) -> dict[str, Any]:
         "last_minute": (watch.get("minutes") or [None])[-1],
         "detector": watch.get("detector", {}),
         "events": [],
-        "series": _series(out, watch),
+        "series": _series(judge_dir(out), watch),
         "traces": {},
         "missing": missing,
     }
