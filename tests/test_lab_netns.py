@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -199,15 +200,34 @@ def test_down_cleans_up_after_a_crash(lab) -> None:  # noqa: ANN001
 
 def test_demo_watches_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN001
     """The README's first command: the 2014 replay watched minute by minute, and its report."""
+    import socket
+    import threading
     from datetime import datetime, timedelta
 
-    from wallwatch.demo import run_demo
+    from rich.console import Console
+
+    from wallwatch.demo_lab import run_lab_demo
 
     out = tmp_path / "demo"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    failure: list[BaseException] = []
+
+    def replay() -> None:
+        try:
+            run_lab_demo(out, rate=2000, console=Console(quiet=True), port=port)
+        except BaseException as exc:  # reported by the test below
+            failure.append(exc)
+
+    thread = threading.Thread(target=replay)
+    thread.start()
     try:
-        run_demo(out, rate=2000)
+        _watch_the_dashboard_live(f"http://127.0.0.1:{port}", thread)
     finally:
+        thread.join(timeout=600)
         topology.down()
+    assert not failure, failure
     assert netns.ours() == []
     report = json.loads((out / "report.json").read_text())
     (event,) = report["events"]
@@ -231,6 +251,35 @@ def test_demo_watches_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN0
     from conftest import check_report_in_browser
 
     check_report_in_browser(out / "report.html", tmp_path)
+
+
+def _watch_the_dashboard_live(url: str, replay: object) -> None:
+    """A browser on the collector's dashboard while the replay runs: the 2014 event appears
+    without a reload, seen from the two agents' vantages."""
+    if not os.path.exists("/usr/bin/chromium"):
+        return
+    from playwright.sync_api import sync_playwright
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/api/v1/heartbeat", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.2)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])  # fmt: skip
+        page = browser.new_page()
+        page.goto(url + "/")
+        assert page.get_attribute("#events", "data-count") == "0"  # before the incident
+        page.wait_for_selector("[data-event]", timeout=240000)  # live, no reload
+        assert "65.49.2.178" in (page.get_attribute("[data-event]", "data-event") or "")
+        page.wait_for_function(
+            "document.querySelectorAll('[data-vantage]').length == 2", timeout=30000
+        )
+        browser.close()
 
 
 def test_steady_censorship_for_an_hour_is_not_an_outage(tmp_path) -> None:  # noqa: ANN001

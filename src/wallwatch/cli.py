@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -821,8 +822,12 @@ def netinfo(
               help="Seconds without new data after which pending minutes are judged.")  # fmt: skip
 @click.option("--rate-limit", "budget", type=POSITIVE, default=60.0, show_default=True,
               help="Server seconds each client (token or address) may use per minute (429 past it).")  # fmt: skip
+@click.option("--panel", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="The names the vantages ask (for the shares of an event).")  # fmt: skip
+@click.option("--local", "locals_", multiple=True, metavar="VANTAGE=ADDRESS",
+              help="A vantage's own address, for the evidence pcap (repeatable).")  # fmt: skip
 def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...], private: bool,
-          grace: float, budget: float) -> None:  # fmt: skip
+          grace: float, budget: float, panel: str | None, locals_: tuple[str, ...]) -> None:  # fmt: skip
     """The observatory: collector, API and live dashboard in one process."""
     import uvicorn
 
@@ -834,10 +839,20 @@ def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...]
     if not uds and (not host or not port.isdigit() or not 0 < int(port) < 65536):
         raise click.BadParameter(f"{listen!r}: HOST:PORT", param_hint="--listen")
     data = Path(data_dir)
-    collector = Collector(data, webhooks=list(webhooks), grace=grace)
+    local = {}
+    for item in locals_:
+        name, sep, address = item.partition("=")
+        if not sep or not name or not address:
+            raise click.BadParameter(f"{item!r}: VANTAGE=ADDRESS", param_hint="--local")
+        local[name] = address
+    collector = Collector(data, webhooks=list(webhooks), grace=grace,
+                          panel=Path(panel) if panel else None, local=local)  # fmt: skip
     app = create_app(collector, Tokens(data), private=private, budget=budget)
     where = f"unix:{uds}" if uds else f"http://{host.strip('[]')}:{port}/"
     err.print(f"wallwatch serve: {data} on {where}", highlight=False)
+    # uvicorn re-raises the SIGTERM it caught once it has stopped; as an exception here,
+    # it lets the collector judge what is pending and save before the process ends.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if uds:
             uvicorn.run(app, uds=uds, log_level="warning")
@@ -845,6 +860,10 @@ def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...]
             uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="warning")
     finally:
         collector.close()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @main.group()

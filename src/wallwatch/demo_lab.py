@@ -1,12 +1,14 @@
 """The 2014 replay in the namespace lab: ``watch`` through the incident, then the report.
 
 Kept apart from :mod:`wallwatch.demo` because it drives the lab (root only). It
+starts a collector (``wallwatch serve``, its dashboard on http://127.0.0.1:8040/),
 brings up ``gfw-2014-01-21`` (time-compressed: one scenario minute every
-``60 / scale`` seconds), watches a panel of popular names every scenario minute from
-15:10 to 16:00 China time -- from a client inside (its ISP resolver, 8.8.8.8 over UDP,
-8.8.8.8 over TCP as the control) and from the outside vantage (8.8.8.8, and the
-inside dark host) -- prints each event change as it happens, tears the lab down and
-writes ``report.html`` and ``report.json``.
+``60 / scale`` seconds), and runs one agent per vantage that watches a panel of popular
+names every scenario minute from 15:10 to 16:00 China time and uploads each round --
+a client inside (its ISP resolver, 8.8.8.8 over UDP, 8.8.8.8 over TCP as the control)
+and the outside vantage (8.8.8.8, and the inside dark host). The collector judges both
+together and prints each event change as it happens; at the end the lab is torn down
+and the collector's directory gives ``report.html`` and ``report.json``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,8 @@ from rich.console import Console
 
 from wallwatch import report as report_module
 from wallwatch.lab import netns, scenario, topology
-from wallwatch.watch import Clock, Vantage, Watch, WatchConfig
+from wallwatch.observatory.tokens import Tokens
+from wallwatch.watch import Clock, Vantage
 
 #: Scenario seconds per real second: a 3-second round for every incident minute.
 SCALE = 20.0
@@ -49,8 +57,16 @@ def run_lab_demo(
     scale: float = SCALE,
     minutes: int = WATCH_MINUTES,
     scenario_name: str = "gfw-2014-01-21",
+    port: int = 8040,
 ) -> dict[str, Any]:
-    """Watch the replay in the namespace lab; return the report's data."""
+    """Watch the replay in the namespace lab through the observatory; return the report's data.
+
+    A collector (``wallwatch serve``) runs on loopback; each vantage is its own agent
+    process (``wallwatch watch --lab --upload``) whose sweeps run in its lab node and
+    whose rounds go to the collector as they close. The collector judges both vantages
+    together; its dashboard shows the event as it happens, and its directory gives the
+    static report at the end.
+    """
     from wallwatch.demo import demo_names
 
     if out.exists():
@@ -64,24 +80,64 @@ def run_lab_demo(
     console.print(
         f"[bold]Replaying {s.name}[/] in the namespace lab ({s.time_scale:g}x): {s.summary}"
     )
-    topology.up(s, log=lambda text: console.print(text, highlight=False))
+    collector_dir = out / "collector"
+    tokens = Tokens(collector_dir)
+    port = _free(port)
+    url = f"http://127.0.0.1:{port}"
+    serve_args = [sys.executable, "-m", "wallwatch", "serve", "--data", str(collector_dir),
+                  "--listen", f"127.0.0.1:{port}", "--grace", "5", "--panel", str(names)]  # fmt: skip
+    for name, address in local_addresses(s).items():
+        serve_args += ["--local", f"{name}={address}"]
+    agents: list[subprocess.Popen[bytes]] = []
+    with open(out / "serve.log", "ab") as log:
+        server = subprocess.Popen(serve_args, stdout=log, stderr=log, start_new_session=True)
     try:
+        _wait_up(url)
+        console.print(
+            f"[bold]dashboard:[/] {url}/  (the event appears there live)", highlight=False
+        )
+        topology.up(s, log=lambda text: console.print(text, highlight=False))
         clock = Clock.lab()
         until = (s.clock_start + timedelta(minutes=minutes)).timestamp()
-        config = WatchConfig(names=names, out=out, vantages=vantages(), rate=rate,
-                             clock=clock, until=until, local=local_addresses(s))  # fmt: skip
         console.print(f"watching {len(demo_names())} names every scenario minute until "
-                      f"{clock.iso(until)} ({minutes * 60 / scale:.0f} s); alerts:")  # fmt: skip
-        watch = Watch(config, emit=lambda line: console.print(_alert_line(line), highlight=False))
-        watch.run()
+                      f"{clock.iso(until)} ({minutes * 60 / scale:.0f} s), one agent per vantage; "
+                      "alerts of the collector:")  # fmt: skip
+        for v in vantages():
+            spec = ",".join([*v.targets, *(f"control={c}" for c in v.controls)])
+            with open(out / f"agent-{v.name}.log", "ab") as log:
+                agents.append(subprocess.Popen(
+                    [sys.executable, "-m", "wallwatch", "watch", "--lab", "-f", str(names),
+                     "-o", str(out / f"agent-{v.name}"), "-V", f"{v.name}={spec}",
+                     "--rate", str(rate), "--until", clock.iso(until),
+                     "--upload", url, "--token", tokens.new(v.name)],
+                    stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                ))  # fmt: skip
+        shown = 0
+        alerts = collector_dir / "judge" / "alerts.jsonl"
+        while any(a.poll() is None for a in agents):
+            shown = _show_alerts(alerts, shown, console)
+            time.sleep(0.5)
+        failed = [a.returncode for a in agents if a.returncode]
+        if failed:
+            raise RuntimeError(f"an agent failed ({failed}); see {out}/agent-*.log")
         try:
             sink = json.loads((topology.state_dir() / "sink-stats.json").read_text())
         except (OSError, ValueError):
             sink = {}
     finally:
         topology.down()
+        for agent in agents:
+            if agent.poll() is None:
+                agent.terminate()
+                agent.wait(timeout=30)
+        server.terminate()  # the collector judges what is pending, saves, and stops
+        server.wait(timeout=60)
+    _show_alerts(collector_dir / "judge" / "alerts.jsonl", shown, console)
     console.print("writing the report ...")
-    data = report_module.write(out)
+    data = report_module.write(collector_dir, html_path=out / "report.html",
+                               json_path=out / "report.json")  # fmt: skip
+    if (collector_dir / "evidence.pcap").exists():
+        shutil.copyfile(collector_dir / "evidence.pcap", out / "evidence.pcap")
     data["lab_sink"] = sink
     (out / "report.json").write_text(json.dumps(data, indent=1, default=str))
     for event in data["events"]:
@@ -93,6 +149,40 @@ def run_lab_demo(
         )
     console.print(f"[bold]report:[/] {out / 'report.html'} (and report.json, evidence.pcap)")
     return data
+
+
+def _free(port: int) -> int:
+    """``port`` when it is free on loopback, else any free one."""
+    for candidate in (port, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def _wait_up(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/api/v1/heartbeat", timeout=1) as response:
+                response.read()
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the collector did not start on {url}")
+
+
+def _show_alerts(path: Path, shown: int, console: Console) -> int:
+    """Print the collector's alerts past the first ``shown``; how many are shown now."""
+    if not path.exists():
+        return shown
+    lines = [x for x in path.read_text().splitlines() if x.endswith("}")]
+    for line in lines[shown:]:
+        console.print(_alert_line(line), highlight=False)
+    return max(shown, len(lines))
 
 
 def _alert_line(line: str) -> str:

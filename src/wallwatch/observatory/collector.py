@@ -78,6 +78,10 @@ class Collector:
     webhooks: list[str] = field(default_factory=list)
     #: Seconds without new data after which every pending minute is judged.
     grace: float = 90.0
+    #: The panel of names the vantages ask (weights and shares of events), if known.
+    panel: Path | None = None
+    #: Each vantage's own address, for the evidence pcap.
+    local: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
@@ -98,8 +102,11 @@ class Collector:
         judge_dir = self.data / "judge"
         judge_dir.mkdir(exist_ok=True)
         panel = judge_dir / "panel.txt"
+        if self.panel is not None:
+            panel.write_bytes(self.panel.read_bytes())
         panel.touch()
-        self.watch = Watch(WatchConfig(names=panel, out=judge_dir, vantages=[]), emit=self._alert)
+        self.watch = Watch(WatchConfig(names=panel, out=judge_dir, vantages=[], local=self.local),
+                           emit=self._alert)  # fmt: skip
         if self.webhooks:
             self.watch.deliverer = Deliverer(
                 self.data / "deliveries.jsonl", self.webhooks,
@@ -279,9 +286,11 @@ class Collector:
         return out
 
     def close(self) -> None:
+        """Judge what is pending (the data will not get more complete), save, stop."""
         self._stopping = True
         self._wake.set()
         self._judge_thread.join(10.0)
+        self.close_minutes(force=True)
         with self.judge_lock, self.lock:
             self.watch.save()
             if self.watch.deliverer is not None:
