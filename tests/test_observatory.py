@@ -72,7 +72,11 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
-            self.proc.wait(timeout=20)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # never leave a collector behind a test
+                self.proc.kill()
+                self.proc.wait(timeout=10)
 
     def get(self, path: str) -> tuple[int, bytes, dict[str, str]]:
         try:
