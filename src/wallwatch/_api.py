@@ -140,10 +140,11 @@ def detect(path: Path) -> Format:
     """The format of a file or directory, from its first bytes (or its files)."""
     if path.is_dir():
         return "satellite"
+    from wallwatch.interop.pcap import is_capture
+
     with path.open("rb") as handle:
         head = handle.read(4)
-    if head[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x0a\x0d\x0d\x0a",
-                    b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):  # fmt: skip
+    if is_capture(head):
         return "pcap"
     opener: Any = gzip.open if head[:2] == b"\x1f\x8b" else open
     try:

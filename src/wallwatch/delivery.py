@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from wallwatch.journal import json_lines
+
 
 @dataclass(frozen=True, slots=True)
 class Policy:
@@ -106,17 +108,9 @@ class Deliverer:
 
     def delivered(self) -> set[tuple[str, str]]:
         """(receiver, alert id) pairs the log shows as delivered."""
-        done: set[tuple[str, str]] = set()
-        if not self.log.exists():
-            return done
-        for line in self.log.read_bytes().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a crash: that delivery is simply retried
-            if entry.get("outcome") == "delivered":
-                done.add((entry["receiver"], entry["id"]))
-        return done
+        # A line torn by a crash is skipped: that delivery is simply retried.
+        return {(str(e.get("receiver")), str(e.get("id"))) for e in json_lines(self.log)
+                if e.get("outcome") == "delivered"}  # fmt: skip
 
     def start(self, pending_from: Path | None = None) -> Deliverer:
         """Start the worker; first queue every alert of ``pending_from`` not yet delivered."""
@@ -129,14 +123,10 @@ class Deliverer:
                 handle.write(b"\n")
         if pending_from is not None and pending_from.exists() and self.receivers:
             done = self.delivered()
-            for line in pending_from.read_bytes().splitlines():
-                try:
-                    alert = json.loads(line)
-                except ValueError:
-                    continue
+            for alert in json_lines(pending_from):
                 for receiver in self.receivers:
-                    if "id" in alert and (receiver, alert["id"]) not in done:
-                        self._queue.put((receiver, alert["id"], line))
+                    if "id" in alert and (receiver, str(alert["id"])) not in done:
+                        self._queue.put((receiver, str(alert["id"]), json.dumps(alert).encode()))
         self._thread.start()
         return self
 

@@ -13,12 +13,14 @@ exactly what is missing.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -164,3 +166,22 @@ def read_records(path: str | Path) -> Iterator[Record]:
             yield records.decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ValueError(f"{path}:{number}: not a wallwatch record: {exc}") from None
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of an append-only log (rounds, series, alerts, deliveries).
+
+    A missing file is an empty log, and a line torn by a crash (or anything that is not a
+    JSON object) is skipped: what it recorded is re-derived or retried by its writer.
+    """
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_bytes().splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out

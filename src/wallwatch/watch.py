@@ -51,7 +51,7 @@ from wallwatch.events.minute import (
     judge_round,
     signals,
 )
-from wallwatch.journal import read_records, recover
+from wallwatch.journal import json_lines, read_records, recover
 from wallwatch.names import QueryName, parse_lines
 from wallwatch.observatory.agent import Spool
 from wallwatch.records import Measurement
@@ -245,8 +245,12 @@ class Watch:
         return record
 
     def judge(self, minute: int, measurements: Iterable[Measurement], *, now: float,
-              alert: bool = True) -> list[EventChange]:  # fmt: skip
-        """Run the detector over one minute; raise the alerts the log does not hold yet."""
+              live: bool = True) -> list[EventChange]:  # fmt: skip
+        """Run the detector over one minute; raise the alerts the log does not hold yet.
+
+        ``live`` is false when replaying rounds already on disk: their series is rewritten
+        whole after the replay and the snapshot saved once, not per minute.
+        """
         if minute in self.judged:
             return []
         self.judged.add(minute)
@@ -270,7 +274,7 @@ class Watch:
             }  # fmt: skip
             self.series.append(row)
             rows.append(dict(row, minute=minute_iso(minute, tz, "minutes")))
-        if alert:
+        if live:
             _append_lines(self.config.out / "series.jsonl", [json.dumps(r) for r in rows])
         changes = self.detector.step(minute, batch, now)
         fresh = []
@@ -291,7 +295,7 @@ class Watch:
                 if self.deliverer is not None:
                     self.deliverer.send(json.loads(line))
         self._unsaved += 1
-        if alert and (changes or self._unsaved >= 10):
+        if live and (changes or self._unsaved >= 10):
             self.save()
         return changes
 
@@ -387,7 +391,7 @@ class Watch:
                 _append_lines(path, [msgspec.json.encode(record).decode()])
             self.rounds.append(record)
             if not record.discarded:
-                self.judge(minute, measurements, now=record.at, alert=False)
+                self.judge(minute, measurements, now=record.at, live=False)
         # The series is derived from the rounds too: rewritten whole after the replay.
         tz = self.config.clock.tz
         rows = [json.dumps(dict(r, minute=minute_iso(int(str(r["minute"])), tz, "minutes")))
@@ -493,13 +497,4 @@ def _append_lines(path: Path, lines: list[str]) -> None:
 
 def _alert_ids(path: Path) -> set[str]:
     """Ids of the alerts in the log (a line torn by a crash is not an alert)."""
-    out: set[str] = set()
-    if path.exists():
-        for line in path.read_bytes().splitlines():
-            try:
-                alert = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(alert, dict) and "id" in alert:
-                out.add(str(alert["id"]))
-    return out
+    return {str(alert["id"]) for alert in json_lines(path) if "id" in alert}

@@ -49,7 +49,7 @@ _SILENT = sql_set(outcomes(Reading.SILENT))
 _PROVEN = sql_set(PROVEN)
 _A = {a: sql_literal(a.value) for a in Attribution}
 
-#: The outcomes that make a name's attribution tampered (its ``bad_answers`` are listed).
+#: The attributions that call a name tampered (its ``bad_answers`` are listed).
 TAMPERED = frozenset(
     {Attribution.ON_PATH_INJECTOR, Attribution.TAMPERING_RESOLVER,
      Attribution.ISP_NXDOMAIN_REWRITE, Attribution.HIJACKED_AUTHORITATIVE}

@@ -80,12 +80,6 @@ class NetinfoDB:
         prefix = ipaddress.ip_network(f"{address}/{length}", strict=False)
         return asn, org, str(prefix), self.labels[index]
 
-    def rows(
-        self, pairs: Iterable[tuple[date, str]]
-    ) -> list[tuple[date, str, int | None, str | None]]:
-        """Lookups for many (day, address) pairs, as rows for a table."""
-        return [(day, address, *self.lookup(day, address)) for day, address in pairs]
-
     def close(self) -> None:
         for reader in self._readers:
             reader.close()

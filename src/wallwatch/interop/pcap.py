@@ -84,6 +84,19 @@ class _Cut(Exception):
     """A classic pcap record longer than what is left of the file."""
 
 
+#: First four bytes of a classic pcap file, by byte order (micro- and nanosecond stamps),
+#: of a nanosecond one, and of pcapng.
+_LITTLE = (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+_BIG = (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d")
+_NANO = (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+_PCAPNG = b"\x0a\x0d\x0d\x0a"
+
+
+def is_capture(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is a pcap or pcapng capture."""
+    return head[:4] in _LITTLE + _BIG or head[:4] == _PCAPNG
+
+
 class _Classic:
     """Classic pcap records, read strictly: a record cut short raises :class:`_Cut`
     (dpkt's reader yields the short piece and stops without a word)."""
@@ -93,13 +106,13 @@ class _Classic:
         if len(header) < 24:
             raise ValueError("shorter than a pcap file header")
         magic = header[:4]
-        if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        if magic in _LITTLE:
             self.order = "<"
-        elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        elif magic in _BIG:
             self.order = ">"
         else:
             raise ValueError(f"bad magic {magic.hex()}")
-        self.divisor = 1e9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e6
+        self.divisor = 1e9 if magic in _NANO else 1e6
         self.linktype = struct.unpack(self.order + "I", header[20:24])[0] & 0x0FFFFFFF
         self.handle = handle
 
@@ -123,7 +136,7 @@ class _Classic:
 def _reader(handle: Any) -> Any:
     magic = handle.read(4)
     handle.seek(0)
-    if magic == b"\x0a\x0d\x0d\x0a":
+    if magic == _PCAPNG:
         return dpkt.pcapng.Reader(handle)
     return _Classic(handle)
 

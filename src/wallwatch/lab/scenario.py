@@ -24,9 +24,8 @@ from wallwatch.lab.injector import PROFILES, Anchor
 from wallwatch.paths import shared_data
 
 
-@dataclass(frozen=True, slots=True)
-class Truth:
-    """One fact of the scenario's ground truth."""
+class Truth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One fact of the scenario's ground truth (also its schema: unknown keys are refused)."""
 
     actor: str
     attribution: str
@@ -148,16 +147,6 @@ class _PublicResolverSpec(_Strict):
     root: str = "outside"
 
 
-class _TruthSpec(_Strict):
-    actor: str
-    attribution: str
-    names: str
-    answer: str = ""
-    start: str = ""
-    end: str = ""
-    note: str = ""
-
-
 class _ScenarioSpec(_Strict):
     name: str
     clock_start: str
@@ -170,10 +159,10 @@ class _ScenarioSpec(_Strict):
     resolver: _ResolverSpec = msgspec.field(default_factory=_ResolverSpec)
     authoritative: _AuthoritativeSpec = msgspec.field(default_factory=_AuthoritativeSpec)
     public_resolver: _PublicResolverSpec = msgspec.field(default_factory=_PublicResolverSpec)
-    truth: list[_TruthSpec] = []
+    truth: list[Truth] = []
 
 
-def validate(data: dict[str, Any], where: str) -> None:
+def validate(data: dict[str, Any], where: str) -> _ScenarioSpec:
     """Check a scenario's keys, types and ranges before anything is built; raise
     ``ValueError`` naming the file and the field."""
     try:
@@ -213,6 +202,7 @@ def validate(data: dict[str, Any], where: str) -> None:
         problems.append(f"clock_start: {exc}")
     if problems:
         raise ValueError(f"{where}: bad scenario: " + "; ".join(problems))
+    return spec
 
 
 def load(name_or_path: str) -> Scenario:
@@ -231,7 +221,7 @@ def load(name_or_path: str) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{where}: {exc}") from None
-    validate(data, where)
+    spec = validate(data, where)
     try:
         return Scenario(
             name=data["name"],
@@ -243,7 +233,7 @@ def load(name_or_path: str) -> Scenario:
             injectors=list(data.get("injectors", [])),
             resolver_hijack=dict(data.get("resolver", {}).get("hijack", {})),
             authoritative_override=dict(data.get("authoritative", {}).get("override", {})),
-            truth=[Truth(**t) for t in data.get("truth", [])],
+            truth=list(spec.truth),
             sources=list(data.get("sources", [])),
             nxdomain_rewrite=data.get("resolver", {}).get("nxdomain_rewrite"),
             public_root_inside=data.get("public_resolver", {}).get("root") == "inside",

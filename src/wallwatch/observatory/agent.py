@@ -159,11 +159,13 @@ class Spool:
 
     def close(self, timeout: float = 10.0) -> int:
         """Try to empty the spool within ``timeout``; the batches left (sent at the next start)."""
-        self.drain(deadline=time.monotonic() + timeout) if self._thread is None else None
-        end = time.monotonic() + timeout
-        while self.pending() and time.monotonic() < end:
-            self._wake.set()
-            time.sleep(0.1)
+        if self._thread is None:
+            self.drain(deadline=time.monotonic() + timeout)
+        else:
+            end = time.monotonic() + timeout
+            while self.pending() and time.monotonic() < end:
+                self._wake.set()
+                time.sleep(0.1)
         self._stop = True
         self._wake.set()
         if self._thread is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import gzip
 import hashlib
 import io
 import json
@@ -29,6 +28,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from wallwatch import __version__
 from wallwatch.escape import json_for_html
+from wallwatch.journal import json_lines
 from wallwatch.observatory.collector import MAX_BODY, MAX_DECOMPRESSED, Collector, UploadError
 from wallwatch.observatory.tokens import Tokens
 from wallwatch.store import sql_literal
@@ -178,13 +178,11 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
         reader(authorization)
         started = time.perf_counter()
         where, params = ["true"], []
+        given = {"vantage": vantage, "hostname": hostname, "target": target, "qtype": qtype}
         for name, column in _FILTERS.items():
-            value = {"vantage": vantage, "hostname": hostname, "target": target, "qtype": qtype}[
-                name
-            ]
-            if value is not None:
+            if given[name] is not None:
                 where.append(f"{column} = ?")
-                params.append(value)
+                params.append(given[name])
         if since:
             where.append("measurement_start_time >= ?")
             params.append(since)
@@ -305,7 +303,7 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
         items = [{"id": a.get("id"), "title": f"{a.get('change')}: {a.get('event', {}).get('target_address')}",
                   "url": f"{base}/?event={a.get('event', {}).get('event_id')}",
                   "date_published": a.get("at"), "content_text": json.dumps(a.get("event"))}
-                 for a in _jsonl(collector.data / "judge" / "alerts.jsonl")]  # fmt: skip
+                 for a in json_lines(collector.data / "judge" / "alerts.jsonl")]  # fmt: skip
         return JSONResponse({"version": "https://jsonfeed.org/version/1.1",
                              "title": "wallwatch events", "home_page_url": base + "/",
                              "feed_url": base + "/api/v1/feeds/events.json", "items": items[::-1]})  # fmt: skip
@@ -316,7 +314,7 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
         from xml.sax.saxutils import escape
 
         base = str(request.base_url).rstrip("/")
-        alerts = _jsonl(collector.data / "judge" / "alerts.jsonl")[::-1]
+        alerts = json_lines(collector.data / "judge" / "alerts.jsonl")[::-1]
         updated = alerts[0].get("at") if alerts else "1970-01-01T00:00:00+00:00"
         entries = "".join(
             f"<entry><id>urn:wallwatch:{escape(str(a.get('id')))}</id>"
@@ -336,8 +334,8 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
         """Every alert raised, with the delivery log of each webhook."""
         reader(authorization)
         started = time.perf_counter()
-        rows = _jsonl(collector.data / "judge" / "alerts.jsonl")
-        deliveries = _jsonl(collector.data / "deliveries.jsonl")
+        rows = json_lines(collector.data / "judge" / "alerts.jsonl")
+        deliveries = json_lines(collector.data / "deliveries.jsonl")
         for row in rows:
             row["deliveries"] = [d for d in deliveries if d.get("id") == row.get("id")]
         return _answer(rows, started, len(rows))
@@ -385,21 +383,3 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_bytes().splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            out.append(value)
-    return out
-
-
-def gzip_body(data: bytes) -> bytes:
-    return gzip.compress(data, compresslevel=5)

@@ -268,7 +268,7 @@ class Collector:
             for minute in sorted(self.pending):
                 if minute <= newest - 2:
                     self.watch.judge(minute, self.pending.pop(minute), now=minute * 60.0 + 60.0,
-                                     alert=False)  # fmt: skip
+                                     live=False)  # fmt: skip
 
     def logged(self, first: int, last: int) -> list[Measurement]:
         """Measurements of the minute log from minute ``first`` to ``last``."""

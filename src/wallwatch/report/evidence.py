@@ -34,7 +34,7 @@ from typing import Any
 
 from wallwatch import store
 from wallwatch.analysis import pools
-from wallwatch.journal import read_records
+from wallwatch.journal import json_lines, read_records
 from wallwatch.records import Measurement
 from wallwatch.render import dig
 from wallwatch.store import sql_literal
@@ -84,7 +84,7 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
     window = _window(event)
     base = f"""
         SELECT m.vantage, m.resolver_address, m.engine, m.target_kind, v.response_index,
-               v.rtt, v.ip_ttl, list_contains(v.ips, {target}) AS forged, v.s_later_genuine,
+               v.rtt, v.ip_ttl, list_contains(v.ips, {target}) AS forged,
                v.outcome, m.hostname
         FROM reply_verdicts v JOIN measurements m USING (measurement_uid)
         WHERE {window} AND v.s_has_reply
@@ -94,7 +94,7 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
 
     # 1. The same public resolver, two vantages: a lie in transit.
     per: dict[tuple[str, str], Counter[str]] = {}
-    for vantage, resolver, engine, kind, _i, _rtt, _ttl, forged, _raced, outcome, _h in rows:
+    for vantage, resolver, engine, kind, _i, _rtt, _ttl, forged, outcome, _h in rows:
         if kind != "resolver" or engine != "udp":
             continue
         c = per.setdefault((resolver, vantage), Counter())
@@ -121,7 +121,7 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
 
     # 2. A dark destination answers.
     dark = [r for r in rows if r[3] == TargetKind.DARK]
-    dark_forged = sum(1 for r in dark if r[7] and r[9] == Outcome.INJECTED_DARK)
+    dark_forged = sum(1 for r in dark if r[7] and r[8] == Outcome.INJECTED_DARK)
     items.append({
         "id": "dark_destination",
         "claim": "A host that runs no DNS server answers with the target.",
@@ -132,7 +132,7 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
 
     # 3. Too fast: forged vs genuine round-trip times on the same paths.
     forged_rtt = [r[5] for r in rows if r[7] and r[5] is not None and r[2] == "udp"]
-    genuine_rtt = [r[5] for r in rows if READING.get(Outcome(r[9])) == Reading.GENUINE
+    genuine_rtt = [r[5] for r in rows if READING.get(Outcome(r[8])) == Reading.GENUINE
                    and r[5] is not None and r[2] == "udp" and r[3] == "resolver"]  # fmt: skip
     fm, gm = _median(forged_rtt), _median(genuine_rtt)
     items.append({
@@ -161,7 +161,7 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
 
     # 5. Known pool, or one address across unrelated names.
     lists = pools.lists_of(event["target_address"])
-    names_on_target = len({r[10] for r in rows if r[7]})
+    names_on_target = len({r[9] for r in rows if r[7]})
     items.append({
         "id": "one_address_or_known_pool",
         "claim": "The target is in a published forged pool, or one address answers many "
@@ -175,7 +175,7 @@ def checklist(db: Path, event: dict[str, Any]) -> list[dict[str, Any]]:
     # 6. Selective scope.
     tlds: dict[str, Counter[str]] = {}
     for r in rows:
-        tld = str(r[10]).rsplit(".", 1)[-1]
+        tld = str(r[9]).rsplit(".", 1)[-1]
         c = tlds.setdefault(tld, Counter())
         c["replies"] += 1
         c["with_target"] += int(bool(r[7]))
@@ -409,25 +409,8 @@ def _event_streams(report: dict[str, Any], event: dict[str, Any]) -> set[str]:
 def _series(out: Path, watch: dict[str, Any]) -> list[dict[str, Any]]:
     """The watch's per-minute series: ``series.jsonl`` (older watches kept it in events.json)."""
     path = out / "series.jsonl"
-    if not path.exists():
-        return list(watch.get("series", []))
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a line torn by a crash
-    return rows
+    return json_lines(path) if path.exists() else list(watch.get("series", []))
 
 
 def _rounds(out: Path) -> list[dict[str, Any]]:
-    path = out / "rounds.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
+    return json_lines(out / "rounds.jsonl")
