@@ -248,6 +248,12 @@ def test_the_collector_judges_across_vantages_and_raises_the_event(
     heartbeat = json.loads(s.get("/api/v1/heartbeat")[1])["results"][0]
     assert heartbeat["last_minute_judged"] >= minute0 + 11
     event_id = urllib.request.quote(str(events[0]["event_id"]))
+    # The event's page carries the argument, step by step, as the report makes it.
+    argument = json.loads(s.get(f"/api/v1/events/{event_id}")[1])["results"][0]["argument"]
+    steps = {item["id"]: item for item in argument}
+    assert "inside_lie_outside_truth" in steps and steps["dark_destination"]["holds"] is None
+    served = steps["inside_lie_outside_truth"]["data"]["8.8.8.8:53"]
+    assert served["inside"]["forged"] > 0 and served["outside"]["forged"] == 0
     status, pcap_bytes, _ = s.get(f"/api/v1/events/{event_id}/evidence.pcap")
     assert (
         status == 200
@@ -283,8 +289,11 @@ def test_the_collector_judges_across_vantages_and_raises_the_event(
 
 
 def _upload_2014(url: str, tmp_path: Path, tokens: dict[str, str], minute0: int, src: str,
-                 pause: float = 0.0) -> None:  # fmt: skip
-    """Fourteen minutes of two vantages' rounds; minutes 6-9 forged inside (the 2014 shape)."""
+                 pause: float = 0.0,
+                 only: Callable[[str, int], bool] = lambda vantage, minute: True) -> None:  # fmt: skip
+    """Fourteen minutes of two vantages' rounds; minutes 6-9 forged inside (the 2014 shape).
+
+    ``only(vantage, minute)`` picks the rounds sent (the rest can be sent late)."""
     from test_watch import FORGED_2014
 
     names = [f"n{i}.example.com" for i in range(40)]
@@ -292,6 +301,8 @@ def _upload_2014(url: str, tmp_path: Path, tokens: dict[str, str], minute0: int,
     for minute in range(minute0, minute0 + 14):
         forged = minute0 + 6 <= minute < minute0 + 10
         for vantage, token in tokens.items():
+            if not only(vantage, minute):
+                continue
             journal = Journal.open(journal_path)
             for i, name in enumerate(names):
                 truth = f"198.51.100.{i + 1}"
@@ -314,6 +325,85 @@ def _upload_2014(url: str, tmp_path: Path, tokens: dict[str, str], minute0: int,
             assert send(url, token, gzip.compress(journal_path.read_bytes()))["stored"] == 80
             journal_path.unlink()
         time.sleep(pause)
+
+
+def test_late_rounds_are_rejudged_and_the_change_announced(
+    server,
+    serve,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    """The inside vantage's forged minutes arrive after later minutes were judged: the
+    collector rebuilds its judgement, the event appears with a ``revised`` alert naming the
+    late minutes, verdicts and attributions are counted, and a restart doubles nothing."""
+    from test_watch import FORGED_2014
+
+    data = tmp_path / "collector"
+    s = server("--grace", "1", "--public-url", "https://ww.example.org/", data=data)
+    tokens = {v: _cli("token", "new", v, "--data", str(data)).stdout.strip().splitlines()[-1]
+              for v in ("inside", "outside")}  # fmt: skip
+    genuine: LoopbackServer = serve(
+        authoritative({f"n{i}.example.com": ["192.0.2.1"] for i in range(40)})
+    )
+    minute0 = 29000100
+    forged = range(minute0 + 6, minute0 + 10)
+    _upload_2014(s.url, tmp_path, tokens, minute0, genuine.address[0],
+                 only=lambda v, m: not (v == "inside" and m in forged))  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        heartbeat = json.loads(s.get("/api/v1/heartbeat")[1])["results"][0]
+        if heartbeat["last_minute_judged"] == minute0 + 13 and not heartbeat["pending_minutes"]:
+            break
+        time.sleep(0.2)
+    assert heartbeat["last_minute_judged"] == minute0 + 13
+    assert json.loads(s.get("/api/v1/events")[1])["results"] == []  # nothing forged seen yet
+    _upload_2014(s.url, tmp_path, tokens, minute0, genuine.address[0],
+                 only=lambda v, m: v == "inside" and m in forged)  # fmt: skip
+    deadline = time.monotonic() + 40
+    events: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not events:
+        events = json.loads(s.get("/api/v1/events")[1])["results"]
+        time.sleep(0.3)
+    assert events and events[0]["target_address"] == FORGED_2014
+    alerts = json.loads(s.get("/api/v1/alerts")[1])["results"]
+    revised = [a for a in alerts if a["change"] == "revised"]
+    assert revised and revised[0]["late_minutes"] == list(forged)
+    # IODA's shape, with the permalink on the public URL.
+    start = next(a for a in alerts if a["change"] == "start")
+    # One forged reply per query and no genuine one behind it: a resolver's lie as far as
+    # this data shows (no dark host, no race), so a warning, not a proven injection.
+    assert events[0]["attribution"] == "tampering_resolver"
+    assert start["level"] == "warning" and start["method"] == "cusum"
+    assert start["entity"]["code"] == FORGED_2014 and start["datasource"] == "wallwatch:inside"
+    assert start["value"] > start["history_value"] and start["condition"].startswith("cusum")
+    assert start["permalink"] == "https://ww.example.org/?event=" + urllib.request.quote(
+        str(events[0]["event_id"])
+    )
+    # Verdicts and attributions, as judged, by two axes and as filters.
+    rows = json.loads(s.get("/api/v1/aggregation?axis=vantage&axis=attribution&grain=day")[1])[
+        "results"
+    ]
+    counts = {(r["vantage"], r["attribution"]): r["measurements"] for r in rows}
+    assert counts[("inside", "tampering_resolver")] == 4 * 40, counts
+    assert ("outside", "tampering_resolver") not in counts
+    picked = json.loads(s.get("/api/v1/measurements?attribution=tampering_resolver&limit=10000")[1])
+    assert len(picked["results"]) == 4 * 40 and {r["vantage"] for r in picked["results"]} == {
+        "inside"
+    }
+    answers = json.loads(s.get("/api/v1/aggregation?axis=answer&grain=day&vantage=inside")[1])[
+        "results"
+    ]
+    assert any(r["answer"] == FORGED_2014 and r["measurements"] == 4 * 40 for r in answers)
+    assert s.get("/api/v1/aggregation?axis=vantage&axis=tld&axis=verdict")[0] == 422
+    assert s.get("/api/v1/measurements?verdict=no_such_outcome")[0] == 422
+    # A restart rebuilds the same judgement and raises nothing twice.
+    s.stop()
+    s2 = server("--grace", "1", data=data)
+    time.sleep(2)
+    again = json.loads(s2.get("/api/v1/alerts")[1])["results"]
+    assert [a["id"] for a in again] == [a["id"] for a in alerts]
+    assert (
+        json.loads(s2.get("/api/v1/events")[1])["results"][0]["event_id"] == events[0]["event_id"]
+    )
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -269,6 +269,28 @@ _TABLES = ("measurements", "responses", "answers", "reply_verdicts", "attributio
            "window_attributions", "injector_families", "analysis_rules", "known_addresses")  # fmt: skip
 
 
+def load_records(records: Iterable[Record]) -> Any:
+    """An in-memory store (DuckDB connection) holding ``records``; ValueError if none."""
+    con = store.connect()
+    with tempfile.TemporaryDirectory(prefix="ww-analyze-") as tmp:
+        path = Path(tmp) / "records.jsonl"
+        buffer = bytearray()
+        count = 0
+        with path.open("wb") as handle:
+            for record in records:
+                encode_into(record, buffer)
+                count += 1
+                if len(buffer) > 1 << 20:
+                    handle.write(buffer)
+                    buffer.clear()
+            handle.write(buffer)
+        if not count:
+            con.close()
+            raise ValueError("analyze: no records")
+        store.ingest_into(con, [path])
+    return con
+
+
 def analyze(
     records_or_store: Iterable[Record] | str | Path,
     *,
@@ -286,23 +308,7 @@ def analyze(
     if isinstance(records_or_store, str | Path):
         con = store.connect(records_or_store)
     else:
-        con = store.connect()
-        with tempfile.TemporaryDirectory(prefix="ww-analyze-") as tmp:
-            path = Path(tmp) / "records.jsonl"
-            buffer = bytearray()
-            count = 0
-            with path.open("wb") as handle:
-                for record in records_or_store:
-                    encode_into(record, buffer)
-                    count += 1
-                    if len(buffer) > 1 << 20:
-                        handle.write(buffer)
-                        buffer.clear()
-                handle.write(buffer)
-            if not count:
-                con.close()
-                raise ValueError("analyze: no records")
-            store.ingest_into(con, [path])
+        con = load_records(records_or_store)
     try:
         summary = analyze_connection(
             con, baseline=baseline, mmdb=mmdb, window=window, netinfo=netinfo

@@ -826,8 +826,11 @@ def netinfo(
               help="The names the vantages ask (for the shares of an event).")  # fmt: skip
 @click.option("--local", "locals_", multiple=True, metavar="VANTAGE=ADDRESS",
               help="A vantage's own address, for the evidence pcap (repeatable).")  # fmt: skip
+@click.option("--public-url", default=None, type=_Url(), metavar="URL",
+              help="Where readers reach this collector (alerts' permalinks); default: --listen.")  # fmt: skip
 def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...], private: bool,
-          grace: float, budget: float, panel: str | None, locals_: tuple[str, ...]) -> None:  # fmt: skip
+          grace: float, budget: float, panel: str | None, locals_: tuple[str, ...],
+          public_url: str | None) -> None:  # fmt: skip
     """The observatory: collector, API and live dashboard in one process."""
     import uvicorn
 
@@ -845,10 +848,11 @@ def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...]
         if not sep or not name or not address:
             raise click.BadParameter(f"{item!r}: VANTAGE=ADDRESS", param_hint="--local")
         local[name] = address
+    where = f"unix:{uds}" if uds else f"http://{listen}/"
     collector = Collector(data, webhooks=list(webhooks), grace=grace,
-                          panel=Path(panel) if panel else None, local=local)  # fmt: skip
+                          panel=Path(panel) if panel else None, local=local,
+                          public_url=public_url or (None if uds else where))  # fmt: skip
     app = create_app(collector, Tokens(data), private=private, budget=budget)
-    where = f"unix:{uds}" if uds else f"http://{host.strip('[]')}:{port}/"
     err.print(f"wallwatch serve: {data} on {where}", highlight=False)
     # uvicorn re-raises the SIGTERM it caught once it has stopped; as an exception here,
     # it lets the collector judge what is pending and save before the process ends.

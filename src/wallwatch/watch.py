@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -38,12 +39,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import msgspec
 
 from wallwatch.delivery import Deliverer
-from wallwatch.events.detector import Detector, Event, EventChange, minute_iso
+from wallwatch.events.detector import Change, Detector, Event, EventChange, Level, minute_iso
 from wallwatch.events.minute import (
+    FirstReply,
+    Injected,
     Signals,
     StreamHistory,
     StreamKey,
@@ -56,6 +60,7 @@ from wallwatch.names import QueryName, parse_lines
 from wallwatch.observatory.agent import Spool
 from wallwatch.records import Measurement
 from wallwatch.supervise import preexec
+from wallwatch.vocab import Attribution
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,17 @@ class Watch:
         self._unsaved = 0
         self.deliverer: Deliverer | None = None
         self.spool: Spool | None = None
+        #: Names seen injected so far (a poisoned cache later reads as the path's tail).
+        self.injected: Injected = {}
+        #: Alerts held back instead of raised (a collector rebuilding its judgement
+        #: raises them once the rebuilt view is in place).
+        self.held: list[str] | None = None
+        #: Where an event's page lives (``serve``'s public URL), for alerts' permalinks.
+        self.permalink_base: str | None = None
+        #: Called with each judged minute's verdicts (the collector stores them).
+        self.on_verdicts: Callable[[int, list[Measurement], dict[str, FirstReply]], None] | None = (
+            None
+        )
 
     # -- one round ---------------------------------------------------------------
 
@@ -256,7 +272,10 @@ class Watch:
         self.judged.add(minute)
         # One judgement: the analysis's rules judge the round, the buckets count verdicts.
         measurements = list(measurements)
-        by_key = buckets(minute, measurements, judge_round(measurements, self.netinfo))
+        verdicts = judge_round(measurements, self.netinfo, self.injected)
+        if self.on_verdicts is not None:
+            self.on_verdicts(minute, measurements, verdicts)
+        by_key = buckets(minute, measurements, verdicts)
         batch: list[Signals] = []
         for key in sorted(by_key):
             history = self.history.setdefault(key, StreamHistory())
@@ -287,26 +306,75 @@ class Watch:
                 continue
             self.raised.add(alert_id)
             fresh.append(json.dumps(self.alert(change, alert_id)))
-        if fresh:
-            # Logged (fsync) before anything is shown or sent: the log is what a restart trusts.
-            _append_lines(self.config.out / "alerts.jsonl", fresh)
-            for line in fresh:
-                self.emit(line)
-                if self.deliverer is not None:
-                    self.deliverer.send(json.loads(line))
+        self.raise_alerts(fresh)
         self._unsaved += 1
         if live and (changes or self._unsaved >= 10):
             self.save()
         return changes
 
-    def alert(self, change: EventChange, alert_id: str) -> dict[str, object]:
+    def raise_alerts(self, lines: list[str]) -> None:
+        """Log (fsync) first, then show and send: the log is what a restart trusts."""
+        if not lines:
+            return
+        if self.held is not None:
+            self.held.extend(lines)
+            return
+        _append_lines(self.config.out / "alerts.jsonl", lines)
+        for line in lines:
+            self.emit(line)
+            if self.deliverer is not None:
+                self.deliverer.send(json.loads(line))
+
+    def alert(self, change: EventChange | None, alert_id: str, *, event: Event | None = None,
+              minute: int | None = None, kind: Change | None = None) -> dict[str, object]:  # fmt: skip
+        """One alert record, shaped like IODA's (time, level, method, condition, value,
+        history value, entity, datasource) with the event and its permalink.
+
+        ``value`` is the largest ``top_share`` (the share of names answered with the
+        event's address) among the event's streams that minute, ``history_value`` the
+        median of their CUSUM baselines: what the detector compared.
+        """
+        if change is not None:
+            event, minute, kind = change.event, change.minute, change.change
+        assert event is not None and minute is not None and kind is not None
+        value: float | None = None
+        baselines: list[float] = []
+        h = None
+        for (key, signal), cusum in self.detector.cusums.items():
+            if key not in event.streams or signal != "top_share":
+                continue
+            h = cusum.h
+            baselines += [cusum.mu0] if cusum.mu0 is not None else []
+            at = [s.x for s in cusum.steps if s.bucket == minute] if cusum.steps else []
+            if at:
+                value = max(value or 0.0, at[-1])
+        if value is None:
+            value = event.peak_share
+        if kind == Change.END:
+            level = Level.NORMAL
+        elif event.attribution == Attribution.ON_PATH_INJECTOR:
+            level = Level.CRITICAL
+        else:
+            level = Level.WARNING
+        scope = event.scope()
         return {
             "type": "wallwatch.event",
             "id": alert_id,
-            "change": change.change.value,
-            "at": minute_iso(change.minute, self.config.clock.tz, "minutes"),
-            "event": self.event_dict(change.event),
-        }
+            "change": kind.value,
+            "at": minute_iso(minute, self.config.clock.tz, "minutes"),
+            "time": minute * 60,
+            "level": level.value,
+            "method": "cusum",
+            "condition": f"cusum(top_share) > h={h:.3g}" if h is not None else "cusum(top_share)",
+            "value": round(value, 4),
+            "history_value": round(statistics.median(baselines), 4) if baselines else None,
+            "entity": {"type": "answer_address", "code": event.target_address,
+                       "name": f"{event.target_address} answering {', '.join('.' + t for t in scope['tlds'])}"},
+            "datasource": "wallwatch:" + ",".join(scope["vantages"]),
+            "permalink": (f"{self.permalink_base.rstrip('/')}/?event={quote(event.event_id)}"
+                          if self.permalink_base else None),
+            "event": self.event_dict(event),
+        }  # fmt: skip
 
     def event_dict(self, event: Event) -> dict[str, object]:
         resolvers = {(k.vantage, k.resolver, k.engine) for k in self.history}
@@ -360,7 +428,7 @@ class Watch:
                     print(f"watch: {path}:{number}: torn round record, ignored", file=sys.stderr)
                     continue
                 done[r.round] = r
-        self.raised = _alert_ids(self.config.out / "alerts.jsonl")
+        self.raised = alert_ids(self.config.out / "alerts.jsonl")
         files: dict[tuple[int, int], list[Path]] = {}
         for f in sorted((self.config.out / "measurements").glob("r*-m*-*.jsonl")):
             round_text, minute_part = f.name[1:].split("-", 2)[:2]
@@ -392,15 +460,18 @@ class Watch:
             self.rounds.append(record)
             if not record.discarded:
                 self.judge(minute, measurements, now=record.at, live=False)
-        # The series is derived from the rounds too: rewritten whole after the replay.
+        self.write_series()
+        self.save()
+        return max((n for n, _ in files), default=-1) + 1
+
+    def write_series(self) -> None:
+        """The series is derived from the rounds: rewritten whole after a replay."""
         tz = self.config.clock.tz
         rows = [json.dumps(dict(r, minute=minute_iso(int(str(r["minute"])), tz, "minutes")))
                 for r in self.series]  # fmt: skip
         tmp = self.config.out / "series.jsonl.tmp"
         tmp.write_text("".join(r + "\n" for r in rows))
         tmp.replace(self.config.out / "series.jsonl")
-        self.save()
-        return max((n for n, _ in files), default=-1) + 1
 
     def _complete(self, paths: list[Path], measurements: list[Measurement]) -> bool:
         """Every vantage's sweep of this round is on disk (the round can be judged)."""
@@ -495,6 +566,6 @@ def _append_lines(path: Path, lines: list[str]) -> None:
         os.fsync(handle.fileno())
 
 
-def _alert_ids(path: Path) -> set[str]:
+def alert_ids(path: Path) -> set[str]:
     """Ids of the alerts in the log (a line torn by a crash is not an alert)."""
     return {str(alert["id"]) for alert in json_lines(path) if "id" in alert}

@@ -103,6 +103,8 @@ FROM attributions_raw
 #: A resolver still serving an address that was seen injected for the name in an earlier
 #: (or the same) window is not lying on its own account: its cache was poisoned on the
 #: path ([greatfire-2014]: the 2014 tail lasted hours after the injection stopped).
+#: ``injected_before`` (hostname, query_type, first_injected epoch seconds) carries what
+#: a monitor judging minute by minute saw in earlier minutes; empty for a one-off analysis.
 WINDOW_ATTRIBUTION_SQL = f"""
 WITH w AS (
     SELECT v.hostname, v.query_type, v.vantage, v.outcome, v.rule_id,
@@ -121,8 +123,11 @@ per AS (
     FROM w GROUP BY ALL
 ),
 seen AS (
-    SELECT hostname, query_type, min(window_start) FILTER (WHERE path) AS first_injected
-    FROM per GROUP BY ALL
+    -- Injected in this data, or before it (a running monitor's memory: injected_before).
+    SELECT hostname, query_type, min(first_injected) AS first_injected
+    FROM (SELECT hostname, query_type, window_start AS first_injected FROM per WHERE path
+          UNION ALL SELECT hostname, query_type, first_injected FROM injected_before)
+    GROUP BY ALL
 )
 SELECT p.hostname, p.query_type, p.vantage, make_timestamp(p.window_start * 1000000) AS window_start,
        CASE

@@ -21,7 +21,7 @@ import csv
 import json
 import tempfile
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
@@ -94,8 +94,14 @@ def analyze_connection(
     mmdb: str | Path | None = None,
     window: int = 60,
     netinfo: Netinfo | None = None,
+    injected_before: Iterable[tuple[str, str, int]] = (),
 ) -> AnalysisSummary:
-    """The analysis on an open DuckDB connection whose store tables are loaded."""
+    """The analysis on an open DuckDB connection whose store tables are loaded.
+
+    ``injected_before``: (hostname, query_type, epoch second) of names a monitor saw
+    injected in earlier minutes, so a cache still serving the forgery reads as the
+    path's cache tail rather than the resolver's own lie.
+    """
     version, known = pools.load()
     _load_table(con, "known_addresses", ("address", "kind", "list_id"),
                 [(k.address, k.kind, k.list_id) for k in known])  # fmt: skip
@@ -136,6 +142,13 @@ def analyze_connection(
     con.execute(f"CREATE OR REPLACE TEMP TABLE name_changes AS {NAME_CHANGES_SQL}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE attributions_raw AS {ATTRIBUTION_SQL}")
     con.execute(f"CREATE OR REPLACE TABLE attributions AS {ATTRIBUTION_FINAL_SQL}")
+    con.execute("CREATE OR REPLACE TEMP TABLE injected_before "
+                "(hostname VARCHAR, query_type VARCHAR, first_injected BIGINT)")  # fmt: skip
+    values = ", ".join(
+        f"({sql_literal(h)}, {sql_literal(q)}, {int(t)})" for h, q, t in injected_before
+    )
+    if values:
+        con.execute(f"INSERT INTO injected_before VALUES {values}")
     con.execute(
         "CREATE OR REPLACE TABLE window_attributions AS "
         + WINDOW_ATTRIBUTION_SQL.replace("{window}", str(max(1, int(window))))

@@ -43,6 +43,20 @@ class Change(StrEnum):
     PHASE = "phase"
     SCOPE = "scope"
     END = "end"
+    #: Late data re-judged the event's minutes and the event is not what was announced
+    #: (a collector only: a watch judges its own rounds in order).
+    REVISED = "revised"
+
+
+class Level(StrEnum):
+    """An alert's severity, in IODA's words."""
+
+    #: The injector's own replies were seen: proven on-path tampering.
+    CRITICAL = "critical"
+    #: Resolvers serve the address; nothing proves the path yet.
+    WARNING = "warning"
+    #: The event is over.
+    NORMAL = "normal"
 
 
 #: The signals a CUSUM runs on, by name.

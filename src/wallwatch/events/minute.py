@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from wallwatch.records import Measurement, Response
-from wallwatch.vocab import PROVEN, READING, Outcome, Reading, TargetKind
+from wallwatch.vocab import PROVEN, READING, Attribution, Outcome, Reading, TargetKind, outcomes
 
 if TYPE_CHECKING:
     from wallwatch.analysis.netinfo import Netinfo
@@ -75,29 +75,67 @@ class FirstReply:
     #: The answer's origin AS is known, and whether it is among the control's.
     asn_known: bool
     asn_match: bool
+    #: Who tampered with the name, from this vantage, in this minute (window attribution,
+    #: with the monitor's memory of earlier injections: a cache tail reads as the path's);
+    #: None where the analysis attributes nothing (a control's own measurement).
+    attribution: Attribution | None = None
+
+
+#: What a running monitor remembers between rounds: when each (name, type) was first
+#: seen injected on the path (epoch seconds), so the analysis can tell a poisoned
+#: cache from a lying resolver ([greatfire-2014]'s hours-long tail).
+Injected = dict[tuple[str, str], int]
 
 
 def judge_round(
-    measurements: Iterable[Measurement], netinfo: Netinfo | None = None
+    measurements: Iterable[Measurement],
+    netinfo: Netinfo | None = None,
+    injected: Injected | None = None,
 ) -> dict[str, FirstReply]:
-    """Verdicts of the analysis on each measurement's first parsed reply (one judgement)."""
+    """Verdicts of the analysis on each measurement's first parsed reply (one judgement).
+
+    ``injected`` is read as the memory of earlier rounds and updated with this one's.
+    """
     from wallwatch import _api
+    from wallwatch.analysis.attribution import sql_set
     from wallwatch.analysis.families import FINGERPRINT_SQL
+    from wallwatch.analysis.run import analyze_connection
 
     records = list(measurements)
     if not records:
         return {}
-    with _api.analyze(records, netinfo=netinfo) as result:
-        rows = result.con.execute(f"""
+    # Everything remembered was seen in an earlier round: before any window of this one.
+    before = [(h, q, 0) for h, q in (injected or {})]
+    con = _api.load_records(records)
+    try:
+        # One window per vantage and round: a round is judged as one piece of evidence.
+        analyze_connection(con, netinfo=netinfo, window=86400, injected_before=before)
+        rows = con.execute(f"""
             SELECT v.measurement_uid, v.outcome, f.fingerprint, len(v.answer_asns) > 0,
-                   v.s_asn_match
+                   v.s_asn_match, w.attribution
             FROM reply_verdicts v
             LEFT JOIN ({FINGERPRINT_SQL}) f USING (measurement_uid, response_index)
+            LEFT JOIN window_attributions w
+              ON w.hostname = v.hostname AND w.query_type = v.query_type
+             AND w.vantage = v.vantage
             WHERE v.response_index IS NOT NULL AND v.parse_failure IS NULL
             QUALIFY row_number() OVER (PARTITION BY v.measurement_uid
-                                       ORDER BY v.response_index) = 1""").fetchall()  # fmt: skip
-    return {uid: FirstReply(Outcome(o), fp, bool(known), bool(match))
-            for uid, o, fp, known, match in rows}  # fmt: skip
+                                       ORDER BY v.response_index, w.window_start DESC) = 1""").fetchall()  # fmt: skip
+        if injected is not None:
+            path = sql_set(outcomes(Reading.PATH))
+            for hostname, qtype, first in con.execute(f"""
+                    SELECT v.hostname, v.query_type,
+                           min(epoch(CAST(m.measurement_start_time AS TIMESTAMP)))::BIGINT
+                    FROM reply_verdicts v JOIN measurements m USING (measurement_uid)
+                    WHERE v.outcome IN {path} GROUP BY ALL""").fetchall():  # fmt: skip
+                injected[(hostname, qtype)] = min(
+                    int(first), injected.get((hostname, qtype), int(first))
+                )
+    finally:
+        con.close()
+    return {uid: FirstReply(Outcome(o), fp, bool(known), bool(match),
+                            Attribution(a) if a else None)
+            for uid, o, fp, known, match, a in rows}  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import AsyncIterator
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,9 +33,35 @@ from wallwatch.journal import json_lines
 from wallwatch.observatory.collector import MAX_BODY, MAX_DECOMPRESSED, Collector, UploadError
 from wallwatch.observatory.tokens import Tokens
 from wallwatch.store import sql_literal
+from wallwatch.vocab import Attribution, Outcome
 
 _FILTERS = {"vantage": "vantage", "hostname": "hostname", "target": "resolver_address",
             "qtype": "query_type"}  # fmt: skip
+
+
+class Axis(StrEnum):
+    """What the aggregation counts by."""
+
+    VANTAGE = "vantage"
+    TARGET = "target"
+    TLD = "tld"
+    QTYPE = "qtype"
+    HOSTNAME = "hostname"
+    #: The analysis's outcome for the measurement's first reply (as judged by the collector).
+    VERDICT = "verdict"
+    #: Who tampered with the name, from that vantage, in that minute.
+    ATTRIBUTION = "attribution"
+    #: The addresses in the first reply (a measurement counts once per address).
+    ANSWER = "answer"
+
+
+#: Each axis as a SQL expression over measurements ``m``, judgements ``j``, answers ``a``.
+_AXES = {
+    Axis.VANTAGE: "m.vantage", Axis.TARGET: "m.resolver_address", Axis.QTYPE: "m.query_type",
+    Axis.HOSTNAME: "m.hostname", Axis.TLD: "regexp_extract(m.hostname, '[^.]+$')",
+    Axis.VERDICT: "j.outcome", Axis.ATTRIBUTION: "j.attribution",
+    Axis.ANSWER: "coalesce(a.ipv4, a.ipv6)",
+}  # fmt: skip
 
 
 def _answer(rows: list[dict[str, Any]], started: float, read: int, **extra: Any) -> JSONResponse:
@@ -168,13 +195,20 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
         hostname: str | None = None,
         target: str | None = None,
         qtype: str | None = None,
+        verdict: Annotated[
+            Outcome | None, Query(description="the analysis's outcome for the first reply")
+        ] = None,
+        attribution: Attribution | None = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 100,
         after: Annotated[
             str | None, Query(description="the last row's cursor: keyset pagination")
         ] = None,
         format: Literal["json", "csv", "parquet"] = "json",
     ) -> Response:
-        """Measurements, newest last, filtered; ``after`` pages by (start time, uid)."""
+        """Measurements, newest last, filtered; ``after`` pages by (start time, uid).
+
+        ``verdict`` and ``attribution`` are the collector's judgement of the measurement's
+        minute (empty until that minute is judged)."""
         reader(authorization)
         started = time.perf_counter()
         where, params = ["true"], []
@@ -183,6 +217,11 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
             if given[name] is not None:
                 where.append(f"{column} = ?")
                 params.append(given[name])
+        for column, wanted in (("outcome", verdict), ("attribution", attribution)):
+            if wanted is not None:
+                where.append(f"measurement_uid IN (SELECT measurement_uid FROM judgements "
+                             f"WHERE {column} = ?)")  # fmt: skip
+                params.append(wanted.value)
         if since:
             where.append("measurement_start_time >= ?")
             params.append(since)
@@ -193,10 +232,13 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
             at, _, uid = after.partition("|")
             where.append("(measurement_start_time, measurement_uid) > (?, ?)")
             params += [at, uid]
-        sql = ("SELECT measurement_uid, measurement_start_time, vantage, hostname, query_type, "
+        # The page first, then its verdicts: the join touches only the rows returned.
+        sql = ("SELECT p.*, j.outcome AS verdict, j.attribution FROM ("
+               "SELECT measurement_uid, measurement_start_time, vantage, hostname, query_type, "
                "resolver_address, target_kind, engine, failure, response_count FROM measurements "
                f"WHERE {' AND '.join(where)} ORDER BY measurement_start_time, measurement_uid "
-               f"LIMIT {int(limit)}")  # fmt: skip
+               f"LIMIT {int(limit)}) p LEFT JOIN judgements j USING (measurement_uid) "
+               "ORDER BY p.measurement_start_time, p.measurement_uid")  # fmt: skip
         rows = query(sql, params)
         cursor = (
             f"{rows[-1]['measurement_start_time']}|{rows[-1]['measurement_uid']}" if rows else None
@@ -217,25 +259,51 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
     @app.get("/api/v1/aggregation", response_model=None)
     def aggregation(
         authorization: Annotated[str | None, Header()] = None,
-        axis: Literal["vantage", "target", "tld", "qtype", "hostname"] = "vantage",
+        axis: Annotated[
+            list[Axis] | None, Query(description="one or two axes (repeat the parameter); vantage")
+        ] = None,
         grain: Literal["minute", "hour", "day"] = "hour",
+        since: str | None = None,
+        until: str | None = None,
+        vantage: str | None = None,
         format: Literal["json", "csv"] = "json",
     ) -> Response:
-        """Measurement counts by one axis per time grain."""
+        """Measurement counts by one or two axes per time grain.
+
+        ``verdict`` and ``attribution`` are the collector's judgement (a measurement of a
+        minute not judged yet counts under null); ``answer`` counts a measurement once per
+        address of its first reply."""
         reader(authorization)
         started = time.perf_counter()
-        column = {"vantage": "vantage", "target": "resolver_address", "qtype": "query_type",
-                  "hostname": "hostname",
-                  "tld": "regexp_extract(hostname, '[^.]+$')"}[axis]  # fmt: skip
+        axes = list(dict.fromkeys(axis or [Axis.VANTAGE]))
+        if not 1 <= len(axes) <= 2:
+            raise HTTPException(422, "aggregation: one or two distinct axes")
+        joins = ""
+        if {Axis.VERDICT, Axis.ATTRIBUTION} & set(axes):
+            joins += " LEFT JOIN judgements j ON j.measurement_uid = m.measurement_uid"
+        if Axis.ANSWER in axes:
+            joins += (" JOIN answers a ON a.measurement_uid = m.measurement_uid "
+                      "AND a.response_index = 0 AND coalesce(a.ipv4, a.ipv6) IS NOT NULL")  # fmt: skip
+        where, params = ["true"], []
+        for clause, value in (("m.measurement_start_time >= ?", since),
+                              ("m.measurement_start_time < ?", until), ("m.vantage = ?", vantage)):  # fmt: skip
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        selected = ", ".join(f"{_AXES[a]} AS {a.value}" for a in axes)
         rows = query(
-            f"SELECT date_trunc('{grain}', CAST(measurement_start_time AS TIMESTAMP)) AS t, "
-            f"{column} AS {axis}, count(*) AS measurements, sum(response_count) AS replies "
-            "FROM measurements GROUP BY ALL ORDER BY ALL"
+            f"SELECT date_trunc('{grain}', CAST(m.measurement_start_time AS TIMESTAMP)) AS t, "
+            f"{selected}, count(DISTINCT m.measurement_uid) AS measurements, "
+            f"sum(m.response_count) AS replies FROM measurements m{joins} "
+            f"WHERE {' AND '.join(where)} GROUP BY ALL ORDER BY ALL",
+            params,
         )
         for row in rows:
             row["t"] = str(row["t"])
+            row["replies"] = int(row["replies"] or 0)
+        columns = ["t", *(a.value for a in axes), "measurements", "replies"]
         if format == "csv":
-            return _csv(rows, ["t", axis, "measurements", "replies"], started)
+            return _csv(rows, columns, started)
         return _answer(rows, started, sum(int(r["measurements"]) for r in rows))
 
     @app.get("/api/v1/events")
@@ -248,7 +316,9 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
         return _answer(rows, started, len(rows))
 
     @app.get("/api/v1/events/{event_id}")
-    def event(event_id: str, authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+    async def event(
+        event_id: str, authorization: Annotated[str | None, Header()] = None
+    ) -> JSONResponse:
         reader(authorization)
         started = time.perf_counter()
         with collector.judge_lock:
@@ -256,6 +326,9 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
                      if e.event_id == event_id]  # fmt: skip
         if not found:
             raise HTTPException(404, "no such event")
+        # The argument as the report makes it, from the event's minutes (no lock held:
+        # the analysis reads the minute log, not the live store).
+        found[0]["argument"] = await asyncio.to_thread(collector.argument, found[0])
         return _answer(found, started, 1)
 
     @app.get("/api/v1/events/{event_id}/evidence.pcap")

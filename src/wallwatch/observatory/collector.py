@@ -8,12 +8,15 @@ every vantage's rounds can make it. Uploaded records are appended, per minute, t
 stored once). A minute is judged by the same code as ``wallwatch watch``
 (:class:`wallwatch.watch.Watch`, the analysis's own verdicts) once it is *closed*: when
 data two minutes later has arrived, or when nothing new came for ``grace`` seconds. Data
-for a minute already judged is stored, kept in the log and announced as late; the
-detector does not re-run a closed minute (its sums are sequential).
+for a minute already judged is stored, kept in the log and announced as late; once late
+data has stopped coming for a few seconds, the whole judgement is rebuilt from the minute
+log (the CUSUM sums are sequential, so a closed minute cannot be patched in place), and
+every event that came out differently is announced as ``revised``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import threading
@@ -29,8 +32,11 @@ import msgspec
 
 from wallwatch import records, store
 from wallwatch.delivery import Deliverer
+from wallwatch.events.detector import Change
+from wallwatch.events.minute import FirstReply
 from wallwatch.records import Measurement, Record
-from wallwatch.watch import Watch, WatchConfig
+from wallwatch.store import sql_literal
+from wallwatch.watch import Watch, WatchConfig, alert_ids
 
 #: Largest upload body accepted, compressed and decompressed (413 past either).
 MAX_BODY = 16 * 1024 * 1024
@@ -82,6 +88,10 @@ class Collector:
     panel: Path | None = None
     #: Each vantage's own address, for the evidence pcap.
     local: dict[str, str] = field(default_factory=dict)
+    #: The collector's public URL: alerts carry permalinks to the event's page there.
+    public_url: str | None = None
+    #: Seconds without late data before the judgement is rebuilt with it.
+    settle: float = 5.0
 
     def __post_init__(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
@@ -89,8 +99,11 @@ class Collector:
         self.db = self.data / "wallwatch.duckdb"
         #: The store, the pending minutes, the vantages and the messages (short holds).
         self.lock = threading.RLock()
-        #: The detector and its events (held while a minute is judged).
+        #: The detector and its events (held while a minute is judged, read by the API).
         self.judge_lock = threading.RLock()
+        #: One judging at a time (a rebuild runs outside ``judge_lock``: readers still see
+        #: the old view until the new one is swapped in).
+        self.work_lock = threading.RLock()
         self._wake = threading.Event()
         self._stopping = False
         self.con = store.connect(self.db)
@@ -105,13 +118,21 @@ class Collector:
         if self.panel is not None:
             panel.write_bytes(self.panel.read_bytes())
         panel.touch()
-        self.watch = Watch(WatchConfig(names=panel, out=judge_dir, vantages=[], local=self.local),
-                           emit=self._alert)  # fmt: skip
+        #: Judged minutes that late data arrived for, and when the last of it came.
+        self.late: set[int] = set()
+        self._argument: tuple[str, list[dict[str, Any]]] = ("", [])
+        self.last_late = 0.0
+        deliverer = None
         if self.webhooks:
-            self.watch.deliverer = Deliverer(
+            deliverer = Deliverer(
                 self.data / "deliveries.jsonl", self.webhooks,
                 warn=lambda text: self.publish("delivery", {"warning": text}),
             )  # fmt: skip
+        self.watch = self._new_watch(deliverer)
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS judgements (measurement_uid VARCHAR, minute BIGINT, "
+            "outcome VARCHAR, attribution VARCHAR, fingerprint VARCHAR)"
+        )
         self._replay()
         if self.watch.deliverer is not None:
             self.watch.deliverer.start(pending_from=judge_dir / "alerts.jsonl")
@@ -171,9 +192,7 @@ class Collector:
             stored = self._ingest([raw[id(r)] for r in parsed]) if parsed else 0
             for minute, ms in by_minute.items():
                 if minute in self.watch.judged:
-                    self.publish(
-                        "late", {"minute": minute, "vantage": vantage, "measurements": len(ms)}
-                    )
+                    self._late(minute, len(ms), vantage)
                 else:
                     self.pending.setdefault(minute, []).extend(ms)
             seen = self.vantages.setdefault(vantage, {"measurements": 0, "uploads": 0})
@@ -215,9 +234,46 @@ class Collector:
 
     # -- judgement -------------------------------------------------------------------
 
+    def _new_watch(self, deliverer: Deliverer | None) -> Watch:
+        judge_dir = self.data / "judge"
+        watch = Watch(WatchConfig(names=judge_dir / "panel.txt", out=judge_dir, vantages=[],
+                                  local=self.local), emit=self._alert)  # fmt: skip
+        watch.deliverer = deliverer
+        watch.on_verdicts = self._keep_verdicts
+        watch.permalink_base = self.public_url
+        # Alerts already in the log are raised once, however often the minutes are judged.
+        watch.raised = alert_ids(judge_dir / "alerts.jsonl")
+        return watch
+
+    def _late(self, minute: int, count: int, vantage: str | None = None) -> None:
+        """Data for a judged minute: kept, announced, and re-judged once it settles."""
+        self.late.add(minute)
+        self.last_late = time.monotonic()
+        self.publish("late", {"minute": minute, "measurements": count,
+                              **({"vantage": vantage} if vantage else {})})  # fmt: skip
+
+    def _keep_verdicts(self, minute: int, measurements: list[Measurement],
+                       verdicts: dict[str, FirstReply]) -> None:  # fmt: skip
+        """Store a judged minute's verdicts (the API filters and counts by them); a minute
+        judged again replaces its rows, so they are never doubled."""
+        values = [
+            f"({sql_literal(uid)}, {minute}, {sql_literal(v.outcome.value)}, "
+            f"{sql_literal(v.attribution.value) if v.attribution else 'NULL'}, "
+            f"{sql_literal(v.fingerprint) if v.fingerprint else 'NULL'})"
+            for uid, v in verdicts.items()
+        ]
+        with self.lock:
+            self.con.execute("BEGIN")
+            self.con.execute("DELETE FROM judgements WHERE minute = ?", [minute])
+            for start in range(0, len(values), 5000):
+                self.con.execute(
+                    "INSERT INTO judgements VALUES " + ", ".join(values[start : start + 5000])
+                )
+            self.con.execute("COMMIT")
+
     def close_minutes(self, *, force: bool = False) -> list[int]:
         """Judge the pending minutes that are closed (``force``: all of them), in order."""
-        with self.judge_lock:
+        with self.work_lock, self.judge_lock:
             with self.lock:
                 if not self.pending:
                     return []
@@ -227,13 +283,77 @@ class Collector:
                 batches = [(m, self.pending.pop(m)) for m in ready]
             for minute, measurements in batches:
                 if self.watch.judged and minute < max(self.watch.judged):
-                    # Older than a judged minute: the sums have moved on; keep, announce.
-                    self.publish("late", {"minute": minute, "measurements": len(measurements)})
+                    # Older than a judged minute: the sums have moved on; re-judged below.
+                    with self.lock:
+                        self._late(minute, len(measurements))
                     continue
                 changes = self.watch.judge(minute, measurements, now=minute * 60.0 + 60.0)
                 self.publish("minute", {"minute": minute, "measurements": len(measurements),
                                         "changes": [c.change.value for c in changes]})  # fmt: skip
             return ready
+
+    def rejudge(self, *, force: bool = False) -> list[str]:
+        """Rebuild the judgement from the minute log once late data has settled (``force``:
+        now); announce every event that came out differently. Returns the revised ids.
+
+        Why from the start: each minute's CUSUM step depends on every step before it, so
+        a minute that gained data changes everything after it. The cost is one replay of
+        the log (docs/observatory.md).
+        """
+        with self.work_lock:
+            with self.lock:
+                if not self.late or (not force and time.monotonic() - self.last_late < self.settle):
+                    return []
+                late, self.late = sorted(self.late), set()
+            old = self.watch
+            before = {e.event_id: old.event_dict(e) for e in old.detector.events}
+            fresh = self._new_watch(old.deliverer)
+            added: list[str] = []
+            fresh.held = added  # raised below, once the new view is in place
+            for minute in sorted(old.judged | set(late)):
+                fresh.judge(minute, self._read_minute(minute), now=minute * 60.0 + 60.0, live=False)
+            after = {e.event_id: fresh.event_dict(e) for e in fresh.detector.events}
+            revised = sorted(
+                i for i in before.keys() | after.keys() if before.get(i) != after.get(i)
+            )
+            last = max(fresh.judged)
+            for event_id in revised:
+                event = next((e for e in fresh.detector.events if e.event_id == event_id), None)
+                if event is None:  # withdrawn: the late data shows no such event
+                    event = next(e for e in old.detector.events if e.event_id == event_id)
+                    record = old.alert(None, "", event=event, minute=last, kind=Change.REVISED)
+                    record["event"] = dict(before[event_id], withdrawn=True)
+                else:
+                    record = fresh.alert(None, "", event=event, minute=last, kind=Change.REVISED)
+                record["id"] = f"{event_id}:revised:{last}:" + hashlib.sha256(
+                    json.dumps(record["event"], sort_keys=True).encode()).hexdigest()[:12]  # fmt: skip
+                record["late_minutes"] = late
+                if record["id"] not in fresh.raised:
+                    fresh.raised.add(str(record["id"]))
+                    added.append(json.dumps(record))
+            fresh.held = None
+            with self.judge_lock:
+                fresh.write_series()
+                fresh.save()
+                self.watch = fresh
+                fresh.raise_alerts(added)
+            self.publish("rejudged", {"late_minutes": late, "revised": revised})
+            return revised
+
+    def _read_minute(self, minute: int) -> list[Measurement]:
+        """One minute of the log, each measurement once (a torn line is skipped: its
+        measurement was never acknowledged, so the agent sends it again)."""
+        path = self.data / "minutes" / f"m{minute}.jsonl"
+        out: dict[str, Measurement] = {}
+        if path.exists():
+            for line in path.read_bytes().splitlines():
+                try:
+                    record = records.decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue
+                if isinstance(record, Measurement):
+                    out.setdefault(record.measurement_uid, record)
+        return list(out.values())
 
     def _judge_loop(self) -> None:
         while not self._stopping:
@@ -241,6 +361,7 @@ class Collector:
             self._wake.clear()
             try:
                 self.close_minutes()
+                self.rejudge()
             except Exception as exc:  # the collector keeps serving; the failure is shown
                 self.publish("error", {"judge": f"{type(exc).__name__}: {exc}"})
 
@@ -248,42 +369,51 @@ class Collector:
         """Rebuild the detector from the minute log (a restart loses no judgement)."""
         files = sorted((self.data / "minutes").glob("m*.jsonl"), key=lambda p: int(p.stem[1:]))
         for path in files:
-            measurements = []
-            uids: set[str] = set()
-            for line in path.read_bytes().splitlines():
-                try:
-                    record = records.decode(line)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue  # a line torn by a crash: its measurement is re-sent by the agent
-                if isinstance(record, Measurement) and record.measurement_uid not in uids:
-                    uids.add(record.measurement_uid)
-                    measurements.append(record)
-                    seen = self.vantages.setdefault(
-                        record.vantage, {"measurements": 0, "uploads": 0}
-                    )
-                    seen["measurements"] += 1
-            self.pending[int(path.stem[1:])] = measurements
+            minute = int(path.stem[1:])
+            measurements = self._read_minute(minute)
+            for m in measurements:
+                seen = self.vantages.setdefault(m.vantage, {"measurements": 0, "uploads": 0})
+                seen["measurements"] += 1
+            self.pending[minute] = measurements
         if files:
             newest = max(self.pending)
             for minute in sorted(self.pending):
                 if minute <= newest - 2:
                     self.watch.judge(minute, self.pending.pop(minute), now=minute * 60.0 + 60.0,
                                      live=False)  # fmt: skip
+            self.watch.write_series()
+
+    def argument(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The report's checklist for one event ([greatfire-2014]'s argument, step by step:
+        inside and outside, the dark host, the race, the fingerprint, the pool, the
+        scope), from the event's minutes analysed on their own. Cached per revision."""
+        from wallwatch.analysis.run import analyze
+        from wallwatch.report.evidence import checklist
+
+        onset = int(datetime.fromisoformat(str(event["onset"])).timestamp() // 60)
+        over = event.get("over")
+        last = int(datetime.fromisoformat(str(over)).timestamp() // 60) if over else 10**12
+        key = json.dumps(event, sort_keys=True)
+        if self._argument[0] == key:
+            return self._argument[1]
+        paths = [p for p in (self.data / "minutes").glob("m*.jsonl")
+                 if onset <= int(p.stem[1:]) <= last]  # fmt: skip
+        if not paths:
+            return []
+        with tempfile.TemporaryDirectory(prefix="ww-argument-") as tmp:
+            db = Path(tmp) / "event.duckdb"
+            store.ingest(sorted(paths), db)
+            analyze(db, netinfo=self.watch.netinfo)
+            items = checklist(db, event)
+        self._argument = (key, items)
+        return items
 
     def logged(self, first: int, last: int) -> list[Measurement]:
         """Measurements of the minute log from minute ``first`` to ``last``."""
-        out: list[Measurement] = []
-        for path in sorted((self.data / "minutes").glob("m*.jsonl")):
-            if not first <= int(path.stem[1:]) <= last:
-                continue
-            for line in path.read_bytes().splitlines():
-                try:
-                    record = records.decode(line)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue
-                if isinstance(record, Measurement):
-                    out.append(record)
-        return out
+        minutes = sorted(int(p.stem[1:]) for p in (self.data / "minutes").glob("m*.jsonl"))
+        return [
+            m for minute in minutes if first <= minute <= last for m in self._read_minute(minute)
+        ]
 
     def close(self) -> None:
         """Judge what is pending (the data will not get more complete), save, stop."""
@@ -291,6 +421,7 @@ class Collector:
         self._wake.set()
         self._judge_thread.join(10.0)
         self.close_minutes(force=True)
+        self.rejudge(force=True)
         with self.judge_lock, self.lock:
             self.watch.save()
             if self.watch.deliverer is not None:
