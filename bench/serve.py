@@ -2,16 +2,19 @@
 
 Starts ``wallwatch serve`` on loopback, uploads generated rounds (gzip batches of 5,000
 measurements, one minute each, judged as they close) with one token, then times the API:
-a page of a day's ``measurements`` and an ``aggregation`` by vantage per hour. The
-references, in the same run: the same batches loaded with ``store.ingest_into`` on a
-fresh store (no HTTP, no judgement), and the same two queries run directly in DuckDB.
+a page of a day's ``measurements``, an ``aggregation`` by vantage per hour and one by
+vantage and verdict. The references, in the same run: the same batches loaded with
+``store.ingest_into`` on a fresh store (no HTTP, no judgement), and the same two queries
+run directly in DuckDB on the collector's store. ``--stored N`` first puts N measurements
+(30 days) straight into the store, for the API's latency at scale.
 
 The last line is machine-readable:
 
     serve uploads_per_s=<n> ingest_reference_per_s=<n> measurements_p99_ms=<n>
-        measurements_direct_p99_ms=<n> aggregation_p99_ms=<n> aggregation_direct_p99_ms=<n> stored=<n>
+        measurements_direct_p99_ms=<n> aggregation_p99_ms=<n> aggregation_direct_p99_ms=<n>
+        aggregation_by_verdict_p99_ms=<n> stored=<n> in_store=<n>
 
-Usage: ``.venv/bin/python bench/serve.py [--measurements 200000]``
+Usage: ``.venv/bin/python bench/serve.py [--measurements 200000] [--stored 10000000]``
 """
 
 from __future__ import annotations
@@ -66,13 +69,38 @@ def timed(url: str, runs: int = 40) -> list[float]:
     return out
 
 
+def preload(data: Path, tmp: Path, count: int) -> None:
+    """``count`` measurements straight into the collector's store (30 days of them, one
+    vantage "old"): copies of one generated batch, made by DuckDB, so ten million take
+    seconds rather than the uploads' minutes."""
+    data.mkdir(parents=True)
+    seed = tmp / "seed.jsonl"
+    seed.write_bytes(gzip.decompress(batch(10**6, "old")))
+    con = store.connect(data / "wallwatch.duckdb")
+    store.ingest_into(con, [seed])
+    copies = max(1, count // BATCH)
+    for table in ("measurements", "responses", "answers"):
+        shifted = ("strftime(TIMESTAMP '2026-11-02' + to_seconds(r * 2592000 // "
+                   f"{copies}), '%Y-%m-%d %H:%M:%S')")  # fmt: skip
+        replace = "measurement_uid || '-' || r AS measurement_uid"
+        if table == "measurements":
+            replace += f", {shifted} AS measurement_start_time"
+        con.execute(f"INSERT INTO {table} SELECT x.* REPLACE ({replace}) "
+                    f"FROM {table} x, range(1, {copies}) t(r)")  # fmt: skip
+    con.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--measurements", type=int, default=200_000)
+    parser.add_argument("--measurements", type=int, default=200_000, help="uploaded")
+    parser.add_argument("--stored", type=int, default=0,
+                        help="measurements already in the store before the uploads (API latency at scale)")  # fmt: skip
     args = parser.parse_args()
     batches = [batch(n, "here") for n in range(max(1, args.measurements // BATCH))]
     with tempfile.TemporaryDirectory(prefix="ww-bench-serve-") as tmp:
         data = Path(tmp) / "collector"
+        if args.stored:
+            preload(data, Path(tmp), args.stored)
         token = subprocess.run([sys.executable, "-m", "wallwatch", "token", "new", "here", "--data", str(data)],
                                capture_output=True, text=True, check=True).stdout.split()[-1]  # fmt: skip
         with socket.socket() as s:
@@ -91,8 +119,15 @@ def main() -> None:
             start = time.perf_counter()
             stored = sum(int(str(send(url, token, b)["stored"])) for b in batches)
             uploads = stored / (time.perf_counter() - start)
+            # The API's latency is timed once the judgement has caught up with the uploads.
+            for _ in range(600):
+                beat = json.loads(urllib.request.urlopen(url + "/api/v1/heartbeat").read())
+                if not beat["results"][0]["pending_minutes"]:
+                    break
+                time.sleep(0.5)
             page = timed(url + "/api/v1/measurements?since=2026-12-01&until=2026-12-02&limit=1000")
             agg = timed(url + "/api/v1/aggregation?axis=vantage&grain=hour")
+            agg2 = timed(url + "/api/v1/aggregation?axis=vantage&axis=verdict&grain=hour")
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -104,6 +139,9 @@ def main() -> None:
             path.write_bytes(gzip.decompress(b))
             store.ingest_into(con, [path])
         reference = stored / (time.perf_counter() - start)
+        con.close()
+        # The direct queries on the collector's own store, as the API left it.
+        con = store.connect(data / "wallwatch.duckdb", read_only=True)
         direct_page, direct_agg = [], []
         for _ in range(40):
             t = time.perf_counter()
@@ -112,15 +150,16 @@ def main() -> None:
                         "measurement_uid LIMIT 1000").fetchall()  # fmt: skip
             direct_page.append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
-            con.execute("SELECT date_trunc('hour', CAST(measurement_start_time AS TIMESTAMP)), vantage, "
-                        "count(*) FROM measurements GROUP BY ALL").fetchall()  # fmt: skip
+            con.execute("SELECT date_trunc('hour', start_ts), vantage, count(*), "
+                        "sum(response_count) FROM measurements GROUP BY ALL ORDER BY ALL").fetchall()  # fmt: skip
             direct_agg.append((time.perf_counter() - t) * 1000)
         con.close()
-    print(json.dumps({"batches": len(batches), "batch": BATCH}))
+    print(json.dumps({"batches": len(batches), "batch": BATCH, "preloaded": args.stored}))
     print(f"serve uploads_per_s={uploads:.0f} ingest_reference_per_s={reference:.0f} "
           f"measurements_p99_ms={p99(page):.1f} measurements_direct_p99_ms={p99(direct_page):.1f} "
           f"aggregation_p99_ms={p99(agg):.1f} aggregation_direct_p99_ms={p99(direct_agg):.1f} "
-          f"stored={stored}")  # fmt: skip
+          f"aggregation_by_verdict_p99_ms={p99(agg2):.1f} stored={stored} "
+          f"in_store={stored + args.stored}")  # fmt: skip
 
 
 if __name__ == "__main__":

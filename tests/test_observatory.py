@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -173,7 +174,10 @@ def test_serve_tokens_upload_api_and_csv(server, tmp_path: Path) -> None:  # noq
     assert s.get("/api/v1/measurements?limit=0")[0] == 422
     assert s.get("/api/v1/events/nope")[0] == 404
     page = s.get("/")[1].decode()
-    assert "http://" not in page and "https://" not in page and "<script src" not in page
+    assert "http://" not in page and "https://" not in page
+    assert re.findall(r'<script src="([^"]*)"', page) == ["/static/vega.js"]  # served here
+    status, bundle, _ = s.get("/static/vega.js")
+    assert status == 200 and b"vegaEmbed" in bundle
 
 
 def test_an_upload_survives_a_kill_9_of_the_collector_and_the_spool_drains(
@@ -198,6 +202,34 @@ def test_an_upload_survives_a_kill_9_of_the_collector_and_the_spool_drains(
     )  # the first batch was never acknowledged
     body = json.loads(s2.get("/api/v1/aggregation?axis=vantage&grain=day")[1])["results"]
     assert body[0]["measurements"] == 12000
+
+
+def test_an_agent_killed_mid_spool_loses_and_doubles_nothing(server, tmp_path: Path) -> None:  # noqa: ANN001
+    """kill -9 of ``wallwatch upload`` while it spools and sends; the same command again
+    completes it: every measurement stored exactly once."""
+    s = server()
+    token = _cli("token", "new", "here", "--data", str(s.data)).stdout.strip().splitlines()[-1]
+    records = _measurements(tmp_path / "m.jsonl", "here", 60000, per_minute=5000)
+    spool = tmp_path / "spool"
+    command = [sys.executable, "-m", "wallwatch", "upload", "--to", s.url, "--token", token,
+               "--spool", str(spool), str(records)]  # fmt: skip
+    agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stored = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and stored == 0 and agent.poll() is None:
+        rows = json.loads(s.get("/api/v1/vantages")[1])["results"]
+        stored = int(rows[0]["measurements"]) if rows else 0
+        time.sleep(0.02)
+    agent.kill()  # SIGKILL, mid-way through the batches
+    agent.wait()
+    assert 0 < stored < 60000, stored
+    assert list(spool.glob("*.jsonl.gz")), "the kill left batches in the spool"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not list(spool.glob("*.jsonl.gz*"))  # sent, acknowledged, nothing half-written left
+    body = json.loads(s.get("/api/v1/aggregation?axis=vantage&grain=day")[1])["results"]
+    assert sum(r["measurements"] for r in body) == 60000
+    assert json.loads(s.get("/api/v1/vantages")[1])["results"][0]["measurements"] == 60000
 
 
 def test_the_collector_judges_across_vantages_and_raises_the_event(
@@ -435,15 +467,34 @@ def test_the_dashboard_shows_the_event_live_with_permalinks_and_csv(
         page.on(
             "request", lambda r: None if r.url.startswith(s.url) else outside_requests.append(r.url)
         )
-        page.goto(s.url + "/")
+        page.goto(s.url + "/?by=tld")
         assert page.get_attribute("#events", "data-count") == "0"
+        assert page.get_attribute("#series", "data-rows") in (None, "0")
         _upload_2014(s.url, tmp_path, tokens, 29000000, genuine.address[0])
         page.wait_for_selector("[data-event]", timeout=20000)  # no reload: the stream brought it
+        # The chart grew with the minutes, live, grouped as the URL says; the answers table
+        # shows the forged address.
+        page.wait_for_selector("#series svg", timeout=10000)
+        page.wait_for_function(
+            "Number(document.querySelector('#series').dataset.rows) >= 10", timeout=15000
+        )
+        assert page.input_value("#by") == "tld"
+        page.wait_for_selector('[data-answer="65.49.2.178"]', timeout=10000)
+        assert "inside" in page.text_content('[data-answer="65.49.2.178"]')
+        page.select_option("#signal", "top_share")
+        assert "signal=top_share" in page.url and "by=tld" in page.url
+        with page.expect_download() as chart_csv:
+            page.click("#series-csv")
+        chart_path = chart_csv.value.path()
+        assert chart_path is not None
+        assert Path(chart_path).read_text().splitlines()[0] == "minute,tld,top_share"
         event_id = page.get_attribute("[data-event]", "data-event")
         assert event_id and "65.49.2.178" in event_id
         page.click("[data-event] a")
         assert f"event={event_id}" in page.url.replace("%3A", ":")
         assert "65.49.2.178" in page.text_content("#event")
+        page.wait_for_selector("#argument [data-step]", timeout=15000)
+        assert page.locator('[data-step="inside_lie_outside_truth"]').count() == 1
         # The permalink alone, in a new page, shows the same event.
         other = browser.new_page()
         other.goto(page.url)
@@ -454,6 +505,7 @@ def test_the_dashboard_shows_the_event_live_with_permalinks_and_csv(
         path = download.value.path()
         assert path is not None and Path(path).read_text().startswith("measurement_uid,")
         assert page.locator("[data-vantage]").count() == 2
+        assert " error " not in (page.text_content("#log") or "")  # no script failed
         browser.close()
     assert outside_requests == []
 

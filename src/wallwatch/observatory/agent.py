@@ -79,6 +79,10 @@ class Spool:
                  warn: Callable[[str], None] = lambda text: None) -> None:  # fmt: skip
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
+        # A batch half-written when the agent was killed was never in the spool: its
+        # records are still in the round or file they came from, spooled again from there.
+        for torn in self.dir.glob("*.jsonl.gz.tmp"):
+            torn.unlink(missing_ok=True)
         self.url, self.token, self.warn = url, token, warn
         self.stored = self.duplicates = 0
         self._wake = threading.Event()

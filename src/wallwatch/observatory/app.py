@@ -29,6 +29,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from wallwatch import __version__
 from wallwatch.escape import json_for_html
+from wallwatch.events.detector import minute_iso
 from wallwatch.journal import json_lines
 from wallwatch.observatory.collector import MAX_BODY, MAX_DECOMPRESSED, Collector, UploadError
 from wallwatch.observatory.tokens import Tokens
@@ -180,7 +181,7 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
 
     def query(sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         with collector.lock:
-            if not collector._has("measurements"):
+            if not collector.has("measurements"):
                 return []
             cursor = collector.con.execute(sql, params or [])
             names = [d[0] for d in cursor.description]
@@ -291,9 +292,11 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
                 where.append(clause)
                 params.append(value)
         selected = ", ".join(f"{_AXES[a]} AS {a.value}" for a in axes)
+        # A measurement is one row unless joined to its answers (then once per address).
+        counted = "count(DISTINCT m.measurement_uid)" if Axis.ANSWER in axes else "count(*)"
         rows = query(
-            f"SELECT date_trunc('{grain}', CAST(m.measurement_start_time AS TIMESTAMP)) AS t, "
-            f"{selected}, count(DISTINCT m.measurement_uid) AS measurements, "
+            f"SELECT date_trunc('{grain}', m.start_ts) AS t, "
+            f"{selected}, {counted} AS measurements, "
             f"sum(m.response_count) AS replies FROM measurements m{joins} "
             f"WHERE {' AND '.join(where)} GROUP BY ALL ORDER BY ALL",
             params,
@@ -353,6 +356,49 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
             return Response(path.read_bytes(), media_type="application/vnd.tcpdump.pcap",
                             headers={"X-Rows-Read": str(len(chosen)),
                                      "Content-Disposition": f"attachment; filename={_slug(event_id)}.pcap"})  # fmt: skip
+
+    @app.get("/api/v1/series", response_model=None)
+    def series(
+        authorization: Annotated[str | None, Header()] = None,
+        by: Literal["vantage", "resolver", "tld"] = "vantage",
+        signal: Literal[
+            "tampered_share", "top_share", "outside_as_share", "answered"
+        ] = "tampered_share",
+        format: Literal["json", "csv"] = "json",
+    ) -> Response:
+        """The detector's per-minute signals (docs/methodology.md) per vantage, resolver or
+        TLD, on the judged minutes' clock: the largest value among the streams of each
+        group (``answered``: their sum). The dashboard's live charts."""
+        reader(authorization)
+        started = time.perf_counter()
+        with collector.judge_lock:
+            rows = list(collector.watch.series)
+            tz = collector.watch.config.clock.tz
+        groups: dict[tuple[int, str], float] = {}
+        for row in rows:
+            value = row.get(signal)
+            if value is None:
+                continue
+            key = (int(str(row["minute"])), str(row[by]))
+            number = float(str(value))
+            groups[key] = (
+                groups.get(key, 0.0) + number
+                if signal == "answered"
+                else max(groups.get(key, 0.0), number)
+            )
+        out = [{"minute": minute_iso(m, tz, "minutes"), by: g, signal: round(v, 4)}
+               for (m, g), v in sorted(groups.items())]  # fmt: skip
+        if format == "csv":
+            return _csv(out, ["minute", by, signal], started)
+        return _answer(out, started, len(rows))
+
+    @app.get("/static/vega.js")
+    def vega_bundle() -> Response:
+        """vega, vega-lite and vega-embed as one script (from vl-convert: no network)."""
+        from wallwatch.report.html import vega_bundle as bundle
+
+        return Response(bundle(), media_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})  # fmt: skip
 
     @app.get("/api/v1/changepoints")
     def changepoints(authorization: Annotated[str | None, Header()] = None,

@@ -13,7 +13,7 @@ from wallwatch.report import charts
 
 
 @cache
-def _vega_bundle() -> str:
+def vega_bundle() -> str:
     """vega + vega-lite + vega-embed as one script, from vl-convert (no network)."""
     import vl_convert
     from altair.utils._importers import vl_version_for_vl_convert
@@ -44,6 +44,6 @@ def render(report: dict[str, Any]) -> str:
             report=report,
             specs=specs,
             version=__version__,
-            vega_bundle=_vega_bundle(),
+            vega_bundle=vega_bundle(),
         )
     )
