@@ -1,7 +1,9 @@
 """Benchmark: the collector's uploads and its API, against DuckDB doing the same work directly.
 
-Starts ``wallwatch serve`` on loopback, uploads generated rounds (gzip batches of 5,000
-measurements, one minute each, judged as they close) with one token, then times the API:
+Starts ``wallwatch serve`` on loopback; ``--agents`` vantages (4), each with its own token,
+upload generated rounds at once (gzip batches of 5,000 measurements, one minute each, sent
+in order per agent, judged as they close): ``uploads_per_s`` counts acknowledged
+measurements, ``stored_per_s`` until a read sees them all. Then it times the API:
 a page of a day's ``measurements``, an ``aggregation`` by vantage per hour and one by
 vantage and verdict. The references, in the same run: the same batches loaded with
 ``store.ingest_into`` on a fresh store (no HTTP, no judgement), and the same two queries
@@ -10,7 +12,7 @@ run directly in DuckDB on the collector's store. ``--stored N`` first puts N mea
 
 The last line is machine-readable:
 
-    serve uploads_per_s=<n> ingest_reference_per_s=<n> measurements_p99_ms=<n>
+    serve uploads_per_s=<n> stored_per_s=<n> ingest_reference_per_s=<n> measurements_p99_ms=<n>
         measurements_direct_p99_ms=<n> aggregation_p99_ms=<n> aggregation_direct_p99_ms=<n>
         aggregation_by_verdict_p99_ms=<n> stored=<n> in_store=<n>
 
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from wallwatch import records, store
@@ -95,14 +98,18 @@ def main() -> None:
     parser.add_argument("--measurements", type=int, default=200_000, help="uploaded")
     parser.add_argument("--stored", type=int, default=0,
                         help="measurements already in the store before the uploads (API latency at scale)")  # fmt: skip
+    parser.add_argument("--agents", type=int, default=4, help="vantages uploading at once")
     args = parser.parse_args()
-    batches = [batch(n, "here") for n in range(max(1, args.measurements // BATCH))]
+    vantages = [f"v{k}" for k in range(args.agents)]
+    per_agent = max(1, args.measurements // BATCH // args.agents)
+    batches = {v: [batch(n, v) for n in range(per_agent)] for v in vantages}
     with tempfile.TemporaryDirectory(prefix="ww-bench-serve-") as tmp:
         data = Path(tmp) / "collector"
         if args.stored:
             preload(data, Path(tmp), args.stored)
-        token = subprocess.run([sys.executable, "-m", "wallwatch", "token", "new", "here", "--data", str(data)],
-                               capture_output=True, text=True, check=True).stdout.split()[-1]  # fmt: skip
+        tokens = {v: subprocess.run([sys.executable, "-m", "wallwatch", "token", "new", v, "--data", str(data)],
+                                    capture_output=True, text=True, check=True).stdout.split()[-1]
+                  for v in vantages}  # fmt: skip
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -117,8 +124,18 @@ def main() -> None:
                 except OSError:
                     time.sleep(0.05)
             start = time.perf_counter()
-            stored = sum(int(str(send(url, token, b)["stored"])) for b in batches)
+
+            def agent(v: str) -> int:  # each agent sends its batches in order, as a spool does
+                return sum(int(str(send(url, tokens[v], b)["stored"])) for b in batches[v])
+
+            with ThreadPoolExecutor(len(vantages)) as pool:
+                stored = sum(pool.map(agent, vantages))
             uploads = stored / (time.perf_counter() - start)
+            # Stored: until a read sees them all (reads wait for the store to catch up).
+            counted = json.loads(urllib.request.urlopen(
+                url + "/api/v1/aggregation?axis=vantage&grain=day", timeout=300).read())["results"]  # fmt: skip
+            in_store = stored / (time.perf_counter() - start)
+            assert sum(r["measurements"] for r in counted) >= stored + args.stored - BATCH
             # The API's latency is timed once the judgement has caught up with the uploads.
             for _ in range(600):
                 beat = json.loads(urllib.request.urlopen(url + "/api/v1/heartbeat").read())
@@ -134,7 +151,7 @@ def main() -> None:
         # References: the same batches straight into a store; the same queries straight in DuckDB.
         con = store.connect(Path(tmp) / "ref.duckdb")
         start = time.perf_counter()
-        for n, b in enumerate(batches):
+        for n, b in enumerate(b for v in vantages for b in batches[v]):
             path = Path(tmp) / f"b{n}.jsonl"
             path.write_bytes(gzip.decompress(b))
             store.ingest_into(con, [path])
@@ -154,8 +171,10 @@ def main() -> None:
                         "sum(response_count) FROM measurements GROUP BY ALL ORDER BY ALL").fetchall()  # fmt: skip
             direct_agg.append((time.perf_counter() - t) * 1000)
         con.close()
-    print(json.dumps({"batches": len(batches), "batch": BATCH, "preloaded": args.stored}))
-    print(f"serve uploads_per_s={uploads:.0f} ingest_reference_per_s={reference:.0f} "
+    print(json.dumps({"agents": args.agents, "batches_per_agent": per_agent, "batch": BATCH,
+                      "preloaded": args.stored}))  # fmt: skip
+    print(f"serve uploads_per_s={uploads:.0f} stored_per_s={in_store:.0f} "
+          f"ingest_reference_per_s={reference:.0f} "
           f"measurements_p99_ms={p99(page):.1f} measurements_direct_p99_ms={p99(direct_page):.1f} "
           f"aggregation_p99_ms={p99(agg):.1f} aggregation_direct_p99_ms={p99(direct_agg):.1f} "
           f"aggregation_by_verdict_p99_ms={p99(agg2):.1f} stored={stored} "

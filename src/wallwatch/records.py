@@ -28,7 +28,7 @@ from wallwatch.vocab import Engine, Failure, ParseFailure, TargetKind
 SCHEMA_VERSION = 1
 
 
-class Answer(msgspec.Struct, frozen=True, omit_defaults=True):
+class Answer(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One record of a reply's answer section, in OONI's shape."""
 
     #: RR type mnemonic: ``"A"``, ``"AAAA"``, ``"CNAME"``, ...
@@ -47,7 +47,7 @@ class Answer(msgspec.Struct, frozen=True, omit_defaults=True):
     rdata: str | None = None
 
 
-class Response(msgspec.Struct, frozen=True):
+class Response(msgspec.Struct, frozen=True, gc=False):
     """One packet received in reply to a query (or a TCP reply to its retry)."""
 
     #: Seconds since the sweep started, at the kernel's receive time.
@@ -98,7 +98,7 @@ class Response(msgspec.Struct, frozen=True):
         return base64.b64decode(self.raw_response)
 
 
-class IcmpError(msgspec.Struct, frozen=True):
+class IcmpError(msgspec.Struct, frozen=True, gc=False):
     """An ICMP error that came back for one of the query's packets."""
 
     #: Seconds since the sweep started.
@@ -112,7 +112,9 @@ class IcmpError(msgspec.Struct, frozen=True):
     attempt: int = 0
 
 
-class Measurement(msgspec.Struct, frozen=True, tag="measurement", tag_field="record_type"):
+class Measurement(
+    msgspec.Struct, frozen=True, tag="measurement", tag_field="record_type", gc=False
+):
     """One query (name x target x qtype), its retries, and every reply it drew."""
 
     schema_version: int
@@ -166,7 +168,7 @@ class Measurement(msgspec.Struct, frozen=True, tag="measurement", tag_field="rec
         return (self.hostname, self.resolver_address, self.query_type, self.engine.value)
 
 
-class Stray(msgspec.Struct, frozen=True, tag="stray", tag_field="record_type"):
+class Stray(msgspec.Struct, frozen=True, tag="stray", tag_field="record_type", gc=False):
     """A reply that matched no open query.
 
     Usually a reply that came after its measurement's window closed (a slow
@@ -183,7 +185,7 @@ class Stray(msgspec.Struct, frozen=True, tag="stray", tag_field="record_type"):
     measurement_uid: str | None = None
 
 
-class InputError(msgspec.Struct, frozen=True, tag="input_error", tag_field="record_type"):
+class InputError(msgspec.Struct, frozen=True, tag="input_error", tag_field="record_type", gc=False):
     """An input line that could not become a query name: reported, never silently lost."""
 
     schema_version: int

@@ -180,6 +180,8 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
                        input_errors=result.input_errors, minutes=result.minutes)  # fmt: skip
 
     def query(sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        # Read your writes: every batch acknowledged before this request is in the store.
+        collector.caught_up()
         with collector.lock:
             if not collector.has("measurements"):
                 return []

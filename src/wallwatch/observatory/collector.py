@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import threading
 import time
@@ -35,7 +36,6 @@ from wallwatch.delivery import Deliverer
 from wallwatch.events.detector import Change
 from wallwatch.events.minute import FirstReply
 from wallwatch.records import Measurement, Record
-from wallwatch.store import sql_literal
 from wallwatch.watch import Watch, WatchConfig, alert_ids
 
 #: Largest upload body accepted, compressed and decompressed (413 past either).
@@ -134,7 +134,23 @@ class Collector:
             "CREATE TABLE IF NOT EXISTS judgements (measurement_uid VARCHAR, minute BIGINT, "
             "outcome VARCHAR, attribution VARCHAR, fingerprint VARCHAR)"
         )
-        self._timestamps()
+        # The store is loaded from the log: catch up with what a crash left unloaded.
+        self.unloaded: set[str] = set()
+        #: Uploads logged but not yet in the store: (sequence, their measurement IDs).
+        self.inflight: list[tuple[int, list[str]]] = []
+        #: Log files written since the last load (at start: every file is looked at).
+        self.dirty: set[str] = set()
+        self._scan_all = True
+        self._ts_column = False
+        self._mend_logs()
+        self.logged_seq = self.loaded_seq = 0
+        self.loaded = threading.Condition()
+        self._load_lock = threading.Lock()
+        self._load_wake = threading.Event()
+        mark = self.data / "loaded.json"
+        self.watermark: dict[str, int] = json.loads(mark.read_text()) if mark.exists() else {}
+        self.load_pending()
+        self._timestamps(self.con)
         self._replay()
         if self.watch.deliverer is not None:
             self.watch.deliverer.start(pending_from=judge_dir / "alerts.jsonl")
@@ -142,6 +158,8 @@ class Collector:
         # slow judgement never holds an agent's upload (or its next round).
         self._judge_thread = threading.Thread(target=self._judge_loop, name="ww-judge", daemon=True)
         self._judge_thread.start()
+        self._load_thread = threading.Thread(target=self._load_loop, name="ww-load", daemon=True)
+        self._load_thread.start()
 
     # -- messages for the live stream ------------------------------------------------
 
@@ -160,11 +178,18 @@ class Collector:
     # -- uploads ---------------------------------------------------------------------
 
     def upload(self, vantage: str, body: bytes) -> UploadResult:
-        """Validate and store one batch of JSONL records sent as ``vantage``."""
+        """Validate one batch of JSONL records sent as ``vantage``, log it, acknowledge it.
+
+        The batch is acknowledged once it is in the minute log (fsync): the log is the
+        system of record, which a restart replays. The store is loaded from the log by a
+        worker in larger pieces (:meth:`_load_loop`), and every read that starts after an
+        acknowledgement waits until the store holds what was acknowledged
+        (:meth:`caught_up`), so a reader never misses an acknowledged measurement.
+        """
         parsed: list[Record] = []
         raw: dict[int, bytes] = {}  # id(record) -> its line as sent: stored without re-encoding
         for number, line in enumerate(body.splitlines(), start=1):
-            if not line.strip():
+            if not line or line.isspace():
                 continue
             try:
                 record = records.decode(line)
@@ -176,27 +201,32 @@ class Collector:
             parsed.append(record)
             raw[id(record)] = line
         measurements = [r for r in parsed if isinstance(r, Measurement)]
+        others = [raw[id(r)] for r in parsed if not isinstance(r, Measurement)]
         with self.lock:
-            known = self._known([m.measurement_uid for m in measurements])
-            fresh = list(
-                {
-                    m.measurement_uid: m for m in measurements if m.measurement_uid not in known
-                }.values()
-            )
-            minutes = sorted({minute_of(m) for m in fresh})
+            uids = [m.measurement_uid for m in measurements]
+            known = self._known(uids) | (self.unloaded & set(uids))
+            fresh = list({m.measurement_uid: m for m in measurements
+                          if m.measurement_uid not in known}.values())  # fmt: skip
             by_minute: dict[int, list[Measurement]] = {}
             for m in fresh:
                 by_minute.setdefault(minute_of(m), []).append(m)
-            # The minute log first, then the store: a crash between them leaves the batch
-            # unacknowledged, the agent sends it again, and the store still takes it once.
+            minutes = sorted(by_minute)
             for minute, ms in by_minute.items():
-                self._log(minute, [raw[id(m)] for m in ms])
-            stored = self._ingest([raw[id(r)] for r in parsed]) if parsed else 0
+                self._log(f"m{minute}.jsonl", [raw[id(m)] for m in ms])
+            if others:  # input errors and strays: the store keeps them once (content IDs)
+                self._log("other.jsonl", others)
+            if fresh or others:
+                self.logged_seq += 1
+                self.unloaded.update(m.measurement_uid for m in fresh)
+                self.inflight.append((self.logged_seq, [m.measurement_uid for m in fresh]))
+                self.dirty.update([f"m{minute}.jsonl" for minute in minutes]
+                                  + (["other.jsonl"] if others else []))  # fmt: skip
             for minute, ms in by_minute.items():
                 if minute in self.watch.judged:
                     self._late(minute, len(ms), vantage)
                 else:
                     self.pending.setdefault(minute, []).extend(ms)
+            stored = len(fresh)
             seen = self.vantages.setdefault(vantage, {"measurements": 0, "uploads": 0})
             seen["measurements"] += stored
             seen["uploads"] += 1
@@ -206,8 +236,79 @@ class Collector:
                 self.last_data = time.monotonic()
             self.publish("upload", {"vantage": vantage, "stored": stored, "minutes": minutes})
         self._wake.set()
+        self._load_wake.set()
         return UploadResult(len(measurements), stored, len(measurements) - stored,
                             sum(1 for r in parsed if isinstance(r, records.InputError)), minutes)  # fmt: skip
+
+    # -- the store, loaded from the log ---------------------------------------------
+
+    def caught_up(self, timeout: float = 60.0) -> bool:
+        """Wait until the store holds every batch acknowledged before this call."""
+        with self.loaded:
+            wanted = self.logged_seq
+            return self.loaded.wait_for(lambda: self.loaded_seq >= wanted, timeout)
+
+    def _load_loop(self) -> None:
+        while not self._stopping or self.loaded_seq < self.logged_seq:
+            self._load_wake.wait(1.0)
+            self._load_wake.clear()
+            try:
+                self.load_pending()
+            except Exception as exc:  # shown; the log keeps the data, retried next wake
+                self.publish("error", {"load": f"{type(exc).__name__}: {exc}"})
+                time.sleep(1.0)
+
+    def load_pending(self) -> int:
+        """Load what the log holds beyond the store's watermark; measurements loaded.
+
+        The watermark (``loaded.json``: bytes of each log file in the store) is written
+        after the store committed, so a crash between the two loads those lines again,
+        and the store keeps each measurement once (its ID) and each other record once
+        (its content ID).
+        """
+        with self._load_lock:
+            with self.lock:
+                seq = self.logged_seq
+                names = ([p.name for p in (self.data / "minutes").glob("*.jsonl")]
+                         if self._scan_all else sorted(self.dirty))  # fmt: skip
+                self.dirty, self._scan_all = set(), False
+                sizes = {name: (self.data / "minutes" / name).stat().st_size for name in names}
+                done = [uids for at, uids in self.inflight if at <= seq]
+                self.inflight = [(at, uids) for at, uids in self.inflight if at > seq]
+            todo = {name: (self.watermark.get(name, 0), size) for name, size in sizes.items()
+                    if size > self.watermark.get(name, 0)}  # fmt: skip
+            loaded = 0
+            if todo:
+                with tempfile.TemporaryDirectory(prefix="ww-load-") as tmp:
+                    path = Path(tmp) / "batch.jsonl"
+                    with open(path, "wb") as out:
+                        for name, (first, last) in sorted(todo.items()):
+                            with open(self.data / "minutes" / name, "rb") as handle:
+                                handle.seek(first)
+                                chunk = handle.read(last - first)
+                            # Only whole lines: a line torn by a crash is never loaded.
+                            whole = chunk[: chunk.rfind(b"\n") + 1]
+                            todo[name] = (first, first + len(whole))
+                            out.write(whole)
+                    if any(b for b in todo.values() if b[1] > b[0]):
+                        cursor = self.con.cursor()
+                        try:
+                            loaded = store.ingest_into(cursor, [path]).measurements
+                            self._timestamps(cursor)
+                        finally:
+                            cursor.close()
+                for name, (_, end) in todo.items():
+                    self.watermark[name] = end
+                tmp_mark = self.data / "loaded.json.tmp"
+                tmp_mark.write_text(json.dumps(self.watermark))
+                tmp_mark.replace(self.data / "loaded.json")
+            with self.lock:
+                for uids in done:
+                    self.unloaded.difference_update(uids)
+            with self.loaded:
+                self.loaded_seq = max(self.loaded_seq, seq)
+                self.loaded.notify_all()
+            return loaded
 
     def _known(self, uids: list[str]) -> set[str]:
         if not uids or not self.has("measurements"):
@@ -229,31 +330,47 @@ class Collector:
             self._tables.add(table)
         return found
 
-    def _ingest(self, lines: list[bytes]) -> int:
-        with tempfile.TemporaryDirectory(prefix="ww-upload-") as tmp:
-            path = Path(tmp) / "batch.jsonl"
-            path.write_bytes(b"\n".join(lines) + b"\n")
-            report = store.ingest_into(self.con, [path])
-        self._timestamps()
-        return report.measurements
-
-    def _timestamps(self) -> None:
+    def _timestamps(self, con: Any) -> None:
         """``measurements.start_ts``: the start time as a TIMESTAMP, filled for new rows.
 
         Why a column of the collector's own: the API's time series group ten million rows
         by hour, and casting the record's text time on every row at every request costs
         more than twice the grouping itself (docs/performance.md)."""
-        if not self.has("measurements"):
-            return
-        self.con.execute("ALTER TABLE measurements ADD COLUMN IF NOT EXISTS start_ts TIMESTAMP")
-        self.con.execute(
+        if not self._ts_column:  # once: a catalog change conflicts with concurrent readers
+            if not con.execute("SELECT count(*) FROM duckdb_tables() "
+                               "WHERE table_name = 'measurements'").fetchone()[0]:  # fmt: skip
+                return
+            con.execute("ALTER TABLE measurements ADD COLUMN IF NOT EXISTS start_ts TIMESTAMP")
+            self._ts_column = True
+        con.execute(
             "UPDATE measurements SET start_ts = TRY_CAST(measurement_start_time AS TIMESTAMP) "
             "WHERE start_ts IS NULL"
         )
 
-    def _log(self, minute: int, lines: Iterable[bytes]) -> None:
-        with open(self.data / "minutes" / f"m{minute}.jsonl", "ab") as handle:
+    def _mend_logs(self) -> None:
+        """Cut a line torn by a crash off the end of each log file: it was never
+        acknowledged (the log is fsynced before the answer), so its agent sends it again."""
+        for path in (self.data / "minutes").glob("*.jsonl"):
+            with open(path, "rb+") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                if not size:
+                    continue
+                handle.seek(size - 1)
+                if handle.read(1) == b"\n":
+                    continue
+                handle.seek(max(0, size - (1 << 20)))
+                tail = handle.read()
+                cut = tail.rfind(b"\n")
+                handle.truncate(
+                    size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail))
+                )
+
+    def _log(self, name: str, lines: Iterable[bytes]) -> None:
+        """Append to the log (fsync: an acknowledged batch survives the machine, too)."""
+        with open(self.data / "minutes" / name, "ab") as handle:
             handle.write(b"".join(line + b"\n" for line in lines))
+            handle.flush()
+            os.fsync(handle.fileno())
 
     # -- judgement -------------------------------------------------------------------
 
@@ -279,18 +396,20 @@ class Collector:
                        verdicts: dict[str, FirstReply]) -> None:  # fmt: skip
         """Store a judged minute's verdicts (the API filters and counts by them); a minute
         judged again replaces its rows, so they are never doubled."""
-        values = [
-            f"({sql_literal(uid)}, {minute}, {sql_literal(v.outcome.value)}, "
-            f"{sql_literal(v.attribution.value) if v.attribution else 'NULL'}, "
-            f"{sql_literal(v.fingerprint) if v.fingerprint else 'NULL'})"
-            for uid, v in verdicts.items()
-        ]
+        columns = (
+            list(verdicts),
+            [v.outcome.value for v in verdicts.values()],
+            [v.attribution.value if v.attribution else None for v in verdicts.values()],
+            [v.fingerprint for v in verdicts.values()],
+        )
         with self.lock:
             self.con.execute("BEGIN")
             self.con.execute("DELETE FROM judgements WHERE minute = ?", [minute])
-            for start in range(0, len(values), 5000):
+            if verdicts:  # bound as lists: one statement, nothing parsed per row
                 self.con.execute(
-                    "INSERT INTO judgements VALUES " + ", ".join(values[start : start + 5000])
+                    "INSERT INTO judgements SELECT unnest(?::VARCHAR[]), ?, unnest(?::VARCHAR[]), "
+                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
+                    [columns[0], minute, columns[1], columns[2], columns[3]],
                 )
             self.con.execute("COMMIT")
 
@@ -442,7 +561,10 @@ class Collector:
         """Judge what is pending (the data will not get more complete), save, stop."""
         self._stopping = True
         self._wake.set()
+        self._load_wake.set()
         self._judge_thread.join(10.0)
+        self._load_thread.join(60.0)
+        self.load_pending()
         self.close_minutes(force=True)
         self.rejudge(force=True)
         with self.judge_lock, self.lock:
