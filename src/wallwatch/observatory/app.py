@@ -477,6 +477,7 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
         with collector.judge_lock:
             judged = max(collector.watch.judged) if collector.watch.judged else None
             row = {"time": time.time(), "last_minute_judged": judged, "pending_minutes": len(collector.pending),
+                   "late_minutes": len(collector.late), "rebuilds": collector.rebuilds,
                    "events_open": sum(1 for e in collector.watch.detector.events if e.end is None)}  # fmt: skip
         return _answer([row], started, 0)
 

@@ -121,6 +121,8 @@ class Collector:
         panel.touch()
         #: Judged minutes that late data arrived for, and when the last of it came.
         self.late: set[int] = set()
+        #: Times the judgement was rebuilt for late data (shown by the heartbeat).
+        self.rebuilds = 0
         self._argument: tuple[str, list[dict[str, Any]]] = ("", [])
         self.last_late = 0.0
         deliverer = None
@@ -419,9 +421,16 @@ class Collector:
             with self.lock:
                 if not self.pending:
                     return []
-                newest = max(self.pending)
+                # Closed: every vantage heard from within the grace period has sent data two
+                # minutes later (an agent sends its rounds in order), so a slower vantage's
+                # round is judged with the others' rather than arriving late. A vantage that
+                # went silent stops holding minutes after the grace period.
+                now = time.time()
+                reached = [int(v["last_minute"]) for v in self.vantages.values()
+                           if "last_minute" in v and now - float(v.get("last_seen", 0)) < self.grace]  # fmt: skip
+                horizon = min(reached) if reached else max(self.pending)
                 quiet = time.monotonic() - self.last_data >= self.grace
-                ready = sorted(m for m in self.pending if force or quiet or m <= newest - 2)
+                ready = sorted(m for m in self.pending if force or quiet or m <= horizon - 2)
                 batches = [(m, self.pending.pop(m)) for m in ready]
             for minute, measurements in batches:
                 if self.watch.judged and minute < max(self.watch.judged):
@@ -479,6 +488,7 @@ class Collector:
                 fresh.save()
                 self.watch = fresh
                 fresh.raise_alerts(added)
+            self.rebuilds += 1
             self.publish("rejudged", {"late_minutes": late, "revised": revised})
             return revised
 
