@@ -36,8 +36,9 @@ from pathlib import Path
 
 from wallwatch import records, store
 from wallwatch.observatory.agent import send
+from wallwatch.observatory.collector import JUDGEMENTS_DDL
 from wallwatch.records import SCHEMA_VERSION, Answer, Measurement, Response
-from wallwatch.vocab import Engine, TargetKind
+from wallwatch.vocab import Attribution, Engine, Outcome, TargetKind
 
 BATCH = 5000
 
@@ -90,6 +91,18 @@ def preload(data: Path, tmp: Path, count: int) -> None:
             replace += f", {shifted} AS measurement_start_time"
         con.execute(f"INSERT INTO {table} SELECT x.* REPLACE ({replace}) "
                     f"FROM {table} x, range(1, {copies}) t(r)")  # fmt: skip
+    # ... judged, as the collector would have judged them (half genuine, half forged).
+    con.execute(JUDGEMENTS_DDL)
+    con.execute(
+        "INSERT INTO judgements SELECT measurement_uid, "
+        "TRY_CAST(annotations['minute'] AS BIGINT), "
+        f"CASE WHEN hash(measurement_uid) % 2 = 0 THEN '{Outcome.OK_MATCH_IP}' "
+        f"ELSE '{Outcome.INJECTED_DARK}' END, "
+        f"CASE WHEN hash(measurement_uid) % 2 = 0 THEN '{Attribution.NONE}' "
+        f"ELSE '{Attribution.ON_PATH_INJECTOR}' END, NULL, "
+        "CAST(measurement_start_time AS TIMESTAMP), vantage, resolver_address, hostname, query_type "
+        "FROM measurements"
+    )
     con.close()
 
 

@@ -273,39 +273,46 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
     ) -> Response:
         """Measurement counts by one or two axes per time grain.
 
-        ``verdict`` and ``attribution`` are the collector's judgement (a measurement of a
-        minute not judged yet counts under null); ``answer`` counts a measurement once per
-        address of its first reply."""
+        With ``verdict`` or ``attribution``, only judged measurements are counted (the
+        collector's judgement of their minute; ``replies`` is then null); ``answer`` counts
+        a measurement once per address of its first reply."""
         reader(authorization)
         started = time.perf_counter()
         axes = list(dict.fromkeys(axis or [Axis.VANTAGE]))
         if not 1 <= len(axes) <= 2:
             raise HTTPException(422, "aggregation: one or two distinct axes")
         joins = ""
+        expressions = dict(_AXES)
+        source = "measurements m"
         if {Axis.VERDICT, Axis.ATTRIBUTION} & set(axes):
-            joins += " LEFT JOIN judgements j ON j.measurement_uid = m.measurement_uid"
+            # Judged measurements only, from the judgements alone (they carry the axes).
+            source = "judgements m"
+            expressions |= {Axis.TARGET: "m.resolver_address", Axis.QTYPE: "m.query_type",
+                            Axis.VERDICT: "m.outcome", Axis.ATTRIBUTION: "m.attribution"}  # fmt: skip
         if Axis.ANSWER in axes:
             joins += (" JOIN answers a ON a.measurement_uid = m.measurement_uid "
                       "AND a.response_index = 0 AND coalesce(a.ipv4, a.ipv6) IS NOT NULL")  # fmt: skip
         where, params = ["true"], []
-        for clause, value in (("m.measurement_start_time >= ?", since),
-                              ("m.measurement_start_time < ?", until), ("m.vantage = ?", vantage)):  # fmt: skip
+        for clause, value in (("m.start_ts >= TRY_CAST(? AS TIMESTAMP)", since),
+                              ("m.start_ts < TRY_CAST(? AS TIMESTAMP)", until),
+                              ("m.vantage = ?", vantage)):  # fmt: skip
             if value is not None:
                 where.append(clause)
                 params.append(value)
-        selected = ", ".join(f"{_AXES[a]} AS {a.value}" for a in axes)
+        selected = ", ".join(f"{expressions[a]} AS {a.value}" for a in axes)
         # A measurement is one row unless joined to its answers (then once per address).
         counted = "count(DISTINCT m.measurement_uid)" if Axis.ANSWER in axes else "count(*)"
+        replies = "sum(m.response_count)" if source.startswith("measurements") else "NULL"
         rows = query(
             f"SELECT date_trunc('{grain}', m.start_ts) AS t, "
             f"{selected}, {counted} AS measurements, "
-            f"sum(m.response_count) AS replies FROM measurements m{joins} "
+            f"{replies} AS replies FROM {source}{joins} "
             f"WHERE {' AND '.join(where)} GROUP BY ALL ORDER BY ALL",
             params,
         )
         for row in rows:
             row["t"] = str(row["t"])
-            row["replies"] = int(row["replies"] or 0)
+            row["replies"] = None if row["replies"] is None else int(row["replies"])
         columns = ["t", *(a.value for a in axes), "measurements", "replies"]
         if format == "csv":
             return _csv(rows, columns, started)

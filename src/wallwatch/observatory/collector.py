@@ -43,6 +43,14 @@ MAX_BODY = 16 * 1024 * 1024
 MAX_DECOMPRESSED = 128 * 1024 * 1024
 
 
+#: The judged minutes' verdicts, one row per measurement, with its axes.
+JUDGEMENTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS judgements (measurement_uid VARCHAR, minute BIGINT, "
+    "outcome VARCHAR, attribution VARCHAR, fingerprint VARCHAR, start_ts TIMESTAMP, "
+    "vantage VARCHAR, resolver_address VARCHAR, hostname VARCHAR, query_type VARCHAR)"
+)
+
+
 class UploadError(Exception):
     """An upload refused: the HTTP status and why."""
 
@@ -132,10 +140,7 @@ class Collector:
                 warn=lambda text: self.publish("delivery", {"warning": text}),
             )  # fmt: skip
         self.watch = self._new_watch(deliverer)
-        self.con.execute(
-            "CREATE TABLE IF NOT EXISTS judgements (measurement_uid VARCHAR, minute BIGINT, "
-            "outcome VARCHAR, attribution VARCHAR, fingerprint VARCHAR)"
-        )
+        self.con.execute(JUDGEMENTS_DDL)
         # The store is loaded from the log: catch up with what a crash left unloaded.
         self.unloaded: set[str] = set()
         #: Uploads logged but not yet in the store: (sequence, their measurement IDs).
@@ -397,21 +402,34 @@ class Collector:
     def _keep_verdicts(self, minute: int, measurements: list[Measurement],
                        verdicts: dict[str, FirstReply]) -> None:  # fmt: skip
         """Store a judged minute's verdicts (the API filters and counts by them); a minute
-        judged again replaces its rows, so they are never doubled."""
-        columns = (
-            list(verdicts),
-            [v.outcome.value for v in verdicts.values()],
-            [v.attribution.value if v.attribution else None for v in verdicts.values()],
-            [v.fingerprint for v in verdicts.values()],
-        )
+        judged again replaces its rows, so they are never doubled.
+
+        Each row repeats its measurement's axes (vantage, target, name, type, time): counts
+        by verdict then read this table alone, not a join with every stored measurement.
+        """
+        judged = [(m, verdicts[m.measurement_uid]) for m in measurements
+                  if m.measurement_uid in verdicts]  # fmt: skip
+        columns = [
+            [m.measurement_uid for m, _ in judged],
+            [v.outcome.value for _, v in judged],
+            [v.attribution.value if v.attribution else None for _, v in judged],
+            [v.fingerprint for _, v in judged],
+            [m.measurement_start_time for m, _ in judged],
+            [m.vantage for m, _ in judged],
+            [m.resolver_address for m, _ in judged],
+            [m.hostname for m, _ in judged],
+            [m.query_type for m, _ in judged],
+        ]
         with self.lock:
             self.con.execute("BEGIN")
             self.con.execute("DELETE FROM judgements WHERE minute = ?", [minute])
-            if verdicts:  # bound as lists: one statement, nothing parsed per row
+            if judged:  # bound as lists: one statement, nothing parsed per row
                 self.con.execute(
-                    "INSERT INTO judgements SELECT unnest(?::VARCHAR[]), ?, unnest(?::VARCHAR[]), "
-                    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
-                    [columns[0], minute, columns[1], columns[2], columns[3]],
+                    "INSERT INTO judgements SELECT unnest($1::VARCHAR[]), $10, "
+                    "unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), unnest($4::VARCHAR[]), "
+                    "TRY_CAST(unnest($5::VARCHAR[]) AS TIMESTAMP), unnest($6::VARCHAR[]), "
+                    "unnest($7::VARCHAR[]), unnest($8::VARCHAR[]), unnest($9::VARCHAR[])",
+                    [*columns, minute],
                 )
             self.con.execute("COMMIT")
 
