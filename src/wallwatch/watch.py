@@ -327,7 +327,7 @@ class Watch:
 
     def alert(self, change: EventChange | None, alert_id: str, *, event: Event | None = None,
               minute: int | None = None, kind: Change | None = None) -> dict[str, object]:  # fmt: skip
-        """One alert record, shaped like IODA's (time, level, method, condition, value,
+        """One alert record, shaped like IODA's ([ioda]: time, level, method, condition, value,
         history value, entity, datasource) with the event and its permalink.
 
         ``value`` is the largest ``top_share`` (the share of names answered with the
