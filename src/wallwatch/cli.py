@@ -7,10 +7,12 @@ miniooni and zdns (names on stdin, ``-o``, ``-A key=value`` annotations).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from wallwatch import __version__
 from wallwatch.escape import console as console_text
 from wallwatch.escape import terminal
+from wallwatch.interop.dnstap import ClientPolicy
 from wallwatch.journal import read_records
 from wallwatch.names import BadLine, QueryName, parse_lines, read_names
 from wallwatch.probe.engine import ProbeConfig, Stats
@@ -965,6 +968,91 @@ def upload(paths: tuple[str, ...], url: str, token_value: str, spool: str | None
                                    "sent by the next 'wallwatch upload'")  # fmt: skip
     err.print(f"upload: {len(files)} file(s): {queue.stored} measurements stored, "
               f"{queue.duplicates} already there", highlight=False)  # fmt: skip
+
+
+@main.command()
+@click.option("--dnstap", "dnstaps", multiple=True, metavar="FILE|unix:PATH",
+              help="A dnstap file, or a Unix socket to receive a resolver's dnstap on (repeatable).")  # fmt: skip
+@click.option("--pcap", "pcaps", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A capture of the resolver's DNS (its upstream side shows the race).")  # fmt: skip
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where the measurements, series, events and alerts go (as watch's).")  # fmt: skip
+@click.option("--vantage", default="passive", show_default=True,
+              help="The name this resolver's streams carry (a collector token's vantage).")  # fmt: skip
+@click.option("--clients", type=click.Choice([p.value for p in ClientPolicy]),
+              default=ClientPolicy.DROP.value, show_default=True,
+              help="Users' addresses: dropped, a keyed hash, or kept.")  # fmt: skip
+@click.option("--client-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The HMAC key for --clients hash (default: a new one per run).")  # fmt: skip
+@click.option("--duration", type=POSITIVE, default=None,
+              help="Seconds to listen on a dnstap socket (default: until interrupted).")  # fmt: skip
+@click.option("--upload", "upload_url", default=None, metavar="URL",
+              help="Ship each closed minute to this collector.")  # fmt: skip
+@click.option("--token", "upload_token", default=None, envvar="WALLWATCH_TOKEN",
+              help="The vantage's upload token (or $WALLWATCH_TOKEN).")  # fmt: skip
+def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], out_dir: str, vantage: str,
+            clients: str, client_key: str | None, duration: float | None,
+            upload_url: str | None, upload_token: str | None) -> None:  # fmt: skip
+    """Detect mass redirection in a resolver's own traffic (dnstap, packets)."""
+    from wallwatch.interop import dnstap, pcap
+    from wallwatch.passive import Passive, private
+
+    if not dnstaps and not pcaps:
+        raise click.UsageError("give --dnstap FILE|unix:PATH or --pcap FILE")
+    if bool(upload_url) != bool(upload_token):
+        raise click.UsageError("--upload and --token go together")
+    policy = ClientPolicy(clients)
+    key = Path(client_key).read_bytes() if client_key else None
+    engine = Passive(Path(out_dir), upload=upload_url, token=upload_token,
+                     emit=lambda line: click.echo(line))  # fmt: skip
+    for path in pcaps:
+        converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=path)
+        for record in pcap.read_records(path):
+            if isinstance(record, Measurement):
+                engine.add(private(record, vantage, policy, converter.client))
+            else:
+                err.print(
+                    console_text(f"passive: {record.source}:{record.line}: {record.error}"),
+                    highlight=False,
+                )
+    sockets = [d.removeprefix("unix:") for d in dnstaps if d.startswith("unix:")]
+    for path in (d for d in dnstaps if not d.startswith("unix:")):
+        if not Path(path).is_file():
+            raise click.BadParameter(
+                f"{path!r}: not a file (a socket is unix:PATH)", param_hint="--dnstap"
+            )
+        converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=path)
+        for record in dnstap.read_records(path, converter=converter):
+            if isinstance(record, Measurement):
+                engine.add(record)
+            else:
+                err.print(
+                    console_text(f"passive: {record.source}:{record.line}: {record.error}"),
+                    highlight=False,
+                )
+    if len(sockets) > 1:
+        raise click.BadParameter("one dnstap socket at a time", param_hint="--dnstap")
+    if sockets:
+        converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=sockets[0])
+        stopping: list[int] = []
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+
+        def take(payload: bytes) -> None:
+            record = converter.measurement(payload)
+            if record is not None:
+                engine.add(record)
+
+        err.print(f"passive: listening for dnstap on {sockets[0]}", highlight=False)
+        started = time.monotonic()
+        with contextlib.suppress(KeyboardInterrupt):
+            dnstap.receive(sockets[0], take, stop=lambda: bool(stopping) or (
+                duration is not None and time.monotonic() > started + duration))  # fmt: skip
+    summary = engine.close()
+    events = summary["events"]
+    assert isinstance(events, list)
+    err.print(f"passive: {summary['answers']} answers, {summary['minutes_judged']} minutes judged, "
+              f"{len(events)} event(s), {summary['raced_queries']} raced queries; "
+              f"{out_dir}/passive.json", highlight=False)  # fmt: skip
 
 
 @main.group()

@@ -1,0 +1,159 @@
+"""Passive detection: the minute detector over a resolver's own traffic (dnstap and packets).
+
+Why: the operator of a resolver sees every answer its users get, and needs to know within
+minutes whether the upstream, the path or its own cache is at fault -- on 21 January
+2014 the first public alarm came from operators ("all domestic gTLD root is abnormal",
+[greatfire-2014]). The answers a resolver logs (:mod:`wallwatch.interop.dnstap`) and the
+packets on its upstream side (:mod:`wallwatch.interop.pcap`) become measurements of the
+prober's shape, grouped by the minute they were answered in, and judged by the code of
+``wallwatch watch`` (:class:`wallwatch.watch.Watch`): the analysis's verdicts, the
+per-stream minute signals (one address for many unrelated names, answers outside the
+usual origin ASes) and the CUSUM. The streams are the resolver's own answers to its users
+(``CLIENT_RESPONSE``: what users were told, its cache included) and each upstream
+server's answers to it (``RESOLVER_RESPONSE``, or packets).
+
+Only packets show the race: two replies to one upstream query, the injector's first
+(dnstap logs the one the resolver accepted). Each such query is counted per minute with
+the first reply's IP TTL, so the summary says whether the path was seen at work.
+
+Privacy: users' addresses are never written unless asked (:class:`ClientPolicy`); the
+names asked and the answers are, since they are what the detector reads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+from wallwatch import records
+from wallwatch.events.detector import minute_iso
+from wallwatch.interop.dnstap import ClientPolicy
+from wallwatch.observatory.agent import Spool
+from wallwatch.records import Measurement
+from wallwatch.watch import Watch, WatchConfig
+
+
+def minute_of(m: Measurement) -> int:
+    start = datetime.fromisoformat(m.measurement_start_time).replace(tzinfo=UTC)
+    return int(start.timestamp() // 60)
+
+
+def raced(m: Measurement) -> bool:
+    """Two or more replies to one query whose answers differ: the injector raced the server."""
+    answers = {tuple(sorted(a.ipv4 or a.ipv6 or "" for a in r.answers)) for r in m.responses
+               if r.failure is None}  # fmt: skip
+    return len(m.responses) >= 2 and len(answers) >= 2
+
+
+@dataclass
+class Passive:
+    """Measurements in time order (roughly) in, minutes judged as they close, alerts out."""
+
+    out: Path
+    #: A collector to ship each closed minute to, and the vantage's token.
+    upload: str | None = None
+    token: str | None = None
+    emit: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
+    #: A minute is closed once data this many minutes later has arrived (answers are
+    #: logged as they are given, so a minute is complete soon after it ends).
+    lag: int = 2
+    pending: dict[int, list[Measurement]] = field(default_factory=dict)
+    late: int = 0
+    races: Counter[int] = field(default_factory=Counter)
+    race_ttls: Counter[int] = field(default_factory=Counter)
+    answers: int = 0
+
+    def __post_init__(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "measurements").mkdir(exist_ok=True)
+        panel = self.out / "panel.txt"
+        panel.touch()
+        self.watch = Watch(WatchConfig(names=panel, out=self.out, vantages=[]), emit=self.emit)
+        self.spool = (
+            Spool(self.out / "spool", self.upload, self.token).start()
+            if self.upload and self.token else None
+        )  # fmt: skip
+
+    def add(self, m: Measurement) -> None:
+        minute = minute_of(m)
+        self.answers += 1
+        if raced(m):
+            self.races[minute] += 1
+            first = m.responses[0].ip_ttl
+            if first is not None:
+                self.race_ttls[first] += 1
+        if minute in self.watch.judged:
+            self.late += 1  # written below, not judged: the minute's sums have moved on
+            self._write(minute, [m])
+            return
+        self.pending.setdefault(minute, []).append(m)
+        newest = max(self.pending)
+        for closed in sorted(k for k in self.pending if k <= newest - self.lag):
+            self._judge(closed)
+
+    def add_all(self, measurements: Iterable[Measurement]) -> None:
+        for m in measurements:
+            self.add(m)
+
+    def _write(self, minute: int, ms: list[Measurement]) -> None:
+        buffer = bytearray()
+        for m in ms:
+            records.encode_into(m, buffer)
+        lines = bytes(buffer).splitlines()
+        with open(self.out / "measurements" / f"passive-m{minute}.jsonl", "ab") as handle:
+            handle.write(b"".join(line + b"\n" for line in lines))
+        if self.spool is not None:
+            self.spool.add(lines)
+
+    def _judge(self, minute: int) -> None:
+        ms = self.pending.pop(minute)
+        self._write(minute, ms)
+        self.watch.judge(minute, ms, now=minute * 60.0 + 60.0)
+
+    def close(self) -> dict[str, object]:
+        """Judge what is pending (the input ended), save, and say what was seen."""
+        for minute in sorted(self.pending):
+            self._judge(minute)
+        self.watch.save()
+        tz = self.watch.config.clock.tz
+        summary: dict[str, object] = {
+            "answers": self.answers,
+            "minutes_judged": len(self.watch.judged),
+            "late_answers_not_judged": self.late,
+            "raced_queries": sum(self.races.values()),
+            "raced_minutes": [minute_iso(m, tz, "minutes") for m in sorted(self.races)],
+            "first_reply_ip_ttls": dict(self.race_ttls.most_common(5)),
+            "events": [self.watch.event_dict(e) for e in self.watch.detector.events],
+        }
+        (self.out / "passive.json").write_text(json.dumps(summary, indent=1))
+        if self.spool is not None:
+            self.spool.close(timeout=10.0)
+        return summary
+
+
+def private(m: Measurement, vantage: str, clients: ClientPolicy,
+            hide: Callable[[str], str | None]) -> Measurement:  # fmt: skip
+    """A packet capture's measurement as the passive vantage's: the asking host (a user,
+    on the user side of a resolver) is kept only as the policy says."""
+    client = m.vantage.removeprefix("pcap:")
+    annotations = dict(m.annotations)
+    kept = hide(client)
+    if kept is not None:
+        annotations["client"] = kept
+    return msgspec.structs.replace(
+        m, vantage=vantage, annotations=annotations,
+        source_port=m.source_port if clients == ClientPolicy.KEEP else 0,
+    )  # fmt: skip
+
+
+def wait_forever(stop: Callable[[], bool], seconds: float | None) -> Callable[[], bool]:
+    """A stop condition: ``stop()``, or ``seconds`` passed."""
+    end = None if seconds is None else time.monotonic() + seconds
+    return lambda: stop() or (end is not None and time.monotonic() >= end)

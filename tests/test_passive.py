@@ -1,0 +1,262 @@
+"""Passive detection from a resolver's own traffic: dnstap from a real Unbound, and the detector.
+
+The first test runs Debian's Unbound on loopback, forwarding to a loopback authoritative
+server, with its dnstap sent to ``wallwatch passive --dnstap unix:PATH``: the Frame
+Streams handshake, the messages and the users' privacy, as an operator would run it. The
+second feeds fourteen minutes of a resolver's answers, written as a dnstap file, whose
+minutes 6-9 send every .com name to one address (the 2014 shape): the minute detector
+raises the event, names the address and the scope, and the race in packets is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rrset
+import pytest
+
+from wallwatch import records
+from wallwatch.interop import dnstap
+from wallwatch.lab.loopback import LoopbackServer, authoritative
+from wallwatch.records import Measurement
+
+FORGED = "65.49.2.178"
+
+
+def _port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _unbound_conf(directory: Path, port: int, upstream: tuple[str, int], tap: Path) -> Path:
+    conf = directory / "unbound.conf"
+    conf.write_text(f"""server:
+    interface: 127.0.0.1
+    port: {port}
+    do-ip6: no
+    username: ""
+    chroot: ""
+    directory: "{directory}"
+    pidfile: "{directory}/unbound.pid"
+    use-syslog: no
+    logfile: "{directory}/unbound.log"
+    verbosity: 1
+    num-threads: 1
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    module-config: "iterator"
+    qname-minimisation: no
+forward-zone:
+    name: "example.com."
+    forward-addr: {upstream[0]}@{upstream[1]}
+dnstap:
+    dnstap-enable: yes
+    dnstap-bidirectional: yes
+    dnstap-socket-path: "{tap}"
+    dnstap-send-identity: yes
+    dnstap-identity: "isp-resolver"
+    dnstap-log-resolver-query-messages: yes
+    dnstap-log-resolver-response-messages: yes
+    dnstap-log-client-query-messages: yes
+    dnstap-log-client-response-messages: yes
+    dnstap-log-forwarder-query-messages: yes
+    dnstap-log-forwarder-response-messages: yes
+""")
+    return conf
+
+
+@pytest.mark.skipif(
+    not shutil.which("unbound"), reason="Debian's unbound is needed (scripts/setup)"
+)
+def test_unbound_dnstap_over_its_socket_becomes_private_measurements(
+    serve: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    zone = {f"n{i}.example.com": [f"198.51.100.{i + 1}"] for i in range(12)}
+    upstream = serve(authoritative(zone))
+    tap = tmp_path / "dnstap.sock"
+    out = tmp_path / "passive"
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "wallwatch", "passive", "--dnstap", f"unix:{tap}", "-o", str(out),
+         "--vantage", "isp", "--duration", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    port = _port()
+    deadline = time.monotonic() + 20
+    while not tap.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tap.exists(), "the receiver did not listen"
+    conf = _unbound_conf(tmp_path, port, upstream.address[:2], tap)
+    resolver = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        answered = 0
+        deadline = time.monotonic() + 20
+        for i in range(12):
+            query = dns.message.make_query(f"n{i}.example.com", "A")
+            while time.monotonic() < deadline:
+                try:
+                    reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=1.0)
+                    answered += bool(reply.answer)
+                    break
+                except (TimeoutError, OSError, dns.exception.Timeout):
+                    time.sleep(0.2)
+        assert answered == 12
+        time.sleep(1.5)  # unbound sends its dnstap queue in batches
+    finally:
+        resolver.terminate()
+        resolver.wait(timeout=20)
+    time.sleep(0.5)
+    listener.terminate()  # SIGTERM: the receiver stops, judges what it has and writes it
+    _, stderr = listener.communicate(timeout=60)
+    assert listener.returncode == 0, stderr
+    lines = [line for f in sorted((out / "measurements").glob("*.jsonl"))
+             for line in f.read_bytes().splitlines()]  # fmt: skip
+    ms = [r for r in map(records.decode, lines) if isinstance(r, Measurement)]
+    to_users = [m for m in ms if m.annotations["dnstap"] == "client_response"]
+    from_upstream = [m for m in ms if m.annotations["dnstap"] == "forwarder_response"]
+    assert {m.hostname for m in to_users} == set(zone)
+    assert {m.hostname for m in from_upstream} == set(zone)  # each name asked upstream once
+    for m in from_upstream:
+        assert m.resolver_address == f"127.0.0.1:{upstream.address[1]}"
+        assert m.responses[0].answers[0].ipv4 == zone[m.hostname][0]
+        assert m.responses[0].rtt >= 0 and m.annotations["identity"] == "isp-resolver"
+    for m in to_users:
+        assert m.vantage == "isp" and m.resolver_address == f"127.0.0.1:{port}"
+        # Privacy by default: no user's address or port anywhere.
+        assert "client" not in m.annotations and m.source_port == 0
+    summary = json.loads((out / "passive.json").read_text())
+    assert summary["answers"] == len(ms) and summary["events"] == []
+
+
+def _answer(name: str, address: str, ttl: int = 300) -> bytes:
+    query = dns.message.make_query(name, "A")
+    reply = dns.message.make_response(query)
+    reply.answer.append(dns.rrset.from_text(name + ".", ttl, "IN", "A", address))
+    return reply.to_wire()
+
+
+def test_passive_detector_raises_the_2014_event_from_a_dnstap_file(tmp_path: Path) -> None:
+    """Fourteen minutes of a resolver's answers to its users; in minutes 6-9 every .com
+    name gets 65.49.2.178, .cn names keep theirs. The event, its address and its scope."""
+    minute0 = 23_330_000  # 2014-05-11, a whole minute
+    names = [f"site{i}.com" for i in range(30)] + [f"site{i}.cn" for i in range(10)]
+    payloads = []
+    for minute in range(minute0, minute0 + 14):
+        for i, name in enumerate(names):
+            forged = minute0 + 6 <= minute < minute0 + 10 and name.endswith(".com")
+            at = minute * 60 + 1 + i
+            payloads.append(dnstap.message_bytes(
+                identity=b"isp-resolver", type=6, socket_family=1, socket_protocol=1,
+                query_address=socket.inet_aton(f"10.0.{i}.9"), query_port=40000 + i,
+                response_address=socket.inet_aton("10.10.2.53"), response_port=53,
+                query_time_sec=at, query_time_nsec=0, response_time_sec=at, response_time_nsec=5_000_000,
+                response_message=_answer(name, FORGED if forged else f"198.51.100.{i + 1}")))  # fmt: skip
+    tapfile = tmp_path / "resolver.dnstap"
+    with open(tapfile, "wb") as handle:
+        dnstap.write_frames(handle, payloads)
+    assert dnstap.is_dnstap(tapfile.read_bytes()[:16])
+    out = tmp_path / "passive"
+    done = subprocess.run([sys.executable, "-m", "wallwatch", "passive", "--dnstap", str(tapfile),
+                           "-o", str(out), "--vantage", "isp", "--clients", "hash"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "passive.json").read_text())
+    assert summary["answers"] == 14 * 40 and summary["minutes_judged"] == 14
+    (event,) = summary["events"]
+    assert event["target_address"] == FORGED
+    assert event["scope"]["tlds"] == ["com"]  # .cn untouched
+    onset = datetime.fromisoformat(event["onset"]).timestamp() // 60
+    assert abs(onset - (minute0 + 6)) <= 2
+    alerts = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert alerts and alerts[0]["change"] == "start" and alerts[0]["entity"]["code"] == FORGED
+    # The evidence report reads a passive directory as it reads a watch's.
+    report = subprocess.run([sys.executable, "-m", "wallwatch", "report", str(out)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    (reported,) = json.loads((out / "report.json").read_text())["events"]
+    assert reported["target_address"] == FORGED
+    # --clients hash: a keyed hash per user, never the address.
+    text = b"".join(f.read_bytes() for f in (out / "measurements").glob("*.jsonl"))
+    assert b"10.0.3.9" not in text and b'"client":"' in text
+
+
+def test_a_cut_or_foreign_stream_is_named_and_what_came_before_is_kept(tmp_path: Path) -> None:
+    payloads = [dnstap.message_bytes(type=4, socket_family=1, socket_protocol=1,
+                                     response_address=socket.inet_aton("192.0.2.53"), response_port=53,
+                                     query_time_sec=1_400_000_000 + i, response_time_sec=1_400_000_000 + i,
+                                     response_message=_answer(f"n{i}.example.com", "192.0.2.1"))
+                for i in range(5)]  # fmt: skip
+    whole = tmp_path / "whole.dnstap"
+    with open(whole, "wb") as handle:
+        dnstap.write_frames(handle, payloads)
+    cut = tmp_path / "cut.dnstap"
+    cut.write_bytes(whole.read_bytes()[:-30])  # ends inside the last data frame
+    got = list(dnstap.read_records(cut))
+    assert [type(r).__name__ for r in got] == ["Measurement"] * 4 + ["InputError"]
+    assert "ends inside a frame" in got[-1].error  # type: ignore[union-attr]
+    foreign = tmp_path / "foreign.fstrm"
+    fields = struct.pack("!II", 1, 9) + b"text/junk"
+    foreign.write_bytes(struct.pack("!III", 0, 4 + len(fields), 2) + fields)
+    (error,) = list(dnstap.read_records(foreign))
+    assert "content type" in error.error  # type: ignore[union-attr]
+    huge = tmp_path / "huge.dnstap"
+    start = 12 + 8 + len(dnstap.CONTENT_TYPE)  # the START frame
+    huge.write_bytes(whole.read_bytes()[:start] + struct.pack("!I", 1 << 30) + b"x" * 10)
+    assert "not dnstap" in list(dnstap.read_records(huge))[-1].error  # type: ignore[union-attr]
+
+
+def test_packets_on_the_upstream_side_show_the_race(tmp_path: Path) -> None:
+    """Two replies to one upstream query in a capture: the injector's first (its IP TTL),
+    the server's after it. dnstap would log only the first; the packets count the race."""
+    import dpkt
+
+    capture = tmp_path / "upstream.pcap"
+    resolver, server = socket.inet_aton("10.10.2.53"), socket.inet_aton("8.8.8.8")
+
+    def packet(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, ttl: int) -> bytes:
+        udp = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
+        udp.ulen = len(udp)
+        ip = dpkt.ip.IP(src=src, dst=dst, p=dpkt.ip.IP_PROTO_UDP, ttl=ttl, data=udp)
+        ip.len = len(ip)
+        return bytes(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=ip))
+
+    with open(capture, "wb") as handle:
+        writer = dpkt.pcap.Writer(handle)
+        t = 1_390_300_000.0
+        for i in range(6):
+            name = f"site{i}.com"
+            query = dns.message.make_query(name, "A")
+            query.id = 100 + i
+            writer.writepkt(packet(resolver, server, 40000 + i, 53, query.to_wire(), 64), t)
+            forged = dns.message.from_wire(_answer(name, FORGED))
+            forged.id = query.id
+            genuine = dns.message.from_wire(_answer(name, f"198.51.100.{i + 1}"))
+            genuine.id = query.id
+            writer.writepkt(
+                packet(server, resolver, 53, 40000 + i, forged.to_wire(), 103), t + 0.02
+            )
+            writer.writepkt(
+                packet(server, resolver, 53, 40000 + i, genuine.to_wire(), 47), t + 0.19
+            )
+            t += 1.0
+    out = tmp_path / "passive"
+    done = subprocess.run([sys.executable, "-m", "wallwatch", "passive", "--pcap", str(capture),
+                           "-o", str(out), "--vantage", "isp"], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "passive.json").read_text())
+    assert summary["raced_queries"] == 6 and summary["first_reply_ip_ttls"] == {"103": 6}
+    text = b"".join(f.read_bytes() for f in (out / "measurements").glob("*.jsonl"))
+    assert b'"vantage":"isp"' in text and b"pcap:10.10.2.53" not in text
