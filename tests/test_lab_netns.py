@@ -248,6 +248,17 @@ def test_demo_watches_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN0
         (c["id"], c["holds"], c["data"]) for c in event["checklist"] if not c["holds"]
     ]
     assert report["pcap"]["packets"] > 100 and (out / "evidence.pcap").stat().st_size > 0
+    # The ISP's operator saw it too, in its Unbound's own dnstap (wallwatch passive --lab).
+    # Its users got the forgery from the first time its cache refetched the names during
+    # the injection (until then it served the genuine answers it held), and it kept
+    # serving it from cache after the injection stopped: the event follows both.
+    (seen,) = [e for e in report["passive"]["events"] if e["target_address"] == "65.49.2.178"]
+    onset = datetime.fromisoformat(seen["onset"])
+    assert start <= onset <= end
+    assert datetime.fromisoformat(seen["detected_at"]) - onset <= two
+    assert datetime.fromisoformat(seen["over"]) > end  # the cache tail
+    assert seen["scope"]["tlds"] == ["com", "net", "org"]  # .cn untouched
+    assert seen["scope"]["resolvers"] == ["10.10.2.53/udp (resolver)"]
     for ex in event["examples"]:
         assert ex["dig"].startswith("; <<>> wallwatch")
     from conftest import check_report_in_browser

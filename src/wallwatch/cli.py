@@ -986,17 +986,31 @@ def upload(paths: tuple[str, ...], url: str, token_value: str, spool: str | None
               help="The HMAC key for --clients hash (default: a new one per run).")  # fmt: skip
 @click.option("--duration", type=POSITIVE, default=None,
               help="Seconds to listen on a dnstap socket (default: until interrupted).")  # fmt: skip
+@click.option("--lab", is_flag=True,
+              help="The lab's ISP resolver: its dnstap socket by default, the scenario's clock.")  # fmt: skip
 @click.option("--upload", "upload_url", default=None, metavar="URL",
               help="Ship each closed minute to this collector.")  # fmt: skip
 @click.option("--token", "upload_token", default=None, envvar="WALLWATCH_TOKEN",
               help="The vantage's upload token (or $WALLWATCH_TOKEN).")  # fmt: skip
 def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], out_dir: str, vantage: str,
-            clients: str, client_key: str | None, duration: float | None,
+            clients: str, client_key: str | None, duration: float | None, lab: bool,
             upload_url: str | None, upload_token: str | None) -> None:  # fmt: skip
     """Detect mass redirection in a resolver's own traffic (dnstap, packets)."""
     from wallwatch.interop import dnstap, pcap
     from wallwatch.passive import Passive, private
+    from wallwatch.watch import Clock
 
+    clock = Clock()
+    if lab:
+        from wallwatch.lab import topology
+
+        try:
+            clock = Clock.lab()
+        except (OSError, ValueError, KeyError) as exc:
+            raise click.ClickException(
+                f"no lab is up ({exc}); start one with 'wallwatch lab up'"
+            ) from None
+        dnstaps = dnstaps or (f"unix:{topology.dnstap_socket()}",)
     if not dnstaps and not pcaps:
         raise click.UsageError("give --dnstap FILE|unix:PATH or --pcap FILE")
     if bool(upload_url) != bool(upload_token):
@@ -1004,7 +1018,7 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], out_dir: str, vant
     policy = ClientPolicy(clients)
     key = Path(client_key).read_bytes() if client_key else None
     engine = Passive(Path(out_dir), upload=upload_url, token=upload_token,
-                     emit=lambda line: click.echo(line))  # fmt: skip
+                     emit=lambda line: click.echo(line), clock=clock)  # fmt: skip
     for path in pcaps:
         converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=path)
         for record in pcap.read_records(path):
@@ -1033,7 +1047,8 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], out_dir: str, vant
     if len(sockets) > 1:
         raise click.BadParameter("one dnstap socket at a time", param_hint="--dnstap")
     if sockets:
-        converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=sockets[0])
+        converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=sockets[0],
+                                     clock=clock.at)  # fmt: skip
         stopping: list[int] = []
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 

@@ -89,6 +89,7 @@ def run_lab_demo(
     for name, address in local_addresses(s).items():
         serve_args += ["--local", f"{name}={address}"]
     agents: list[subprocess.Popen[bytes]] = []
+    operator: subprocess.Popen[bytes] | None = None
     with open(out / "serve.log", "ab") as log:
         server = subprocess.Popen(serve_args, stdout=log, stderr=log, start_new_session=True)
     try:
@@ -98,6 +99,13 @@ def run_lab_demo(
         )
         topology.up(s, log=lambda text: console.print(text, highlight=False))
         clock = Clock.lab()
+        # The ISP's operator: its Unbound's own dnstap, read by wallwatch passive.
+        with open(out / "passive.log", "ab") as log:
+            operator = subprocess.Popen(
+                [sys.executable, "-m", "wallwatch", "passive", "--lab", "--vantage", "isp-resolver",
+                 "-o", str(out / "passive")],
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            )  # fmt: skip
         until = (s.clock_start + timedelta(minutes=minutes)).timestamp()
         console.print(f"watching {len(demo_names())} names every scenario minute until "
                       f"{clock.iso(until)} ({minutes * 60 / scale:.0f} s), one agent per vantage; "
@@ -120,13 +128,16 @@ def run_lab_demo(
         failed = [a.returncode for a in agents if a.returncode]
         if failed:
             raise RuntimeError(f"an agent failed ({failed}); see {out}/agent-*.log")
+        operator.terminate()  # judges what it has and writes passive.json
+        if operator.wait(timeout=120):
+            raise RuntimeError(f"wallwatch passive failed; see {out}/passive.log")
         try:
             sink = json.loads((topology.state_dir() / "sink-stats.json").read_text())
         except (OSError, ValueError):
             sink = {}
     finally:
         topology.down()
-        for agent in agents:
+        for agent in [*agents, *([operator] if operator is not None else [])]:
             if agent.poll() is None:
                 agent.terminate()
                 agent.wait(timeout=30)
@@ -139,12 +150,20 @@ def run_lab_demo(
     if (collector_dir / "evidence.pcap").exists():
         shutil.copyfile(collector_dir / "evidence.pcap", out / "evidence.pcap")
     data["lab_sink"] = sink
+    passive = out / "passive" / "passive.json"
+    data["passive"] = json.loads(passive.read_text()) if passive.exists() else None
     (out / "report.json").write_text(json.dumps(data, indent=1, default=str))
     for event in data["events"]:
         console.print(
             f"event {event['target_address']}: onset {event['onset']}, detected "
             f"{event['detected_at']}, injection end {event['end']}, over {event['over']}; "
             f"{event['affected_names']} names; attribution {event['attribution']}",
+            highlight=False,
+        )
+    for event in (data["passive"] or {}).get("events", []):
+        console.print(
+            f"the ISP resolver's own dnstap (wallwatch passive): {event['target_address']} from "
+            f"{event['onset']}, detected {event['detected_at']}, scope {','.join(event['scope']['tlds'])}",
             highlight=False,
         )
     console.print(f"[bold]report:[/] {out / 'report.html'} (and report.json, evidence.pcap)")

@@ -37,7 +37,7 @@ from wallwatch.events.detector import minute_iso
 from wallwatch.interop.dnstap import ClientPolicy
 from wallwatch.observatory.agent import Spool
 from wallwatch.records import Measurement
-from wallwatch.watch import Watch, WatchConfig
+from wallwatch.watch import Clock, Watch, WatchConfig
 
 
 def minute_of(m: Measurement) -> int:
@@ -69,13 +69,16 @@ class Passive:
     races: Counter[int] = field(default_factory=Counter)
     race_ttls: Counter[int] = field(default_factory=Counter)
     answers: int = 0
+    #: Real time to the time reported in (the scenario's clock, in the lab).
+    clock: Clock = field(default_factory=Clock)
 
     def __post_init__(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "measurements").mkdir(exist_ok=True)
         panel = self.out / "panel.txt"
         panel.touch()
-        self.watch = Watch(WatchConfig(names=panel, out=self.out, vantages=[]), emit=self.emit)
+        self.watch = Watch(WatchConfig(names=panel, out=self.out, vantages=[], clock=self.clock),
+                           emit=self.emit)  # fmt: skip
         self.spool = (
             Spool(self.out / "spool", self.upload, self.token).start()
             if self.upload and self.token else None
@@ -83,6 +86,8 @@ class Passive:
 
     def add(self, m: Measurement) -> None:
         minute = minute_of(m)
+        if "minute" not in m.annotations:  # as watch's rounds carry it (the report reads it)
+            m = msgspec.structs.replace(m, annotations={**m.annotations, "minute": str(minute)})
         self.answers += 1
         if raced(m):
             self.races[minute] += 1

@@ -255,9 +255,13 @@ def signals(bucket: Bucket, history: StreamHistory) -> Signals:
 
 
 def stream_key(m: Measurement) -> StreamKey:
+    """The stream a measurement belongs to. ``annotations['stream']`` names the resolver
+    side when it is not one server: a resolver's upstream answers come from the root, a
+    TLD's and the domain's servers in turn, and only together do they have a history
+    (``wallwatch passive`` sets it to ``upstream``)."""
     return StreamKey(
         vantage=m.vantage,
-        resolver=m.resolver_address.rsplit(":", 1)[0].strip("[]"),
+        resolver=m.annotations.get("stream") or m.resolver_address.rsplit(":", 1)[0].strip("[]"),
         engine=m.engine.value,
         target_kind=m.target_kind.value,
         tld=m.hostname.rstrip(".").rsplit(".", 1)[-1].lower(),

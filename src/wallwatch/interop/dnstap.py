@@ -57,6 +57,8 @@ MAX_FRAME = 1 << 18
 #: dnstap Message.Type values that carry an answer, and what they mean here.
 _RESOLVER_RESPONSE, _CLIENT_RESPONSE, _FORWARDER_RESPONSE = 4, 6, 8
 _TCP_PROTOCOLS = {2: Engine.TCP, 3: Engine.DOT, 4: Engine.DOH}
+#: The header's Authoritative Answer flag.
+_AA = 0x0400
 _KINDS = {_RESOLVER_RESPONSE: "resolver_response", _CLIENT_RESPONSE: "client_response",
           _FORWARDER_RESPONSE: "forwarder_response"}  # fmt: skip
 
@@ -152,7 +154,8 @@ class Converter:
     """dnstap messages to measurements, with the client policy applied."""
 
     def __init__(self, *, vantage: str = "passive", clients: ClientPolicy = ClientPolicy.DROP,
-                 key: bytes | None = None, source: str = "dnstap") -> None:  # fmt: skip
+                 key: bytes | None = None, source: str = "dnstap",
+                 clock: Callable[[float], float] | None = None) -> None:  # fmt: skip
         import dnstap_pb
 
         self._message = dnstap_pb.Dnstap
@@ -162,10 +165,13 @@ class Converter:
         # hashes then group a user's answers within one run and nothing more.
         self.key = key if key is not None else os.urandom(32)
         self.source = source
+        #: Real time to the time reported in (the scenario's clock, in the lab).
+        self.clock = clock or (lambda t: t)
         self.count = 0
         #: Messages read that carry no answer (queries), and undecodable ones.
         self.queries = 0
         self.undecodable = 0
+        self.referrals = 0
 
     def client(self, address: str) -> str | None:
         if self.clients == ClientPolicy.KEEP:
@@ -189,14 +195,20 @@ class Converter:
         ):
             self.queries += 1
             return None
-        self.count += 1
         data = bytes(m.response_message)
         parsed = parse_reply(data)
+        to_client = m.type == _CLIENT_RESPONSE
+        if (not to_client and parsed.failure is None and parsed.ancount == 0
+                and parsed.rcode == 0 and not (parsed.flags or 0) & _AA):  # fmt: skip
+            # A referral (the root's or a TLD's NS records) answers no question; the
+            # answer comes later from the domain's servers. Counted, not measured.
+            self.referrals += 1
+            return None
+        self.count += 1
         sent = m.query_time_sec + m.query_time_nsec / 1e9 if m.query_time_sec else None
         got = m.response_time_sec + m.response_time_nsec / 1e9 if m.response_time_sec else sent
         at = got if got is not None else 0.0
         start = sent if sent is not None else at
-        to_client = m.type == _CLIENT_RESPONSE
         # Upstream answers: the server is the responder. Answers to users: the resolver is.
         server = _address(bytes(m.response_address)) if m.response_address else "unknown"
         port = int(m.response_port or 53)
@@ -204,6 +216,11 @@ class Converter:
         response = make_response(data, parsed, src=server, sport=port, ip_ttl=None, t=at - start,
                                  rtt=max(0.0, at - start), engine=engine)  # fmt: skip
         annotations = {"source": f"{self.source}#{self.count}", "dnstap": _KINDS[int(m.type)]}
+        if not to_client:
+            # One stream for everything upstream (the root's, a TLD's, the domain's servers):
+            # per server, a TLD server's stream holds referrals until an injector answers
+            # in its name, and a stream that starts in the anomaly has no baseline.
+            annotations["stream"] = "upstream"
         if tap.identity:
             annotations["identity"] = bytes(tap.identity).decode("utf-8", "replace")[:200]
         if to_client and m.query_address:
@@ -215,7 +232,9 @@ class Converter:
             schema_version=records.SCHEMA_VERSION,
             measurement_uid=hashlib.blake2b(payload, digest_size=12).hexdigest(),
             report_id=f"dnstap-{self.vantage}",
-            measurement_start_time=datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            measurement_start_time=datetime.fromtimestamp(self.clock(start), UTC).strftime(
+                "%Y-%m-%d %H:%M:%S"
+            ),
             vantage=self.vantage, hostname=(parsed.qname or "").lower().rstrip("."),
             query_type=qtype_text(parsed.qtype or 1), engine=engine,
             resolver_address=f"{host}:{port}", target_kind=TargetKind.RESOLVER,

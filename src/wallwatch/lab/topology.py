@@ -77,6 +77,12 @@ def state_dir() -> Path:
     return Path(os.environ.get("WALLWATCH_LAB_DIR", "/run/wallwatch-lab"))
 
 
+def dnstap_socket() -> Path:
+    """Where the ISP resolver sends its dnstap: a path, so a receiver in the root namespace
+    gets it without any interface between the lab and the machine."""
+    return state_dir() / "isp.dnstap.sock"
+
+
 def lab_names() -> list[str]:
     """The names the lab's zones hold: the packaged list plus a few hundred from shared data."""
     from importlib import resources
@@ -262,8 +268,10 @@ def _start_processes(
         cache_max = None
         if node == "isp" and scenario.resolver_cache_max is not None:
             cache_max = max(1, round(scenario.resolver_cache_max / scenario.time_scale))
+        # The ISP's resolver logs dnstap for its operator (``wallwatch passive --lab``).
+        tap = dnstap_socket() if node == "isp" else None
         conf.write_text(zones.unbound_conf(directory / node, address, hijack, port=port, root=root,
-                                           cache_max_ttl=cache_max))  # fmt: skip
+                                           cache_max_ttl=cache_max, dnstap=tap))  # fmt: skip
         netns.spawn(
             by_name[node].ns, ["unbound", "-d", "-c", str(conf)], str(directory / f"{node}.log")
         )

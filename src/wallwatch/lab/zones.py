@@ -115,8 +115,13 @@ def unbound_conf(
     port: int = 53,
     root: str = ROOT_IP,
     cache_max_ttl: int | None = None,
+    dnstap: Path | None = None,
 ) -> str:
-    """An Unbound recursive resolver on ``address`` whose root hint is ``root``."""
+    """An Unbound recursive resolver on ``address`` whose root hint is ``root``.
+
+    ``dnstap``: a Unix socket its dnstap goes to (the answers to users and from upstream
+    servers, for ``wallwatch passive``); Unbound connects when a receiver listens there.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     hints = directory / "root.hints"
     hints.write_text(f". 3600000 NS a.root-servers.net.\na.root-servers.net. 3600000 A {root}\n")
@@ -152,5 +157,15 @@ def unbound_conf(
         lines += [
             f'    local-zone: "{name}." redirect',
             f'    local-data: "{name}. 300 IN A {answer}"',
+        ]
+    if dnstap is not None:
+        lines += [
+            "dnstap:",
+            "    dnstap-enable: yes",
+            "    dnstap-bidirectional: yes",
+            f'    dnstap-socket-path: "{dnstap}"',
+            "    dnstap-send-identity: yes",
+            "    dnstap-log-client-response-messages: yes",
+            "    dnstap-log-resolver-response-messages: yes",
         ]
     return "\n".join(lines) + "\n"
