@@ -22,6 +22,7 @@ names asked and the answers are, since they are what the detector reads.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
@@ -40,13 +41,20 @@ from wallwatch.records import Measurement
 from wallwatch.watch import Clock, Watch, WatchConfig
 
 
+@functools.lru_cache(maxsize=4096)
+def _minute(start: str) -> int:
+    return int(datetime.fromisoformat(start).replace(tzinfo=UTC).timestamp() // 60)
+
+
 def minute_of(m: Measurement) -> int:
-    start = datetime.fromisoformat(m.measurement_start_time).replace(tzinfo=UTC)
-    return int(start.timestamp() // 60)
+    """The minute a measurement was answered in (its start time's)."""
+    return _minute(m.measurement_start_time)
 
 
 def raced(m: Measurement) -> bool:
     """Two or more replies to one query whose answers differ: the injector raced the server."""
+    if len(m.responses) < 2:
+        return False
     answers = {tuple(sorted(a.ipv4 or a.ipv6 or "" for a in r.answers)) for r in m.responses
                if r.failure is None}  # fmt: skip
     return len(m.responses) >= 2 and len(answers) >= 2

@@ -17,6 +17,7 @@ malformed never raises: :func:`parse_reply` returns what it could read plus a
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -373,8 +374,10 @@ def qtype_value(text: str) -> int:
         raise ValueError(f"unknown query type {text!r}") from exc
 
 
+@functools.cache
 def qtype_text(value: int) -> str:
-    """28 -> ``"AAAA"``; unknown numbers print as ``TYPE<n>``."""
+    """28 -> ``"AAAA"``; unknown numbers print as ``TYPE<n>`` (cached: importers ask
+    once per record, and dnspython's enum lookup costs more than the rest of a record)."""
     return dns.rdatatype.to_text(value)  # type: ignore[arg-type]
 
 

@@ -28,9 +28,9 @@ buffer again on every read, which is quadratic at a resolver's message rate.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
-import ipaddress
 import os
 import socket
 import struct
@@ -144,10 +144,17 @@ def frames(stream: BinaryIO) -> Iterator[tuple[int | None, bytes]]:
 
 
 def _address(raw: bytes) -> str:
-    try:
-        return str(ipaddress.ip_address(raw))
-    except ValueError:
-        return raw.hex()
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw)
+    if len(raw) == 16:
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return raw.hex()
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(at: int) -> str:
+    """One second as the records write it (a resolver logs thousands per second)."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class Converter:
@@ -158,7 +165,7 @@ class Converter:
                  clock: Callable[[float], float] | None = None) -> None:  # fmt: skip
         import dnstap_pb
 
-        self._message = dnstap_pb.Dnstap
+        self._tap = dnstap_pb.Dnstap()
         self.vantage = vantage
         self.clients = clients
         # A key that lives only as long as the process unless the operator keeps one:
@@ -182,7 +189,7 @@ class Converter:
 
     def measurement(self, payload: bytes) -> Measurement | None:
         """One data frame; None for a message that carries no answer."""
-        tap = self._message()
+        tap = self._tap  # one message object, parsed into again and again
         try:
             tap.ParseFromString(payload)
         except Exception:  # protobuf's DecodeError, and its C twin's
@@ -232,9 +239,7 @@ class Converter:
             schema_version=records.SCHEMA_VERSION,
             measurement_uid=hashlib.blake2b(payload, digest_size=12).hexdigest(),
             report_id=f"dnstap-{self.vantage}",
-            measurement_start_time=datetime.fromtimestamp(self.clock(start), UTC).strftime(
-                "%Y-%m-%d %H:%M:%S"
-            ),
+            measurement_start_time=_second(int(self.clock(start))),
             vantage=self.vantage, hostname=(parsed.qname or "").lower().rstrip("."),
             query_type=qtype_text(parsed.qtype or 1), engine=engine,
             resolver_address=f"{host}:{port}", target_kind=TargetKind.RESOLVER,
