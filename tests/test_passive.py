@@ -41,6 +41,8 @@ def _port() -> int:
 
 
 def _unbound_conf(directory: Path, port: int, upstream: tuple[str, int], tap: Path) -> Path:
+    """Unbound on loopback forwarding example.com to ``upstream``, dnstap to ``tap``, and
+    unbound-control on a Unix socket (its statistics, without certificates)."""
     conf = directory / "unbound.conf"
     conf.write_text(f"""server:
     interface: 127.0.0.1
@@ -58,6 +60,7 @@ def _unbound_conf(directory: Path, port: int, upstream: tuple[str, int], tap: Pa
     do-not-query-localhost: no
     module-config: "iterator"
     qname-minimisation: no
+    extended-statistics: yes
 forward-zone:
     name: "example.com."
     forward-addr: {upstream[0]}@{upstream[1]}
@@ -73,6 +76,10 @@ dnstap:
     dnstap-log-client-response-messages: yes
     dnstap-log-forwarder-query-messages: yes
     dnstap-log-forwarder-response-messages: yes
+remote-control:
+    control-enable: yes
+    control-interface: "{directory}/unbound.ctl"
+    control-use-cert: no
 """)
     return conf
 
@@ -260,3 +267,65 @@ def test_packets_on_the_upstream_side_show_the_race(tmp_path: Path) -> None:
     assert summary["raced_queries"] == 6 and summary["first_reply_ip_ttls"] == {"103": 6}
     text = b"".join(f.read_bytes() for f in (out / "measurements").glob("*.jsonl"))
     assert b'"vantage":"isp"' in text and b"pcap:10.10.2.53" not in text
+
+
+@pytest.mark.skipif(
+    not shutil.which("unbound"), reason="Debian's unbound is needed (scripts/setup)"
+)
+def test_when_the_genuine_reply_loses_the_race_dnstap_and_unbound_see_only_the_forgery(
+    serve: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    """Measured, not assumed: an injector answers before the genuine server (100 ms later)
+    on Unbound's upstream path. Unbound takes the first reply and closes its port; dnstap
+    logs the forgery only, and the genuine reply is not counted as unwanted either."""
+    from wallwatch.lab.loopback import Forgery, racing_injector
+
+    zone = {f"n{i}.example.com": [f"198.51.100.{i + 1}"] for i in range(8)}
+    upstream = serve(racing_injector(authoritative(zone), lambda name: True,
+                                     [Forgery(FORGED, delay=0.0)], genuine_delay=0.1))  # fmt: skip
+    tap = tmp_path / "dnstap.sock"
+    out = tmp_path / "passive"
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "wallwatch", "passive", "--dnstap", f"unix:{tap}", "-o", str(out),
+         "--vantage", "isp", "--duration", "30"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not tap.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    port = _port()
+    conf = _unbound_conf(tmp_path, port, upstream.address[:2], tap)
+    resolver = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        got = {}
+        deadline = time.monotonic() + 20
+        for name in zone:
+            while time.monotonic() < deadline:
+                try:
+                    reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port,
+                                          timeout=1.0)  # fmt: skip
+                    got[name] = [rd.to_text() for rrset in reply.answer for rd in rrset]
+                    break
+                except (TimeoutError, OSError, dns.exception.Timeout):
+                    time.sleep(0.2)
+        time.sleep(1.0)  # every genuine reply has arrived (100 ms after its forgery)
+        stats = subprocess.run(["unbound-control", "-c", str(conf), "stats_noreset"],
+                               capture_output=True, text=True, timeout=20)  # fmt: skip
+        assert stats.returncode == 0, stats.stderr
+        time.sleep(1.0)
+    finally:
+        resolver.terminate()
+        resolver.wait(timeout=20)
+    listener.terminate()
+    listener.communicate(timeout=60)
+    assert got == {name: [FORGED] for name in zone}  # the users got the forgery
+    counters = dict(line.split("=", 1) for line in stats.stdout.split())
+    ms = [r for f in sorted((out / "measurements").glob("*.jsonl"))
+          for r in map(records.decode, f.read_bytes().splitlines()) if isinstance(r, Measurement)]  # fmt: skip
+    upstream_answers = [m for m in ms if m.annotations["dnstap"] == "forwarder_response"]
+    assert sorted(m.hostname for m in upstream_answers) == sorted(zone)  # one per query
+    assert {a.ipv4 for m in upstream_answers for a in m.responses[0].answers} == {FORGED}
+    # The genuine replies reached a port Unbound had closed: not counted as unwanted.
+    assert counters["total.num.queries"] == str(len(zone))
+    assert counters["unwanted.replies"] == "0"
