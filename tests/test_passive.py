@@ -174,6 +174,12 @@ def test_passive_detector_raises_the_2014_event_from_a_dnstap_file(tmp_path: Pat
     with open(tapfile, "wb") as handle:
         dnstap.write_frames(handle, payloads)
     assert dnstap.is_dnstap(tapfile.read_bytes()[:16])
+    # From Python too: ww.read detects a dnstap file like any other source.
+    import wallwatch as ww
+
+    read = list(ww.read(tapfile))
+    assert len(read) == 14 * 40 and all(isinstance(r, Measurement) for r in read)
+    assert {r.annotations["dnstap"] for r in read} == {"client_response"}  # type: ignore[union-attr]
     out = tmp_path / "passive"
     done = subprocess.run([sys.executable, "-m", "wallwatch", "passive", "--dnstap", str(tapfile),
                            "-o", str(out), "--vantage", "isp", "--clients", "hash"],

@@ -38,7 +38,7 @@ from wallwatch.targets import Target, parse_target
 from wallwatch.vocab import Attribution, Engine, Evidence, Outcome
 from wallwatch.wire import qtype_value
 
-Format = Literal["wallwatch", "ooni", "satellite", "pcap"]
+Format = Literal["wallwatch", "ooni", "satellite", "pcap", "dnstap"]
 
 
 class _Collect(Journal):
@@ -107,13 +107,14 @@ def _name(text: str, line: int) -> QueryName:
 
 
 def read(*sources: str | Path | IO[bytes], format: Format | None = None) -> Iterator[Record]:
-    """Records from wallwatch JSONL, OONI (JSON/JSONL, gzip), Satellite directories or pcaps.
+    """Records from wallwatch JSONL, OONI (JSON/JSONL, gzip), Satellite directories, pcaps
+    or dnstap files (a resolver's log: :mod:`wallwatch.interop.dnstap`).
 
     The format is detected from each source unless named. Lines or packets that cannot be
     read become :class:`~wallwatch.records.InputError` records naming the file and line, so
     nothing is dropped silently.
     """
-    from wallwatch.interop import ooni, pcap, satellite
+    from wallwatch.interop import dnstap, ooni, pcap, satellite
     from wallwatch.interop.summary import ImportSummary
 
     summary = ImportSummary()
@@ -130,6 +131,8 @@ def read(*sources: str | Path | IO[bytes], format: Format | None = None) -> Iter
             yield from satellite.read_records(path, summary)
         elif kind == "pcap":
             yield from pcap.read_records(path, summary)
+        elif kind == "dnstap":
+            yield from dnstap.read_records(path, summary)
         elif kind == "ooni":
             yield from ooni.read_records(path, summary)
         else:
@@ -140,12 +143,15 @@ def detect(path: Path) -> Format:
     """The format of a file or directory, from its first bytes (or its files)."""
     if path.is_dir():
         return "satellite"
+    from wallwatch.interop.dnstap import is_dnstap
     from wallwatch.interop.pcap import is_capture
 
     with path.open("rb") as handle:
-        head = handle.read(4)
-    if is_capture(head):
+        head = handle.read(16)
+    if is_capture(head[:4]):
         return "pcap"
+    if is_dnstap(head):
+        return "dnstap"
     opener: Any = gzip.open if head[:2] == b"\x1f\x8b" else open
     try:
         with opener(path, "rb") as handle:
