@@ -40,6 +40,20 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
+def _receiver(tap: Path, out: Path) -> subprocess.Popen[str]:
+    """``wallwatch passive`` listening for dnstap on ``tap`` (30 s at most), once it listens."""
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "wallwatch", "passive", "--dnstap", f"unix:{tap}", "-o", str(out),
+         "--vantage", "isp", "--duration", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not tap.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tap.exists(), "the receiver did not listen"
+    return listener
+
+
 def _unbound_conf(directory: Path, port: int, upstream: tuple[str, int], tap: Path) -> Path:
     """Unbound on loopback forwarding example.com to ``upstream``, dnstap to ``tap``, and
     unbound-control on a Unix socket (its statistics, without certificates)."""
@@ -94,16 +108,8 @@ def test_unbound_dnstap_over_its_socket_becomes_private_measurements(
     upstream = serve(authoritative(zone))
     tap = tmp_path / "dnstap.sock"
     out = tmp_path / "passive"
-    listener = subprocess.Popen(
-        [sys.executable, "-m", "wallwatch", "passive", "--dnstap", f"unix:{tap}", "-o", str(out),
-         "--vantage", "isp", "--duration", "30"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    listener = _receiver(tap, out)
     port = _port()
-    deadline = time.monotonic() + 20
-    while not tap.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert tap.exists(), "the receiver did not listen"
     conf = _unbound_conf(tmp_path, port, upstream.address[:2], tap)
     resolver = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
@@ -291,14 +297,7 @@ def test_when_the_genuine_reply_loses_the_race_dnstap_and_unbound_see_only_the_f
                                      [Forgery(FORGED, delay=0.0)], genuine_delay=0.1))  # fmt: skip
     tap = tmp_path / "dnstap.sock"
     out = tmp_path / "passive"
-    listener = subprocess.Popen(
-        [sys.executable, "-m", "wallwatch", "passive", "--dnstap", f"unix:{tap}", "-o", str(out),
-         "--vantage", "isp", "--duration", "30"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while not tap.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    listener = _receiver(tap, out)
     port = _port()
     conf = _unbound_conf(tmp_path, port, upstream.address[:2], tap)
     resolver = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -164,9 +163,3 @@ def private(m: Measurement, vantage: str, clients: ClientPolicy,
         m, vantage=vantage, annotations=annotations,
         source_port=m.source_port if clients == ClientPolicy.KEEP else 0,
     )  # fmt: skip
-
-
-def wait_forever(stop: Callable[[], bool], seconds: float | None) -> Callable[[], bool]:
-    """A stop condition: ``stop()``, or ``seconds`` passed."""
-    end = None if seconds is None else time.monotonic() + seconds
-    return lambda: stop() or (end is not None and time.monotonic() >= end)

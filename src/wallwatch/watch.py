@@ -305,7 +305,9 @@ class Watch:
             if alert_id in self.raised:
                 continue
             self.raised.add(alert_id)
-            fresh.append(json.dumps(self.alert(change, alert_id)))
+            fresh.append(
+                json.dumps(self.alert(change.event, change.minute, change.change, alert_id))
+            )
         self.raise_alerts(fresh)
         self._unsaved += 1
         if live and (changes or self._unsaved >= 10):
@@ -325,8 +327,7 @@ class Watch:
             if self.deliverer is not None:
                 self.deliverer.send(json.loads(line))
 
-    def alert(self, change: EventChange | None, alert_id: str, *, event: Event | None = None,
-              minute: int | None = None, kind: Change | None = None) -> dict[str, object]:  # fmt: skip
+    def alert(self, event: Event, minute: int, kind: Change, alert_id: str) -> dict[str, object]:
         """One alert record, shaped like IODA's ([ioda]: time, level, method, condition, value,
         history value, entity, datasource) with the event and its permalink.
 
@@ -334,9 +335,6 @@ class Watch:
         event's address) among the event's streams that minute, ``history_value`` the
         median of their CUSUM baselines: what the detector compared.
         """
-        if change is not None:
-            event, minute, kind = change.event, change.minute, change.change
-        assert event is not None and minute is not None and kind is not None
         value: float | None = None
         baselines: list[float] = []
         h = None

@@ -56,11 +56,12 @@ class Axis(StrEnum):
     ANSWER = "answer"
 
 
-#: Each axis as a SQL expression over measurements ``m``, judgements ``j``, answers ``a``.
+#: Each axis as a SQL expression over ``m`` (measurements, or the judgements, which carry the
+#: same axes) and answers ``a``.
 _AXES = {
     Axis.VANTAGE: "m.vantage", Axis.TARGET: "m.resolver_address", Axis.QTYPE: "m.query_type",
     Axis.HOSTNAME: "m.hostname", Axis.TLD: "regexp_extract(m.hostname, '[^.]+$')",
-    Axis.VERDICT: "j.outcome", Axis.ATTRIBUTION: "j.attribution",
+    Axis.VERDICT: "m.outcome", Axis.ATTRIBUTION: "m.attribution",
     Axis.ANSWER: "coalesce(a.ipv4, a.ipv6)",
 }  # fmt: skip
 
@@ -282,13 +283,9 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
         if not 1 <= len(axes) <= 2:
             raise HTTPException(422, "aggregation: one or two distinct axes")
         joins = ""
-        expressions = dict(_AXES)
         source = "measurements m"
         if {Axis.VERDICT, Axis.ATTRIBUTION} & set(axes):
-            # Judged measurements only, from the judgements alone (they carry the axes).
-            source = "judgements m"
-            expressions |= {Axis.TARGET: "m.resolver_address", Axis.QTYPE: "m.query_type",
-                            Axis.VERDICT: "m.outcome", Axis.ATTRIBUTION: "m.attribution"}  # fmt: skip
+            source = "judgements m"  # judged measurements only, from the judgements alone
         if Axis.ANSWER in axes:
             joins += (" JOIN answers a ON a.measurement_uid = m.measurement_uid "
                       "AND a.response_index = 0 AND coalesce(a.ipv4, a.ipv6) IS NOT NULL")  # fmt: skip
@@ -299,7 +296,7 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
             if value is not None:
                 where.append(clause)
                 params.append(value)
-        selected = ", ".join(f"{expressions[a]} AS {a.value}" for a in axes)
+        selected = ", ".join(f"{_AXES[a]} AS {a.value}" for a in axes)
         # A measurement is one row unless joined to its answers (then once per address).
         counted = "count(DISTINCT m.measurement_uid)" if Axis.ANSWER in axes else "count(*)"
         replies = "sum(m.response_count)" if source.startswith("measurements") else "NULL"

@@ -490,10 +490,10 @@ class Collector:
                 event = next((e for e in fresh.detector.events if e.event_id == event_id), None)
                 if event is None:  # withdrawn: the late data shows no such event
                     event = next(e for e in old.detector.events if e.event_id == event_id)
-                    record = old.alert(None, "", event=event, minute=last, kind=Change.REVISED)
+                    record = old.alert(event, last, Change.REVISED, "")
                     record["event"] = dict(before[event_id], withdrawn=True)
                 else:
-                    record = fresh.alert(None, "", event=event, minute=last, kind=Change.REVISED)
+                    record = fresh.alert(event, last, Change.REVISED, "")
                 record["id"] = f"{event_id}:revised:{last}:" + hashlib.sha256(
                     json.dumps(record["event"], sort_keys=True).encode()).hexdigest()[:12]  # fmt: skip
                 record["late_minutes"] = late
