@@ -289,8 +289,14 @@ def test_when_the_genuine_reply_loses_the_race_dnstap_and_unbound_see_only_the_f
 ) -> None:
     """Measured, not assumed: an injector answers before the genuine server (100 ms later)
     on Unbound's upstream path. Unbound takes the first reply and closes its port; dnstap
-    logs the forgery only, and the genuine reply is not counted as unwanted either."""
+    logs the forgery only, and the genuine reply is not counted as unwanted either. A live
+    capture of Unbound's upstream side (``lo``, the server's port) sees both replies."""
+    import threading
+
+    from wallwatch.interop.capture import Capture
+    from wallwatch.interop.dnstap import ClientPolicy
     from wallwatch.lab.loopback import Forgery, racing_injector
+    from wallwatch.passive import Passive
 
     zone = {f"n{i}.example.com": [f"198.51.100.{i + 1}"] for i in range(8)}
     upstream = serve(racing_injector(authoritative(zone), lambda name: True,
@@ -298,6 +304,13 @@ def test_when_the_genuine_reply_loses_the_race_dnstap_and_unbound_see_only_the_f
     tap = tmp_path / "dnstap.sock"
     out = tmp_path / "passive"
     listener = _receiver(tap, out)
+    capture = Capture("lo", port=upstream.address[1])
+    seen = Passive(tmp_path / "packets", emit=lambda line: None)
+    capturing: list[int] = []
+    reader = threading.Thread(target=seen.listen, args=(capture, lambda: bool(capturing)),
+                              kwargs={"vantage": "isp", "clients": ClientPolicy.DROP,
+                                      "hide": lambda client: None})  # fmt: skip
+    reader.start()
     port = _port()
     conf = _unbound_conf(tmp_path, port, upstream.address[:2], tap)
     resolver = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
@@ -322,6 +335,9 @@ def test_when_the_genuine_reply_loses_the_race_dnstap_and_unbound_see_only_the_f
     finally:
         resolver.terminate()
         resolver.wait(timeout=20)
+        capturing.append(1)
+        reader.join(timeout=10)
+        capture.close()
     listener.terminate()
     listener.communicate(timeout=60)
     assert got == {name: [FORGED] for name in zone}  # the users got the forgery
@@ -334,3 +350,15 @@ def test_when_the_genuine_reply_loses_the_race_dnstap_and_unbound_see_only_the_f
     # The genuine replies reached a port Unbound had closed: not counted as unwanted.
     assert counters["total.num.queries"] == str(len(zone))
     assert counters["unwanted.replies"] == "0"
+    # The packets on Unbound's upstream side hold both: one query per name, the forgery
+    # first and the genuine answer 100 ms after it.
+    summary = seen.close()
+    assert summary["raced_queries"] == len(zone), summary
+    raced = [r for f in sorted((tmp_path / "packets" / "measurements").glob("*.jsonl"))
+             for r in map(records.decode, f.read_bytes().splitlines())]  # fmt: skip
+    assert sorted(m.hostname for m in raced if isinstance(m, Measurement)) == sorted(zone)
+    for m in raced:
+        assert isinstance(m, Measurement) and m.annotations["stream"] == "upstream"
+        first, second = ([a.ipv4 for a in r.answers] for r in m.responses)
+        assert first == [FORGED] and second == zone[m.hostname]
+        assert 0.05 < m.responses[1].rtt - m.responses[0].rtt < 0.5

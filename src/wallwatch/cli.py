@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -975,6 +976,8 @@ def upload(paths: tuple[str, ...], url: str, token_value: str, spool: str | None
               help="A dnstap file, or a Unix socket to receive a resolver's dnstap on (repeatable).")  # fmt: skip
 @click.option("--pcap", "pcaps", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A capture of the resolver's DNS (its upstream side shows the race).")  # fmt: skip
+@click.option("--interface", default=None, metavar="IF",
+              help="Capture the resolver's upstream side live on this interface (root).")  # fmt: skip
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Where the measurements, series, events and alerts go (as watch's).")  # fmt: skip
 @click.option("--vantage", default="passive", show_default=True,
@@ -992,8 +995,8 @@ def upload(paths: tuple[str, ...], url: str, token_value: str, spool: str | None
               help="Ship each closed minute to this collector.")  # fmt: skip
 @click.option("--token", "upload_token", default=None, envvar="WALLWATCH_TOKEN",
               help="The vantage's upload token (or $WALLWATCH_TOKEN).")  # fmt: skip
-def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], out_dir: str, vantage: str,
-            clients: str, client_key: str | None, duration: float | None, lab: bool,
+def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | None,
+            out_dir: str, vantage: str, clients: str, client_key: str | None, duration: float | None, lab: bool,
             upload_url: str | None, upload_token: str | None) -> None:  # fmt: skip
     """Detect mass redirection in a resolver's own traffic (dnstap, packets)."""
     from wallwatch.interop import dnstap, pcap
@@ -1001,8 +1004,9 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], out_dir: str, vant
     from wallwatch.watch import Clock
 
     clock = Clock()
+    netns_name = None
     if lab:
-        from wallwatch.lab import topology
+        from wallwatch.lab import netns, topology
 
         try:
             clock = Clock.lab()
@@ -1011,14 +1015,25 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], out_dir: str, vant
                 f"no lab is up ({exc}); start one with 'wallwatch lab up'"
             ) from None
         dnstaps = dnstaps or (f"unix:{topology.dnstap_socket()}",)
-    if not dnstaps and not pcaps:
-        raise click.UsageError("give --dnstap FILE|unix:PATH or --pcap FILE")
+        # The ISP node's one interface carries both sides; its upstream side is kept.
+        interface = interface or "eth0"
+        netns_name = netns.ns_name("isp")
+    if not dnstaps and not pcaps and not interface:
+        raise click.UsageError("give --dnstap FILE|unix:PATH, --pcap FILE or --interface IF")
     if bool(upload_url) != bool(upload_token):
         raise click.UsageError("--upload and --token go together")
     policy = ClientPolicy(clients)
     key = Path(client_key).read_bytes() if client_key else None
     engine = Passive(Path(out_dir), upload=upload_url, token=upload_token,
                      emit=lambda line: click.echo(line), clock=clock)  # fmt: skip
+    capture = None
+    if interface:
+        from wallwatch.interop.capture import Capture, CaptureError
+
+        try:
+            capture = Capture(interface, netns=netns_name)
+        except CaptureError as exc:
+            raise click.BadParameter(str(exc), param_hint="--interface") from None
     for path in pcaps:
         converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=path)
         for record in pcap.read_records(path):
@@ -1046,10 +1061,27 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], out_dir: str, vant
                 )
     if len(sockets) > 1:
         raise click.BadParameter("one dnstap socket at a time", param_hint="--dnstap")
+    stopping: list[int] = []
+    started = time.monotonic()
+
+    def stop() -> bool:
+        return bool(stopping) or (duration is not None and time.monotonic() > started + duration)
+
+    listener = None
+    if capture is not None:
+        hider = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=interface or "")
+        live = capture
+
+        def listen() -> None:
+            engine.listen(live, stop, vantage=vantage, clients=policy, hide=hider.client)
+
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+        listener = threading.Thread(target=listen, name="wallwatch-capture", daemon=True)
+        listener.start()
+        err.print(f"passive: capturing the upstream side on {interface}", highlight=False)
     if sockets:
         converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=sockets[0],
-                                     clock=clock.at)  # fmt: skip
-        stopping: list[int] = []
+                                     clock=clock.at, upstream=capture is None)  # fmt: skip
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 
         def take(payload: bytes) -> None:
@@ -1058,10 +1090,15 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], out_dir: str, vant
                 engine.add(record)
 
         err.print(f"passive: listening for dnstap on {sockets[0]}", highlight=False)
-        started = time.monotonic()
         with contextlib.suppress(KeyboardInterrupt):
-            dnstap.receive(sockets[0], take, stop=lambda: bool(stopping) or (
-                duration is not None and time.monotonic() > started + duration))  # fmt: skip
+            dnstap.receive(sockets[0], take, stop=stop)
+    if listener is not None:
+        with contextlib.suppress(KeyboardInterrupt):
+            while listener.is_alive() and not stop():
+                listener.join(0.2)
+        stopping.append(1)
+        listener.join(5.0)
+        live.close()
     summary = engine.close()
     events = summary["events"]
     assert isinstance(events, list)

@@ -24,17 +24,24 @@ from __future__ import annotations
 
 import functools
 import json
+import struct
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dpkt
 import msgspec
 
 from wallwatch import records
 from wallwatch.events.detector import minute_iso
+from wallwatch.interop.capture import Capture
 from wallwatch.interop.dnstap import ClientPolicy
+from wallwatch.interop.pcap import Matcher
+from wallwatch.interop.summary import ImportSummary
 from wallwatch.observatory.agent import Spool
 from wallwatch.records import Measurement
 from wallwatch.watch import Clock, Watch, WatchConfig
@@ -48,6 +55,19 @@ def _minute(start: str) -> int:
 def minute_of(m: Measurement) -> int:
     """The minute a measurement was answered in (its start time's)."""
     return _minute(m.measurement_start_time)
+
+
+_AA = 0x0400
+
+
+def delegates(m: Measurement) -> bool:
+    """Every reply is a referral (no answer, NOERROR, not authoritative): the root's or a
+    TLD's step of a resolver's recursion, which answers no question (dnstap's are
+    skipped alike)."""
+    return bool(m.responses) and all(
+        r.failure is None and r.ancount == 0 and r.rcode == 0 and not (r.flags or 0) & _AA
+        for r in m.responses
+    )
 
 
 def raced(m: Measurement) -> bool:
@@ -78,8 +98,16 @@ class Passive:
     answers: int = 0
     #: Real time to the time reported in (the scenario's clock, in the lab).
     clock: Clock = field(default_factory=Clock)
+    #: Seconds a captured upstream query waits for its replies (a race's genuine reply
+    #: comes within the round trip; Unbound gives up on a server after a few seconds).
+    window: float = 3.0
+    #: Upstream queries seen in packets that drew only referrals, or no reply.
+    referrals: int = 0
+    unanswered: int = 0
 
     def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self.capture_summary = ImportSummary()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "measurements").mkdir(exist_ok=True)
         panel = self.out / "panel.txt"
@@ -92,6 +120,11 @@ class Passive:
         )  # fmt: skip
 
     def add(self, m: Measurement) -> None:
+        """One measurement (thread-safe: a dnstap socket and a capture feed one engine)."""
+        with self._lock:
+            self._add(m)
+
+    def _add(self, m: Measurement) -> None:
         minute = minute_of(m)
         if "minute" not in m.annotations:  # as watch's rounds carry it (the report reads it)
             m = msgspec.structs.replace(m, annotations={**m.annotations, "minute": str(minute)})
@@ -114,6 +147,41 @@ class Passive:
         for m in measurements:
             self.add(m)
 
+    def listen(self, capture: Capture, stop: Callable[[], bool], *, vantage: str,
+               clients: ClientPolicy, hide: Callable[[str], str | None]) -> None:  # fmt: skip
+        """Read the upstream side of a live capture until ``stop()``: each upstream query
+        with every reply to it (the race) becomes a measurement of the upstream stream."""
+        summary = self.capture_summary
+        summary.files += 1
+        matcher = Matcher(f"interface:{capture.interface}", summary, window=self.window,
+                          ports=frozenset({capture.port}), clock=self.clock.at)  # fmt: skip
+        number = 0
+        for item in capture.packets(stop):
+            if item is None:  # quiet: finish the queries whose window has passed
+                self._take(matcher.expire(time.time() - self.window), vantage, clients, hide)
+                continue
+            t, packet = item
+            number += 1
+            try:
+                ip = dpkt.ip.IP(packet)
+            except (dpkt.dpkt.UnpackError, struct.error):
+                summary.skipped["not IP"] += 1
+                continue
+            self._take(matcher.packet(number, t, ip), vantage, clients, hide)
+        self._take(matcher.flush(), vantage, clients, hide)
+
+    def _take(self, found: Iterable[Measurement], vantage: str, clients: ClientPolicy,
+              hide: Callable[[str], str | None]) -> None:  # fmt: skip
+        for m in found:
+            if not m.responses:
+                self.unanswered += 1
+            elif delegates(m):
+                self.referrals += 1
+            else:
+                m = private(m, vantage, clients, hide)
+                self.add(msgspec.structs.replace(
+                    m, annotations={**m.annotations, "stream": "upstream"}))  # fmt: skip
+
     def _write(self, minute: int, ms: list[Measurement]) -> None:
         buffer = bytearray()
         for m in ms:
@@ -131,6 +199,10 @@ class Passive:
 
     def close(self) -> dict[str, object]:
         """Judge what is pending (the input ended), save, and say what was seen."""
+        with self._lock:
+            return self._close()
+
+    def _close(self) -> dict[str, object]:
         for minute in sorted(self.pending):
             self._judge(minute)
         self.watch.save()
@@ -142,6 +214,11 @@ class Passive:
             "raced_queries": sum(self.races.values()),
             "raced_minutes": [minute_iso(m, tz, "minutes") for m in sorted(self.races)],
             "first_reply_ip_ttls": dict(self.race_ttls.most_common(5)),
+            "captured_upstream_queries": {
+                "measured": self.capture_summary.measurements - self.referrals - self.unanswered,
+                "referrals_only": self.referrals,
+                "unanswered": self.unanswered,
+            },
             "events": [self.watch.event_dict(e) for e in self.watch.detector.events],
         }
         (self.out / "passive.json").write_text(json.dumps(summary, indent=1))

@@ -19,7 +19,9 @@ from wallwatch.vocab import Evidence, Outcome
 
 #: 2: ``s_forged_pool`` also learns the addresses of replies raced by the genuine answer.
 #: 3: ``unrelated_platform``, ``source_check_match``; origin ASes from the bundled table.
-RULES_VERSION = 3
+#: 4: ``raced_by_referral`` (a resolver's upstream race: the server's own reply was a
+#:    referral); ``s_forged_pool`` learns the addresses it raced too.
+RULES_VERSION = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,10 @@ RULES: tuple[Rule, ...] = (
     Rule("raced_by_genuine", "s_later_genuine AND NOT s_control_match", Outcome.INJECTED_MULTI_REPLY,
          Evidence.CONFIRMED,
          "a later reply to the same query agrees with the control ([holdon-2012])"),
+    Rule("raced_by_referral", "s_later_referral AND NOT s_control_match",
+         Outcome.INJECTED_MULTI_REPLY, Evidence.CONFIRMED,
+         "the server asked delegated the name in a later reply to the same query: it did not "
+         "send the earlier answer, the path did ([holdon-2012]; [gfwrev-2009])"),
     Rule("nxdomain_redirect_address", "s_nx_redirect", Outcome.NXDOMAIN_REWRITE, Evidence.STRONG,
          "a known ISP NXDOMAIN-redirect address ([dnsmasq-china-list])"),
     Rule("forged_pool", "s_forged_pool AND NOT s_control_match", Outcome.INJECTED_FORGED_POOL,

@@ -6,6 +6,12 @@ columns the rules read:
 * ``s_dark``: the query went to a host that runs no DNS server (3.1);
 * ``s_later_genuine``: a later reply to the same query agrees with the control, by
   address or by NXDOMAIN (3.2);
+* ``s_referral``: the reply delegates the name elsewhere (no answer, NS records in the
+  authority section, NOERROR, not authoritative): what a root or TLD server says to a
+  resolver's upstream query; ``s_later_referral``: a reply with an answer that such a
+  referral to the same query followed. A server answers a query once, and the one that
+  delegates the name cannot also have answered it: the answer came from the path. This
+  is the race on a resolver's upstream side, where no control exists (docs/passive.md);
 * ``s_control_match`` / ``s_control_mismatch``: the reply's addresses against the
   trusted control's for the same name and type (TCP/DoT/DoH lookups, any vantage);
   ``s_control_nx``: the control said NXDOMAIN;
@@ -102,7 +108,9 @@ STEPS: tuple[tuple[str, str], ...] = (
                c.ips AS control_ips, coalesce(c.nxdomain, false) AS s_control_nx,
                m.annotations['tls_validated'] AS tls_validated,
                m.annotations['matched'] AS source_tags,
-               r.response_index IS NOT NULL AS s_has_reply
+               r.response_index IS NOT NULL AS s_has_reply,
+               coalesce(r.ancount = 0 AND r.nscount > 0 AND r.rcode = 0
+                        AND (r.flags & 1024) = 0, false) AS s_referral
         FROM measurements m
         LEFT JOIN responses r ON r.measurement_uid = m.measurement_uid
         LEFT JOIN reply_ips ri ON ri.measurement_uid = r.measurement_uid
@@ -124,6 +132,13 @@ STEPS: tuple[tuple[str, str], ...] = (
                          OVER (PARTITION BY measurement_uid) AS last_genuine
               FROM reply_base WHERE len(control_ips) > 0 AND len(ips) > 0)
         WHERE response_index < last_genuine AND len(list_intersect(ips, control_ips)) = 0
+        UNION
+        SELECT DISTINCT unnest(ips) AS address
+        FROM (SELECT ips, response_index,
+                     max(CASE WHEN s_referral THEN response_index END)
+                         OVER (PARTITION BY measurement_uid) AS last_referral
+              FROM reply_base)
+        WHERE response_index < last_referral AND len(ips) > 0
         """,
     ),
     (
@@ -246,6 +261,9 @@ STEPS: tuple[tuple[str, str], ...] = (
                    CASE WHEN m.s_control_match OR (m.s_control_nx AND m.rcode = 3)
                         THEN m.response_index END)
                    OVER (PARTITION BY m.measurement_uid), false) AS s_later_genuine,
+               coalesce(m.s_has_answer AND m.response_index < max(
+                   CASE WHEN m.s_referral THEN m.response_index END)
+                   OVER (PARTITION BY m.measurement_uid), false) AS s_later_referral,
                coalesce(m.rtt < 0.5 * p.base_rtt, false) AS s_fast,
                coalesce(abs(m.ip_ttl - p.base_ttl) > 1, false) AS s_ttl_off
         FROM reply_matched m

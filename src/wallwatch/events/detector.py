@@ -100,7 +100,7 @@ class Event:
     @property
     def reasons(self) -> list[str]:
         if self.proven:
-            return ["dark_destination or raced_by_genuine: the injector's own replies carry "
+            return ["dark_destination, raced_by_genuine or raced_by_referral: the injector's own replies carry "
                     f"{self.target_address} ({self.proven} seen)"]  # fmt: skip
         return ["only resolvers serve the address; no reply proven to be the injector's"]
 

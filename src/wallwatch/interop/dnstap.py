@@ -162,7 +162,8 @@ class Converter:
 
     def __init__(self, *, vantage: str = "passive", clients: ClientPolicy = ClientPolicy.DROP,
                  key: bytes | None = None, source: str = "dnstap",
-                 clock: Callable[[float], float] | None = None) -> None:  # fmt: skip
+                 clock: Callable[[float], float] | None = None,
+                 upstream: bool = True) -> None:  # fmt: skip
         import dnstap_pb
 
         self._tap = dnstap_pb.Dnstap()
@@ -179,6 +180,11 @@ class Converter:
         self.queries = 0
         self.undecodable = 0
         self.referrals = 0
+        #: Whether upstream answers (``RESOLVER_RESPONSE``, ``FORWARDER_RESPONSE``) are
+        #: measured: not when packets of the upstream side are read too (they hold the
+        #: same answers and the race), so that no answer is counted twice.
+        self.upstream = upstream
+        self.upstream_in_packets = 0
 
     def client(self, address: str) -> str | None:
         if self.clients == ClientPolicy.KEEP:
@@ -202,9 +208,12 @@ class Converter:
         ):
             self.queries += 1
             return None
+        to_client = m.type == _CLIENT_RESPONSE
+        if not to_client and not self.upstream:
+            self.upstream_in_packets += 1
+            return None
         data = bytes(m.response_message)
         parsed = parse_reply(data)
-        to_client = m.type == _CLIENT_RESPONSE
         if (not to_client and parsed.failure is None and parsed.ancount == 0
                 and parsed.rcode == 0 and not (parsed.flags or 0) & _AA):  # fmt: skip
             # A referral (the root's or a TLD's NS records) answers no question; the

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,9 +150,6 @@ def read_records(path: str | Path, summary: ImportSummary | None = None, *,
     summary = summary if summary is not None else ImportSummary()
     summary.files += 1
     source = str(path)
-    open_queries: dict[tuple[Any, ...], _Query] = {}
-    done: list[_Query] = []
-    first_t: float | None = None
     number = 0
     handle = open(path, "rb")  # noqa: SIM115
     try:
@@ -163,6 +160,7 @@ def read_records(path: str | Path, summary: ImportSummary | None = None, *,
             "pcap", source, 0, "not a packet capture", f"not a pcap or pcapng file: {exc}"
         )
         return
+    matcher = Matcher(source, summary, dark=dark, ports=ports)
     with handle:
         linktype = reader.datalink()
         packets = iter(reader)
@@ -191,50 +189,103 @@ def read_records(path: str | Path, summary: ImportSummary | None = None, *,
             except (dpkt.dpkt.UnpackError, struct.error):
                 summary.skipped["not IP"] += 1
                 continue
-            udp = getattr(ip, "data", None)
-            if not isinstance(udp, dpkt.udp.UDP) or not ports & {udp.sport, udp.dport}:
-                summary.skipped["not DNS over UDP"] += 1
-                continue
-            t = float(ts)
-            first_t = t if first_t is None else first_t
-            src, dst = _addr(ip.src), _addr(ip.dst)
-            payload = bytes(udp.data)
-            parsed = parse_reply(payload)
-            is_reply = len(payload) > 2 and bool(payload[2] & 0x80)
-            ttl = int(ip.ttl) if hasattr(ip, "ttl") else int(getattr(ip, "hlim", 0))
-            if not is_reply and udp.dport in ports and parsed.qname is not None:
-                q = _Query(number, t, src, udp.sport, dst, udp.dport, parsed.id or 0,
-                           parsed.qname.lower().rstrip("."), parsed.qtype or 1, ttl)  # fmt: skip
-                key = (src, udp.sport, dst, udp.dport, q.txid, q.qname, q.qtype)
-                if key in open_queries:
-                    done.append(open_queries.pop(key))
-                open_queries[key] = q
-                continue
-            if udp.sport not in ports:
-                summary.skipped["not DNS over UDP"] += 1
-                continue
+            yield from matcher.packet(number, float(ts), ip)
+    yield from matcher.flush()
+
+
+class Matcher:
+    """Queries and their replies, matched as packets pass, one measurement per query.
+
+    Why a class: a file is read to its end before a query is given up on (a reply may
+    come any time later in it), but a live capture never ends, so with ``window`` a
+    query is finished once packets that many seconds newer have been seen, and a reply
+    after that becomes a measurement of its own (as one whose query was not captured).
+    """
+
+    def __init__(self, source: str, summary: ImportSummary, *,
+                 dark: frozenset[str] = frozenset(), ports: frozenset[int] = frozenset({53}),
+                 window: float | None = None,
+                 clock: Callable[[float], float] | None = None) -> None:  # fmt: skip
+        self.source = source
+        #: Capture time to the time measurements are dated in (the lab's scenario clock);
+        #: round trips stay in capture time.
+        self.clock = clock
+        self.summary = summary
+        self.dark = dark
+        self.ports = ports
+        self.window = window
+        self.open: dict[tuple[Any, ...], _Query] = {}
+        self.done: list[_Query] = []
+        self.first_t: float | None = None
+
+    def packet(self, number: int, t: float, ip: Any) -> Iterator[Measurement]:
+        """Take one IP packet (dpkt's), numbered ``number`` in its source, seen at ``t``;
+        the measurements finished by it (with ``window`` only)."""
+        summary, ports = self.summary, self.ports
+        udp = getattr(ip, "data", None)
+        if not isinstance(udp, dpkt.udp.UDP) or not ports & {udp.sport, udp.dport}:
+            summary.skipped["not DNS over UDP"] += 1
+            return
+        first_t = self.first_t = t if self.first_t is None else self.first_t
+        src, dst = _addr(ip.src), _addr(ip.dst)
+        payload = bytes(udp.data)
+        parsed = parse_reply(payload)
+        is_reply = len(payload) > 2 and bool(payload[2] & 0x80)
+        ttl = int(ip.ttl) if hasattr(ip, "ttl") else int(getattr(ip, "hlim", 0))
+        if not is_reply and udp.dport in ports and parsed.qname is not None:
+            q = _Query(number, t, src, udp.sport, dst, udp.dport, parsed.id or 0,
+                       parsed.qname.lower().rstrip("."), parsed.qtype or 1, ttl)  # fmt: skip
+            key = (src, udp.sport, dst, udp.dport, q.txid, q.qname, q.qtype)
+            if key in self.open:
+                self.done.append(self.open.pop(key))
+            self.open[key] = q
+        elif udp.sport not in ports:
+            summary.skipped["not DNS over UDP"] += 1
+            return
+        else:
             txid = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
             qname = (parsed.qname or "").lower().rstrip(".")
             key = (dst, udp.dport, src, udp.sport, txid, qname, parsed.qtype or 1)
-            query = open_queries.get(key)
+            query = self.open.get(key)
             if query is None:
                 query = _Query(number, t, dst, udp.dport, src, udp.sport, txid, qname,
                                parsed.qtype or 1, None)  # fmt: skip
-                done.append(query)
+                self.done.append(query)
             ip_id = getattr(ip, "id", None)
             df = bool(ip.df) if isinstance(ip, dpkt.ip.IP) else None
             query.replies.append(make_response(
-                payload, parsed, src=src, sport=udp.sport, ip_ttl=ttl, t=t - (first_t or t),
+                payload, parsed, src=src, sport=udp.sport, ip_ttl=ttl, t=t - first_t,
                 rtt=max(0.0, t - query.t), ip_id=ip_id, df=df))  # fmt: skip
-    done.extend(open_queries.values())
-    for query in sorted(done, key=lambda q: q.index):
-        summary.measurements += 1
-        summary.documents += 1
-        yield _measurement(query, source, first_t or query.t, dark)
+        if self.window is not None:
+            yield from self.expire(t - self.window)
+
+    def expire(self, before: float) -> Iterator[Measurement]:
+        """The measurements of queries asked before ``before`` (and of lone replies)."""
+        finished = self.done
+        self.done = []
+        while self.open:
+            key = next(iter(self.open))
+            if self.open[key].t >= before:
+                break
+            finished.append(self.open.pop(key))
+        for query in sorted(finished, key=lambda q: q.index):
+            yield self._finish(query)
+
+    def flush(self) -> Iterator[Measurement]:
+        """Every query still waiting: the input ended."""
+        self.done.extend(self.open.values())
+        self.open = {}
+        yield from self.expire(float("-inf"))
+
+    def _finish(self, query: _Query) -> Measurement:
+        self.summary.measurements += 1
+        self.summary.documents += 1
+        return _measurement(query, self.source, self.first_t or query.t, self.dark, self.clock)
 
 
-def _measurement(q: _Query, source: str, t_first: float, dark: frozenset[str]) -> Measurement:
-    start = datetime.fromtimestamp(q.t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+def _measurement(q: _Query, source: str, t_first: float, dark: frozenset[str],
+                 clock: Callable[[float], float] | None = None) -> Measurement:  # fmt: skip
+    start = datetime.fromtimestamp(clock(q.t) if clock else q.t, UTC).strftime("%Y-%m-%d %H:%M:%S")
     kind = TargetKind.DARK if q.server in dark else TargetKind.RESOLVER
     server = f"[{q.server}]" if ":" in q.server else q.server
     return Measurement(
