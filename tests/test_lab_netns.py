@@ -259,6 +259,17 @@ def test_demo_watches_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN0
     assert datetime.fromisoformat(seen["over"]) > end  # the cache tail
     assert seen["scope"]["tlds"] == ["com", "net", "org"]  # .cn untouched
     assert seen["scope"]["resolvers"] == ["10.10.2.53/udp (resolver)"]
+    # Its packets (a live capture of its upstream side) showed the race when its cache
+    # refetched the names: the injector's answer first, the server's referral after it,
+    # so the operator's event is attributed to the path, not to its own resolver.
+    passive = report["passive"]
+    assert passive["raced_queries"] > 0 and start <= datetime.fromisoformat(
+        passive["raced_minutes"][0]) <= end  # fmt: skip
+    assert seen["attribution"] == "on_path_injector", seen["reasons"]
+    assert (
+        list(seen["proven_on_other_streams"]) == ["isp-resolver 10.10.2.53 udp resolver upstream A"]
+        or seen["proven_on_other_streams"]
+    )
     for ex in event["examples"]:
         assert ex["dig"].startswith("; <<>> wallwatch")
     from conftest import check_report_in_browser
@@ -309,6 +320,11 @@ def test_steady_censorship_for_an_hour_is_not_an_outage(tmp_path) -> None:  # no
         topology.down()
     assert report["events"] == []
     assert report["minutes_watched"] >= 55
+    # The ISP's operator, reading its own dnstap and upstream packets, sees no event
+    # either: the everyday censorship of a stable blocklist is its baseline too.
+    passive = report["passive"]
+    assert passive["events"] == [] and passive["minutes_judged"] >= 55
+    assert passive["answers"] > 0
     series = report["series"]
     # Not vacuous: the censorship was there all along, and seen.
     dark = [r for r in series if r["kind"] == "dark" and r["tld"] == "com"]

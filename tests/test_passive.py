@@ -211,6 +211,70 @@ def test_passive_detector_raises_the_2014_event_from_a_dnstap_file(tmp_path: Pat
     assert b"10.0.3.9" not in text and b'"client":"' in text
 
 
+def _servfail(name: str, ede: int) -> bytes:
+    import dns.edns
+    import dns.rcode
+
+    query = dns.message.make_query(name, "A", use_edns=0)
+    reply = dns.message.make_response(query)
+    reply.set_rcode(dns.rcode.SERVFAIL)
+    reply.use_edns(0, options=[dns.edns.EDEOption(ede)])
+    return reply.to_wire()
+
+
+def test_the_operators_own_signals_failures_dnssec_ttls_and_volume(tmp_path: Path) -> None:
+    """Twenty minutes of a validating resolver's answers to its users. Minutes 6-9: the
+    .com names come back with one TTL (an injector's stamp); 11-13: half the names fail
+    DNSSEC validation (SERVFAIL, EDE 6 "DNSSEC Bogus"); 16-19: ten times the queries.
+    Each raises its own alarm, and ends it; nothing else alarms."""
+    minute0 = 23_330_000
+    names = [f"site{i}.com" for i in range(30)] + [f"site{i}.org" for i in range(10)]
+    payloads = []
+    for minute in range(minute0, minute0 + 20):
+        k = minute - minute0
+        for copy in range(10 if k >= 16 else 1):
+            for i, name in enumerate(names):
+                if 11 <= k < 14 and i % 2:
+                    message = _servfail(name, 6)
+                elif 6 <= k < 10 and name.endswith(".com"):
+                    message = _answer(name, f"198.51.100.{i + 1}", ttl=236)
+                else:  # a cache counting its answers down: each name its own TTL
+                    message = _answer(
+                        name, f"198.51.100.{i + 1}", ttl=3600 - (k * 60 + i * 37) % 3000
+                    )
+                at = minute * 60 + 1 + i
+                payloads.append(dnstap.message_bytes(
+                    type=6, socket_family=1, socket_protocol=1,
+                    query_address=socket.inet_aton("10.0.0.9"), query_port=40000 + i + copy * 100,
+                    response_address=socket.inet_aton("10.10.2.53"), response_port=53,
+                    query_time_sec=at, query_time_nsec=copy, response_time_sec=at,
+                    response_time_nsec=5_000_000, response_message=message))  # fmt: skip
+    tapfile = tmp_path / "resolver.dnstap"
+    with open(tapfile, "wb") as handle:
+        dnstap.write_frames(handle, payloads)
+    out = tmp_path / "passive"
+    done = subprocess.run([sys.executable, "-m", "wallwatch", "passive", "--dnstap", str(tapfile),
+                           "-o", str(out), "--vantage", "isp"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "passive.json").read_text())
+    alarms = {(a["signal"], a["change"]): datetime.fromisoformat(a["at"]).timestamp() // 60 - minute0
+              for a in summary["operator_alarms"]}  # fmt: skip
+    assert {s for s, _ in alarms} == {"ttl_top_share", "servfail_share", "bogus_share",
+                                      "volume_share"}, alarms  # fmt: skip
+    assert 6 <= alarms["ttl_top_share", "start"] <= 8 and 10 <= alarms["ttl_top_share", "end"] <= 12
+    for signal in ("servfail_share", "bogus_share"):
+        assert 11 <= alarms[signal, "start"] <= 13 and 14 <= alarms[signal, "end"] <= 16
+    assert 16 <= alarms["volume_share", "start"] <= 18
+    assert all(a["stream"] == "users" for a in summary["operator_alarms"])
+    rows = [json.loads(line) for line in (out / "operator.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and rows[7]["ttl_top"] == 236 and rows[7]["ttl_top_share"] == 0.75
+    assert rows[12]["bogus_share"] == rows[12]["servfail_share"] == 0.5
+    assert rows[17]["volume"] == 400
+    logged = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
+    assert sum(a["type"] == "wallwatch.operator" for a in logged) == len(alarms)
+
+
 def test_a_cut_or_foreign_stream_is_named_and_what_came_before_is_kept(tmp_path: Path) -> None:
     payloads = [dnstap.message_bytes(type=4, socket_family=1, socket_protocol=1,
                                      response_address=socket.inet_aton("192.0.2.53"), response_port=53,

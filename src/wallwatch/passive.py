@@ -37,7 +37,8 @@ import dpkt
 import msgspec
 
 from wallwatch import records
-from wallwatch.events.detector import minute_iso
+from wallwatch.events.detector import Level, minute_iso
+from wallwatch.events.operator import Operator
 from wallwatch.interop.capture import Capture
 from wallwatch.interop.dnstap import ClientPolicy
 from wallwatch.interop.pcap import Matcher
@@ -107,6 +108,8 @@ class Passive:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self.operator = Operator()
+        self.operator_alarms: list[dict[str, object]] = []
         self.capture_summary = ImportSummary()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "measurements").mkdir(exist_ok=True)
@@ -167,7 +170,7 @@ class Passive:
             except (dpkt.dpkt.UnpackError, struct.error):
                 summary.skipped["not IP"] += 1
                 continue
-            self._take(matcher.packet(number, t, ip), vantage, clients, hide)
+            self._take(matcher.ip(number, t, ip), vantage, clients, hide)
         self._take(matcher.flush(), vantage, clients, hide)
 
     def _take(self, found: Iterable[Measurement], vantage: str, clients: ClientPolicy,
@@ -196,6 +199,25 @@ class Passive:
         ms = self.pending.pop(minute)
         self._write(minute, ms)
         self.watch.judge(minute, ms, now=minute * 60.0 + 60.0)
+        rows, changes = self.operator.judge(minute, ms)
+        tz = self.watch.config.clock.tz
+        lines = [json.dumps(dict(r, minute=minute_iso(minute, tz, "minutes"))) for r in rows]
+        with open(self.out / "operator.jsonl", "a") as handle:
+            handle.write("".join(line + "\n" for line in lines))
+        alerts = []
+        for change in changes:
+            alert = {
+                "type": "wallwatch.operator", "id": f"op-{change['stream']}-{change['signal']}-"
+                f"{change['change']}-{minute}", **change,
+                "at": minute_iso(minute, tz, "minutes"), "time": minute * 60,
+                "level": (Level.WARNING if change["change"] == "start" else Level.NORMAL).value,
+                "method": "cusum",
+            }  # fmt: skip
+            self.operator_alarms.append(alert)
+            if alert["id"] not in self.watch.raised:
+                self.watch.raised.add(str(alert["id"]))
+                alerts.append(json.dumps(alert))
+        self.watch.raise_alerts(alerts)
 
     def close(self) -> dict[str, object]:
         """Judge what is pending (the input ended), save, and say what was seen."""
@@ -220,6 +242,8 @@ class Passive:
                 "unanswered": self.unanswered,
             },
             "events": [self.watch.event_dict(e) for e in self.watch.detector.events],
+            # The operator's own signals (docs/passive.md): each alarm's start and end.
+            "operator_alarms": self.operator_alarms,
         }
         (self.out / "passive.json").write_text(json.dumps(summary, indent=1))
         if self.spool is not None:

@@ -90,18 +90,28 @@ class Event:
     last_on_path: int | None = None
     #: Streams in which the injector's own replies were seen.
     path_streams: set[StreamKey] = field(default_factory=set)
+    #: The injector's own replies carrying the address on streams outside the event (a
+    #: resolver's upstream side, where it raced the server's referral), from two minutes
+    #: before the onset on: the path proven where the users' stream cannot show it.
+    proven_elsewhere: dict[StreamKey, int] = field(default_factory=dict)
     gaps: list[int] = field(default_factory=list)
 
     @property
     def attribution(self) -> Attribution:
         """Provisional: the analysis's :data:`~wallwatch.vocab.PROVEN` verdicts were seen, or not."""
-        return Attribution.ON_PATH_INJECTOR if self.proven else Attribution.TAMPERING_RESOLVER
+        proven = self.proven or self.proven_elsewhere
+        return Attribution.ON_PATH_INJECTOR if proven else Attribution.TAMPERING_RESOLVER
 
     @property
     def reasons(self) -> list[str]:
         if self.proven:
             return ["dark_destination, raced_by_genuine or raced_by_referral: the injector's own replies carry "
                     f"{self.target_address} ({self.proven} seen)"]  # fmt: skip
+        if self.proven_elsewhere:
+            where = ", ".join(sorted(k.label() for k in self.proven_elsewhere))
+            return [f"the injector's own replies carry {self.target_address} on other streams "
+                    f"({sum(self.proven_elsewhere.values())} seen: {where}); the streams in the "
+                    "event show only resolvers serving it"]  # fmt: skip
         return ["only resolvers serve the address; no reply proven to be the injector's"]
 
     def scope(self) -> dict[str, list[str]]:
@@ -143,6 +153,8 @@ class Event:
             "injector_fingerprints": self.fingerprints,
             "attribution": self.attribution.value,
             "reasons": self.reasons,
+            "proven_on_other_streams": {k.label(): n for k, n in sorted(
+                self.proven_elsewhere.items(), key=lambda kv: kv[0].label())},
             "gaps": [minute_iso(g, tz) for g in self.gaps],
         }  # fmt: skip
 
@@ -170,6 +182,8 @@ class Detector:
     #: The address each alarmed (stream, signal) points at.
     pointing: dict[tuple[StreamKey, str], str] = field(default_factory=dict)
     minutes: list[int] = field(default_factory=list)
+    #: Per address, (minute, stream, replies) where the injector's own replies carried it.
+    proofs: dict[str, list[tuple[int, StreamKey, int]]] = field(default_factory=dict)
 
     def _cusum(self, key: StreamKey, signal: str) -> Cusum:
         found = self.cusums.get((key, signal))
@@ -184,6 +198,11 @@ class Detector:
         self.minutes.append(minute)
         changes: list[EventChange] = []
         for s in batch:
+            if s.proven_top and s.top_address:
+                proofs = self.proofs.setdefault(s.top_address, [])
+                proofs.append((minute, s.key, s.proven_top))
+                if len(proofs) > 256:  # an event reads back to its onset; a day is plenty
+                    proofs[:] = [p for p in proofs if p[0] > minute - 1440]
             for signal in SIGNALS:
                 x = getattr(s, signal)
                 if x is None:
@@ -227,6 +246,11 @@ class Detector:
             for fp, n in s.fingerprints.items():
                 event.fingerprints[fp] = event.fingerprints.get(fp, 0) + n
         event.proven += sum(s.proven_top for s in serving)
+        elsewhere: dict[StreamKey, int] = {}
+        for at, key, n in self.proofs.get(event.target_address, ()):
+            if at >= event.onset - 2 and key not in event.streams:
+                elsewhere[key] = elsewhere.get(key, 0) + n
+        event.proven_elsewhere = elsewhere
         if self.weights:
             hit = {n for s in serving for n in s.top_hostnames}
             total = sum(self.weights.values())

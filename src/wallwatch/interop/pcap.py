@@ -31,6 +31,8 @@ from typing import Any
 import dpkt
 
 from wallwatch import records
+from wallwatch.fastwire import Summary, scan_pcap
+from wallwatch.fastwire import summary as fast_summary
 from wallwatch.interop.summary import ImportSummary
 from wallwatch.probe.reply import make_response
 from wallwatch.records import InputError, Measurement, Response
@@ -55,7 +57,12 @@ class _Query:
     qname: str
     qtype: int
     ip_ttl: int | None
-    replies: list[Response] = field(default_factory=list)
+    #: The replies as received: (time, source, source port, IP TTL, IP ID, DF, payload,
+    #: summary); turned into records when the query is finished.
+    replies: list[_Reply] = field(default_factory=list)
+
+
+_Reply = tuple[float, str, int, int | None, int | None, bool | None, bytes, Summary | None]
 
 
 def _ip_packet(linktype: int, buf: bytes) -> Any:
@@ -143,14 +150,16 @@ def _reader(handle: Any) -> Any:
 
 def read_records(path: str | Path, summary: ImportSummary | None = None, *,
                  dark: frozenset[str] = frozenset(),
-                 ports: frozenset[int] = frozenset({53})) -> Iterator[Measurement | InputError]:  # fmt: skip
+                 ports: frozenset[int] = frozenset({53}),
+                 native: bool = True) -> Iterator[Measurement | InputError]:  # fmt: skip
     """Measurements of one capture; ``dark`` lists addresses that run no DNS server,
-    ``ports`` the server ports that carry DNS."""
+    ``ports`` the server ports that carry DNS. A classic pcap file is read by
+    :func:`wallwatch.fastwire.scan_pcap` (C) unless ``native`` is false; pcapng and
+    IPv6 packets by dpkt: both give the same measurements."""
     path = Path(path)
     summary = summary if summary is not None else ImportSummary()
     summary.files += 1
     source = str(path)
-    number = 0
     handle = open(path, "rb")  # noqa: SIM115
     try:
         reader = _reader(handle)
@@ -162,35 +171,81 @@ def read_records(path: str | Path, summary: ImportSummary | None = None, *,
         return
     matcher = Matcher(source, summary, dark=dark, ports=ports)
     with handle:
-        linktype = reader.datalink()
-        packets = iter(reader)
-        while True:
-            try:
-                ts, buf = next(packets)
-            except StopIteration:
-                break
-            except (
-                _Cut,
-                dpkt.dpkt.NeedData,
-                dpkt.dpkt.UnpackError,
-                ValueError,
-                struct.error,
-            ) as exc:
-                yield summary.skip("pcap", source, number + 1, "capture cut short",
-                                   f"packet {number + 1}: the capture ends mid-packet ({exc}); "
-                                   f"the {number} packets before it are kept")  # fmt: skip
-                break
-            number += 1
-            try:
-                ip = _ip_packet(linktype, buf)
-            except ValueError as exc:
-                yield summary.skip("pcap", source, number, "unreadable link type", str(exc))
-                return
-            except (dpkt.dpkt.UnpackError, struct.error):
-                summary.skipped["not IP"] += 1
-                continue
-            yield from matcher.packet(number, float(ts), ip)
+        if native and isinstance(reader, _Classic):
+            yield from _scan_classic(reader, matcher)
+        else:
+            yield from _read_frames(reader, matcher)
     yield from matcher.flush()
+
+
+def _cut(summary: ImportSummary, source: str, number: int, why: object) -> InputError:
+    return summary.skip("pcap", source, number + 1, "capture cut short",
+                        f"packet {number + 1}: the capture ends mid-packet ({why}); "
+                        f"the {number} packets before it are kept")  # fmt: skip
+
+
+def _read_frames(reader: Any, matcher: Matcher) -> Iterator[Measurement | InputError]:
+    """Frame by frame through dpkt: pcapng, and classic pcap without the C reader."""
+    summary, source = matcher.summary, matcher.source
+    linktype = reader.datalink()
+    packets = iter(reader)
+    number = 0
+    while True:
+        try:
+            ts, buf = next(packets)
+        except StopIteration:
+            break
+        except (_Cut, dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, ValueError, struct.error) as exc:
+            yield _cut(summary, source, number, exc)
+            break
+        number += 1
+        try:
+            ip = _ip_packet(linktype, buf)
+        except ValueError as exc:
+            yield summary.skip("pcap", source, number, "unreadable link type", str(exc))
+            return
+        except (dpkt.dpkt.UnpackError, struct.error):
+            summary.skipped["not IP"] += 1
+            continue
+        yield from matcher.ip(number, float(ts), ip)
+
+
+def _scan_classic(reader: _Classic, matcher: Matcher) -> Iterator[Measurement | InputError]:
+    """A classic pcap file through the C reader, a batch of packets at a time."""
+    summary, source = matcher.summary, matcher.source
+    linktype = reader.datalink()
+    data = reader.handle.read()
+    offset, number = 0, 0
+    big, nano = reader.order == ">", reader.divisor == 1e9
+    while True:
+        try:
+            packets, offset, seen, cut = scan_pcap(data, offset, big, nano, linktype, 65536)
+        except ValueError as exc:
+            yield summary.skip("pcap", source, number + 1, "unreadable link type",
+                               f"{exc} (Ethernet, raw IP, Linux cooked, BSD loopback)")  # fmt: skip
+            return
+        read = 0
+        for packet in packets:
+            read += 1
+            if len(packet) == 3:  # IPv6: dpkt reads it
+                try:
+                    ip = _ip_packet(linktype, packet[1])
+                except (dpkt.dpkt.UnpackError, struct.error):
+                    summary.skipped["not IP"] += 1
+                    continue
+                yield from matcher.ip(number + packet[2], packet[0], ip)
+            else:
+                t, src, dst, sport, dport, ttl, ip_id, df, payload, at = packet
+                yield from matcher.add(number + at, t, src, dst, sport, dport, ttl, ip_id, df,
+                                       payload)  # fmt: skip
+        # Records that were neither (other protocols, fragments) are numbered too.
+        summary.skipped["not DNS over UDP"] += seen - read
+        number += seen
+        if cut:
+            yield _cut(summary, source, number, "the last record is incomplete")
+            return
+        if not packets and (seen == 0 or offset >= len(data)):
+            return
 
 
 class Matcher:
@@ -200,12 +255,16 @@ class Matcher:
     come any time later in it), but a live capture never ends, so with ``window`` a
     query is finished once packets that many seconds newer have been seen, and a reply
     after that becomes a measurement of its own (as one whose query was not captured).
+    Replies are kept as they came and read fully only when their query is finished,
+    and ``keep`` may decline a finished query first (the passive engine counts
+    repeats of an answer it already holds instead of recording them again).
     """
 
     def __init__(self, source: str, summary: ImportSummary, *,
                  dark: frozenset[str] = frozenset(), ports: frozenset[int] = frozenset({53}),
                  window: float | None = None,
-                 clock: Callable[[float], float] | None = None) -> None:  # fmt: skip
+                 clock: Callable[[float], float] | None = None,
+                 keep: Callable[[_Query], bool] | None = None) -> None:  # fmt: skip
         self.source = source
         #: Capture time to the time measurements are dated in (the lab's scenario clock);
         #: round trips stay in capture time.
@@ -214,50 +273,64 @@ class Matcher:
         self.dark = dark
         self.ports = ports
         self.window = window
+        self.keep = keep
         self.open: dict[tuple[Any, ...], _Query] = {}
         self.done: list[_Query] = []
         self.first_t: float | None = None
 
-    def packet(self, number: int, t: float, ip: Any) -> Iterator[Measurement]:
-        """Take one IP packet (dpkt's), numbered ``number`` in its source, seen at ``t``;
-        the measurements finished by it (with ``window`` only)."""
-        summary, ports = self.summary, self.ports
+    def ip(self, number: int, t: float, ip: Any) -> Iterator[Measurement]:
+        """One IP packet as dpkt reads it."""
         udp = getattr(ip, "data", None)
-        if not isinstance(udp, dpkt.udp.UDP) or not ports & {udp.sport, udp.dport}:
-            summary.skipped["not DNS over UDP"] += 1
-            return
-        first_t = self.first_t = t if self.first_t is None else self.first_t
-        src, dst = _addr(ip.src), _addr(ip.dst)
-        payload = bytes(udp.data)
-        parsed = parse_reply(payload)
-        is_reply = len(payload) > 2 and bool(payload[2] & 0x80)
-        ttl = int(ip.ttl) if hasattr(ip, "ttl") else int(getattr(ip, "hlim", 0))
-        if not is_reply and udp.dport in ports and parsed.qname is not None:
-            q = _Query(number, t, src, udp.sport, dst, udp.dport, parsed.id or 0,
-                       parsed.qname.lower().rstrip("."), parsed.qtype or 1, ttl)  # fmt: skip
-            key = (src, udp.sport, dst, udp.dport, q.txid, q.qname, q.qtype)
+        if not isinstance(udp, dpkt.udp.UDP):
+            self.summary.skipped["not DNS over UDP"] += 1
+            return iter(())
+        v4 = isinstance(ip, dpkt.ip.IP)
+        ttl = int(ip.ttl) if v4 else int(getattr(ip, "hlim", 0))
+        return self.add(number, t, _addr(ip.src), _addr(ip.dst), udp.sport, udp.dport, ttl,
+                        ip.id if v4 else None, bool(ip.df) if v4 else None, bytes(udp.data))  # fmt: skip
+
+    def add(self, number: int, t: float, src: str, dst: str, sport: int, dport: int,
+            ttl: int, ip_id: int | None, df: bool | None,
+            payload: bytes) -> Iterator[Measurement]:  # fmt: skip
+        """Take one UDP datagram, numbered ``number`` in its source, seen at ``t``;
+        the measurements finished by it (with ``window`` only)."""
+        ports = self.ports
+        if sport not in ports and dport not in ports:
+            self.summary.skipped["not DNS over UDP"] += 1
+            return iter(())
+        if self.first_t is None:
+            self.first_t = t
+        read = fast_summary(payload)
+        if read is not None:
+            txid, qname, qtype = read[0], read[3], read[4] or 1
+            is_reply, has_question = bool(read[1] & 0x8000), True
+        else:
+            parsed = parse_reply(payload)
+            txid, qtype = parsed.id or 0, parsed.qtype or 1
+            qname = (parsed.qname or "").lower().rstrip(".")
+            is_reply = len(payload) > 2 and bool(payload[2] & 0x80)
+            has_question = parsed.qname is not None
+        if not is_reply and dport in ports and has_question:
+            q = _Query(number, t, src, sport, dst, dport, txid, qname, qtype, ttl)
+            key = (src, sport, dst, dport, txid, qname, qtype)
             if key in self.open:
                 self.done.append(self.open.pop(key))
             self.open[key] = q
-        elif udp.sport not in ports:
-            summary.skipped["not DNS over UDP"] += 1
-            return
+        elif sport not in ports:
+            self.summary.skipped["not DNS over UDP"] += 1
+            return iter(())
         else:
-            txid = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
-            qname = (parsed.qname or "").lower().rstrip(".")
-            key = (dst, udp.dport, src, udp.sport, txid, qname, parsed.qtype or 1)
+            if read is None:
+                txid = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
+            key = (dst, dport, src, sport, txid, qname, qtype)
             query = self.open.get(key)
             if query is None:
-                query = _Query(number, t, dst, udp.dport, src, udp.sport, txid, qname,
-                               parsed.qtype or 1, None)  # fmt: skip
+                query = _Query(number, t, dst, dport, src, sport, txid, qname, qtype, None)
                 self.done.append(query)
-            ip_id = getattr(ip, "id", None)
-            df = bool(ip.df) if isinstance(ip, dpkt.ip.IP) else None
-            query.replies.append(make_response(
-                payload, parsed, src=src, sport=udp.sport, ip_ttl=ttl, t=t - first_t,
-                rtt=max(0.0, t - query.t), ip_id=ip_id, df=df))  # fmt: skip
+            query.replies.append((t, src, sport, ttl, ip_id, df, payload, read))
         if self.window is not None:
-            yield from self.expire(t - self.window)
+            return self.expire(t - self.window)
+        return iter(())
 
     def expire(self, before: float) -> Iterator[Measurement]:
         """The measurements of queries asked before ``before`` (and of lone replies)."""
@@ -268,8 +341,11 @@ class Matcher:
             if self.open[key].t >= before:
                 break
             finished.append(self.open.pop(key))
-        for query in sorted(finished, key=lambda q: q.index):
-            yield self._finish(query)
+        if len(finished) > 1:
+            finished.sort(key=lambda q: q.index)
+        for query in finished:
+            if self.keep is None or self.keep(query):
+                yield self._finish(query)
 
     def flush(self) -> Iterator[Measurement]:
         """Every query still waiting: the input ended."""
@@ -280,10 +356,17 @@ class Matcher:
     def _finish(self, query: _Query) -> Measurement:
         self.summary.measurements += 1
         self.summary.documents += 1
-        return _measurement(query, self.source, self.first_t or query.t, self.dark, self.clock)
+        first_t = self.first_t or query.t
+        responses = tuple(
+            make_response(payload, parse_reply(payload), src=src, sport=sport, ip_ttl=ttl,
+                          t=t - first_t, rtt=max(0.0, t - query.t), ip_id=ip_id, df=df)
+            for t, src, sport, ttl, ip_id, df, payload, _ in query.replies
+        )  # fmt: skip
+        return _measurement(query, responses, self.source, first_t, self.dark, self.clock)
 
 
-def _measurement(q: _Query, source: str, t_first: float, dark: frozenset[str],
+def _measurement(q: _Query, replies: tuple[Response, ...], source: str, t_first: float,
+                 dark: frozenset[str],
                  clock: Callable[[float], float] | None = None) -> Measurement:  # fmt: skip
     start = datetime.fromtimestamp(clock(q.t) if clock else q.t, UTC).strftime("%Y-%m-%d %H:%M:%S")
     kind = TargetKind.DARK if q.server in dark else TargetKind.RESOLVER
@@ -295,7 +378,7 @@ def _measurement(q: _Query, source: str, t_first: float, dark: frozenset[str],
         vantage=f"pcap:{q.client}", hostname=q.qname, query_type=qtype_text(q.qtype),
         engine=Engine.UDP, resolver_address=f"{server}:{q.sport}", target_kind=kind,
         transaction_id=q.txid, source_port=q.cport, t0=q.t - t_first,
-        t=(q.t - t_first) + max((r.rtt for r in q.replies), default=0.0), ip_ttl=q.ip_ttl,
-        responses=tuple(q.replies), annotations={"source": f"{source}#{q.index}"},
-        failure=None if q.replies else Failure.GENERIC_TIMEOUT,
+        t=(q.t - t_first) + max((r.rtt for r in replies), default=0.0), ip_ttl=q.ip_ttl,
+        responses=replies, annotations={"source": f"{source}#{q.index}"},
+        failure=None if replies else Failure.GENERIC_TIMEOUT,
     )  # fmt: skip

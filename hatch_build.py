@@ -1,0 +1,49 @@
+"""Build hook: compile ``wallwatch._native`` (C, the passive hot loops) when a compiler is there.
+
+Why a hook and not setuptools: the package builds with hatchling; the extension is one C
+file with no dependency but Python's headers, so the compiler Python was built with is
+called directly. Without a compiler or headers the build goes on and wallwatch uses its
+pure-Python twin (``wallwatch.fastwire``), saying so once on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+
+class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
+    PLUGIN_NAME = "custom"
+
+    def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        root = Path(self.root)
+        source = root / "src" / "wallwatch" / "_native.c"
+        target = source.with_name("_native" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+        if os.environ.get("WALLWATCH_NO_NATIVE"):
+            return
+        compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
+        command = [
+            *compiler, "-O2", "-fPIC", "-shared", "-Wall", "-Werror=implicit-function-declaration",
+            f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(target),
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        except OSError as exc:
+            print(f"wallwatch: the native reader was not built ({exc}); "
+                  "the pure-Python one is used", file=sys.stderr)  # fmt: skip
+            return
+        if done.returncode != 0:
+            print(f"wallwatch: the native reader was not built:\n{done.stderr}"
+                  "the pure-Python one is used", file=sys.stderr)  # fmt: skip
+            return
+        if self.target_name == "wheel" and version != "editable":
+            build_data["pure_python"] = False
+            build_data["infer_tag"] = True
+            build_data["force_include"][str(target)] = f"wallwatch/{target.name}"

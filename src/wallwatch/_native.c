@@ -1,0 +1,281 @@
+/* wallwatch._native: the per-packet hot loops of passive detection, in C.
+ *
+ * Why: a busy resolver gives its users 100,000+ answers a second, and reading each in
+ * Python (frame, IP and UDP headers, the DNS message) costs more than the whole budget.
+ * These functions do only the per-packet reading; what a packet means (matching, the
+ * rules, the detector) stays in Python. Each has a pure-Python twin in
+ * wallwatch/fastwire.py that returns the same values, used when this module cannot be
+ * built, and a test runs both over the same packets.
+ *
+ * summary(msg) -> (id, flags, rcode, qname, qtype, ancount, nscount, arcount,
+ *                  addresses, ttl, ede) or None
+ *   The header, the question, the A/AAAA addresses of the answer section in order (as
+ *   text), the least TTL among them (-1 without), and the first Extended DNS Error code
+ *   of the OPT record (-1 without). rcode is extended by OPT. None when the message is
+ *   malformed, has no question, or a question name with bytes other than letters,
+ *   digits, '-' and '_' (the caller's full parser then reads it): qname is lower-case,
+ *   without the trailing dot.
+ *
+ * scan_pcap(data, offset, big_endian, nano, linktype, limit)
+ *   -> (packets, offset, seen, cut)
+ *   Classic pcap records from ``offset`` on: up to ``limit`` UDP-over-IPv4 packets, each
+ *   (time, src, dst, sport, dport, ip_ttl, ip_id, df, payload, number), and each IPv6
+ *   packet as (time, record, number) for the caller's full reader (number: the record's,
+ *   from 1 at ``offset``); ``seen`` counts every record read,
+ *   ``cut`` is true when the data ends inside a record (offset then points at that
+ *   record). Fragments, other protocols and non-UDP packets are skipped (counted in seen
+ *   only).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+static inline unsigned rd16(const unsigned char *p) { return ((unsigned)p[0] << 8) | p[1]; }
+static inline uint32_t rd32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline uint32_t rd32le(const unsigned char *p) {
+    return ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0];
+}
+
+/* Skip a (possibly compressed) name starting at off; the offset after it, or -1. */
+static Py_ssize_t skip_name(const unsigned char *m, Py_ssize_t n, Py_ssize_t off) {
+    int steps = 0;
+    while (off < n && steps++ < 128) {
+        unsigned len = m[off];
+        if (len == 0) return off + 1;
+        if ((len & 0xC0) == 0xC0) return off + 2 <= n ? off + 2 : -1;
+        if (len & 0xC0) return -1;
+        off += 1 + len;
+    }
+    return -1;
+}
+
+static PyObject *summary(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *m = view.buf;
+    Py_ssize_t n = view.len;
+    PyObject *result = NULL, *addresses = NULL, *qname = NULL;
+    if (n < 12) goto decline;
+    unsigned id = rd16(m), flags = rd16(m + 2), qd = rd16(m + 4), an = rd16(m + 6),
+             ns = rd16(m + 8), ar = rd16(m + 10);
+    if (qd < 1) goto decline;
+    /* The question name: plain labels only. */
+    char name[256];
+    Py_ssize_t off = 12, w = 0;
+    for (;;) {
+        if (off >= n) goto decline;
+        unsigned len = m[off++];
+        if (len == 0) break;
+        if (len > 63 || off + len > n || w + len + 1 > 255) goto decline;
+        if (w) name[w++] = '.';
+        for (unsigned i = 0; i < len; i++) {
+            unsigned char c = m[off + i];
+            if (c >= 'A' && c <= 'Z') c += 32;
+            else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+                goto decline;
+            name[w++] = (char)c;
+        }
+        off += len;
+    }
+    if (off + 4 > n) goto decline;
+    unsigned qtype = rd16(m + off);
+    off += 4;
+    for (unsigned i = 1; i < qd; i++) {
+        off = skip_name(m, n, off);
+        if (off < 0 || off + 4 > n) goto decline;
+        off += 4;
+    }
+    addresses = PyList_New(0);
+    if (!addresses) goto fail;
+    long min_ttl = -1, ede = -1;
+    unsigned rcode = flags & 0xF;
+    unsigned total = an + ns + ar;
+    for (unsigned i = 0; i < total; i++) {
+        off = skip_name(m, n, off);
+        if (off < 0 || off + 10 > n) goto decline;
+        unsigned rtype = rd16(m + off), rclass = rd16(m + off + 2);
+        uint32_t ttl = rd32(m + off + 4);
+        unsigned rdlen = rd16(m + off + 8);
+        off += 10;
+        if (off + rdlen > n) goto decline;
+        (void)rclass;
+        if (i < an && ((rtype == 1 && rdlen == 4) || (rtype == 28 && rdlen == 16))) {
+            char text[64];
+            if (rtype == 1)
+                snprintf(text, sizeof text, "%u.%u.%u.%u", m[off], m[off + 1], m[off + 2],
+                         m[off + 3]);
+            else {
+                /* RFC 5952 text, as Python's ipaddress/inet_ntop write it. */
+                unsigned g[8];
+                for (int k = 0; k < 8; k++) g[k] = rd16(m + off + 2 * k);
+                /* IPv4-compatible and -mapped forms print a dotted tail: the full parser's. */
+                if (!g[0] && !g[1] && !g[2] && !g[3] && !g[4] && (g[5] == 0 || g[5] == 0xFFFF))
+                    goto decline;
+                int best = -1, best_len = 0;
+                for (int k = 0; k < 8;) {
+                    if (g[k] == 0) {
+                        int j = k;
+                        while (j < 8 && g[j] == 0) j++;
+                        if (j - k > best_len && j - k >= 2) best = k, best_len = j - k;
+                        k = j;
+                    } else k++;
+                }
+                int t = 0;
+                for (int k = 0; k < 8; k++) {
+                    if (k == best) {
+                        t += snprintf(text + t, sizeof text - t, k == 0 ? "::" : ":");
+                        k += best_len - 1;
+                        continue;
+                    }
+                    t += snprintf(text + t, sizeof text - t, "%x%s", g[k], k < 7 ? ":" : "");
+                }
+            }
+            PyObject *s = PyUnicode_FromString(text);
+            if (!s || PyList_Append(addresses, s) < 0) {
+                Py_XDECREF(s);
+                goto fail;
+            }
+            Py_DECREF(s);
+            if (min_ttl < 0 || (long)ttl < min_ttl) min_ttl = (long)ttl;
+        } else if (i >= an + ns && rtype == 41) {
+            rcode |= (ttl >> 24) << 4;
+            Py_ssize_t o = off, end = off + rdlen;
+            while (o + 4 <= end) {
+                unsigned code = rd16(m + o), olen = rd16(m + o + 2);
+                if (o + 4 + olen > end) goto decline;
+                if (code == 15 && olen >= 2 && ede < 0) ede = rd16(m + o + 4);
+                o += 4 + olen;
+            }
+        }
+        off += rdlen;
+    }
+    if (off != n) goto decline; /* trailing data: the full parser names it */
+    qname = PyUnicode_DecodeASCII(name, w, NULL);
+    if (!qname) goto fail;
+    PyObject *tuple = PyList_AsTuple(addresses);
+    if (!tuple) goto fail;
+    result = Py_BuildValue("(IIINIIIINll)", id, flags, rcode, qname, qtype, an, ns, ar, tuple,
+                           min_ttl, ede);
+    qname = NULL; /* stolen by N */
+    Py_DECREF(addresses);
+    PyBuffer_Release(&view);
+    return result;
+decline:
+    Py_XDECREF(addresses);
+    Py_XDECREF(qname);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(addresses);
+    Py_XDECREF(qname);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+static PyObject *scan_pcap(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t offset, limit;
+    int big, nano, linktype;
+    if (!PyArg_ParseTuple(args, "y*nppin", &view, &offset, &big, &nano, &linktype, &limit))
+        return NULL;
+    const unsigned char *d = view.buf;
+    Py_ssize_t n = view.len;
+    PyObject *packets = PyList_New(0);
+    if (!packets) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    Py_ssize_t seen = 0;
+    int cut = 0;
+    Py_ssize_t link;
+    switch (linktype) {
+    case 1: link = 14; break;        /* Ethernet */
+    case 101: case 12: case 14: link = 0; break; /* raw IP */
+    case 113: link = 16; break;      /* Linux cooked v1 */
+    case 276: link = 20; break;      /* Linux cooked v2 */
+    case 0: case 108: link = 4; break; /* BSD loopback */
+    default:
+        Py_DECREF(packets);
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "link type %d is not read", linktype);
+        return NULL;
+    }
+    while (PyList_GET_SIZE(packets) < limit) {
+        if (offset == n) break;
+        if (offset + 16 > n) { cut = 1; break; }
+        const unsigned char *h = d + offset;
+        uint32_t sec = big ? rd32(h) : rd32le(h), frac = big ? rd32(h + 4) : rd32le(h + 4),
+                 caplen = big ? rd32(h + 8) : rd32le(h + 8);
+        if (offset + 16 + (Py_ssize_t)caplen > n) { cut = 1; break; }
+        const unsigned char *p = h + 16;
+        Py_ssize_t len = caplen;
+        offset += 16 + caplen;
+        seen++;
+        if (len < link + 20) continue;
+        double t = (double)sec + (double)frac / (nano ? 1e9 : 1e6);
+        int v6 = 0;
+        if (linktype == 1) {
+            unsigned type = rd16(p + 12);
+            Py_ssize_t at = 14;
+            if (type == 0x8100 && len >= 18 + 20) { type = rd16(p + 16); at = 18; }
+            v6 = type == 0x86DD;
+            if (type != 0x0800 && !v6) continue;
+            p += at; len -= at;
+        } else {
+            p += link; len -= link;
+            v6 = (p[0] >> 4) == 6;
+        }
+        if (v6) { /* IPv6: the whole record, for the caller's full reader */
+            PyObject *item = Py_BuildValue("(dy#n)", t, (const char *)(h + 16), (Py_ssize_t)caplen, seen);
+            if (!item || PyList_Append(packets, item) < 0) {
+                Py_XDECREF(item);
+                Py_DECREF(packets);
+                PyBuffer_Release(&view);
+                return NULL;
+            }
+            Py_DECREF(item);
+            continue;
+        }
+        if ((p[0] >> 4) != 4) continue;
+        Py_ssize_t ihl = (p[0] & 0xF) * 4;
+        unsigned total = rd16(p + 2);
+        if (ihl < 20 || len < ihl + 8 || p[9] != 17) continue;
+        unsigned frag = rd16(p + 6);
+        if (frag & 0x3FFF) continue; /* more fragments, or an offset */
+        if (total >= ihl + 8 && total < len) len = total; /* Ethernet padding */
+        const unsigned char *u = p + ihl;
+        unsigned ulen = rd16(u + 4);
+        Py_ssize_t plen = len - ihl - 8;
+        if (ulen >= 8 && (Py_ssize_t)ulen - 8 < plen) plen = ulen - 8;
+        char src[16], dst[16];
+        snprintf(src, sizeof src, "%u.%u.%u.%u", p[12], p[13], p[14], p[15]);
+        snprintf(dst, sizeof dst, "%u.%u.%u.%u", p[16], p[17], p[18], p[19]);
+        PyObject *item = Py_BuildValue("(dssIIIIOy#n)", t, src, dst, rd16(u), rd16(u + 2),
+                                       (unsigned)p[8], rd16(p + 4),
+                                       (frag & 0x4000) ? Py_True : Py_False,
+                                       (const char *)(u + 8), plen, seen);
+        if (!item || PyList_Append(packets, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(packets);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(NnnN)", packets, offset, seen, PyBool_FromLong(cut));
+}
+
+static PyMethodDef methods[] = {
+    {"summary", summary, METH_O, "The header, question, addresses, TTL and EDE of a DNS message."},
+    {"scan_pcap", scan_pcap, METH_VARARGS, "UDP-over-IPv4 packets of classic pcap records."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

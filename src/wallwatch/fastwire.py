@@ -1,0 +1,207 @@
+"""The per-packet readers of passive detection: C when it was built, Python otherwise.
+
+Why: a resolver answers 100,000+ queries a second; reading each answer's header,
+question and addresses in Python costs more than that budget allows, so
+``wallwatch._native`` (``_native.c``, compiled by ``pip install`` when a compiler is
+there) reads them, and only what a packet *means* is decided in Python. The functions
+below are its twins, value for value (``tests/test_fastwire.py`` runs both over the
+same packets): they run when the extension is missing, which is said once on stderr.
+
+:func:`summary` reads what the passive engine groups answers by, and declines (None) any
+message the full parser (:func:`wallwatch.wire.parse_reply`) should read instead: a
+malformed one, one without a question, a question name with bytes other than letters,
+digits, ``-`` and ``_``, an IPv4-compatible or -mapped AAAA answer.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+#: (id, flags, rcode, qname, qtype, ancount, nscount, arcount, addresses, least address
+#: TTL or -1, first Extended DNS Error code or -1)
+Summary = tuple[int, int, int, str, int, int, int, int, tuple[str, ...], int, int]
+#: (time, src, dst, sport, dport, ip_ttl, ip_id, df, payload, number) of an IPv4 packet,
+#: or (time, the whole record, number) of an IPv6 one; number: the record's, from 1 at
+#: the offset the scan started at.
+Packet = tuple[float, str, str, int, int, int, int, bool, bytes, int] | tuple[float, bytes, int]
+
+_NAME_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_HEADER = struct.Struct("!HHHHHH")
+_RR = struct.Struct("!HHIH")
+
+
+def _skip_name(m: bytes, n: int, off: int) -> int:
+    for _ in range(128):
+        if off >= n:
+            return -1
+        length = m[off]
+        if length == 0:
+            return off + 1
+        if length & 0xC0 == 0xC0:
+            return off + 2 if off + 2 <= n else -1
+        if length & 0xC0:
+            return -1
+        off += 1 + length
+    return -1
+
+
+def py_summary(msg: bytes) -> Summary | None:
+    """The pure-Python :func:`summary`."""
+    n = len(msg)
+    if n < 12:
+        return None
+    txid, flags, qd, an, ns, ar = _HEADER.unpack_from(msg, 0)
+    if qd < 1:
+        return None
+    labels = []
+    off = 12
+    while True:
+        if off >= n:
+            return None
+        length = msg[off]
+        off += 1
+        if length == 0:
+            break
+        label = msg[off : off + length]
+        if length > 63 or off + length > n or not _NAME_BYTES.issuperset(label):
+            return None
+        labels.append(label)
+        off += length
+    name = b".".join(labels)
+    if len(name) > 254 or off + 4 > n:
+        return None
+    qtype = int.from_bytes(msg[off : off + 2], "big")
+    off += 4
+    for _ in range(1, qd):
+        off = _skip_name(msg, n, off)
+        if off < 0 or off + 4 > n:
+            return None
+        off += 4
+    addresses: list[str] = []
+    least, ede = -1, -1
+    rcode = flags & 0xF
+    for i in range(an + ns + ar):
+        off = _skip_name(msg, n, off)
+        if off < 0 or off + 10 > n:
+            return None
+        rtype, _, ttl, rdlen = _RR.unpack_from(msg, off)
+        off += 10
+        if off + rdlen > n:
+            return None
+        if i < an and ((rtype == 1 and rdlen == 4) or (rtype == 28 and rdlen == 16)):
+            if rtype == 28 and not any(msg[off : off + 10]) and msg[off + 10 : off + 12] in (
+                b"\0\0", b"\xff\xff",
+            ):  # fmt: skip
+                return None
+            family = socket.AF_INET if rtype == 1 else socket.AF_INET6
+            addresses.append(socket.inet_ntop(family, msg[off : off + rdlen]))
+            least = ttl if least < 0 or ttl < least else least
+        elif i >= an + ns and rtype == 41:
+            rcode |= (ttl >> 24) << 4
+            o, end = off, off + rdlen
+            while o + 4 <= end:
+                code, olen = struct.unpack_from("!HH", msg, o)
+                if o + 4 + olen > end:
+                    return None
+                if code == 15 and olen >= 2 and ede < 0:
+                    ede = int.from_bytes(msg[o + 4 : o + 6], "big")
+                o += 4 + olen
+        off += rdlen
+    if off != n:
+        return None
+    return (txid, flags, rcode, name.lower().decode("ascii"), qtype, an, ns, ar,
+            tuple(addresses), least, ede)  # fmt: skip
+
+
+_LINK = {1: 14, 101: 0, 12: 0, 14: 0, 113: 16, 276: 20, 0: 4, 108: 4}
+
+
+def py_scan_pcap(data: bytes, offset: int, big_endian: bool, nano: bool, linktype: int,
+                 limit: int) -> tuple[list[Packet], int, int, bool]:  # fmt: skip
+    """The pure-Python :func:`scan_pcap`."""
+    if linktype not in _LINK:
+        raise ValueError(f"link type {linktype} is not read")
+    link = _LINK[linktype]
+    record = struct.Struct(">IIII" if big_endian else "<IIII")
+    divisor = 1e9 if nano else 1e6
+    n = len(data)
+    packets: list[Packet] = []
+    seen = 0
+    cut = False
+    while len(packets) < limit:
+        if offset == n:
+            break
+        if offset + 16 > n:
+            cut = True
+            break
+        sec, frac, caplen, _ = record.unpack_from(data, offset)
+        if offset + 16 + caplen > n:
+            cut = True
+            break
+        start, length = offset + 16, caplen
+        offset += 16 + caplen
+        seen += 1
+        if length < link + 20:
+            continue
+        t = sec + frac / divisor
+        if linktype == 1:
+            kind = int.from_bytes(data[start + 12 : start + 14], "big")
+            at = 14
+            if kind == 0x8100 and length >= 38:
+                kind, at = int.from_bytes(data[start + 16 : start + 18], "big"), 18
+            if kind not in (0x0800, 0x86DD):
+                continue
+            v6 = kind == 0x86DD
+        else:
+            at = link
+            v6 = data[start + at] >> 4 == 6
+        if v6:
+            packets.append((t, bytes(data[start : start + caplen]), seen))
+            continue
+        p, length = start + at, length - at
+        if data[p] >> 4 != 4:
+            continue
+        ihl = (data[p] & 0xF) * 4
+        total, ip_id, frag = struct.unpack_from("!HHH", data, p + 2)
+        if ihl < 20 or length < ihl + 8 or data[p + 9] != 17 or frag & 0x3FFF:
+            continue
+        if ihl + 8 <= total < length:
+            length = total
+        u = p + ihl
+        sport, dport, ulen = struct.unpack_from("!HHH", data, u)
+        plen = length - ihl - 8
+        if ulen >= 8 and ulen - 8 < plen:
+            plen = ulen - 8
+        packets.append((t, socket.inet_ntoa(data[p + 12 : p + 16]),
+                        socket.inet_ntoa(data[p + 16 : p + 20]), sport, dport, data[p + 8],
+                        ip_id, bool(frag & 0x4000), bytes(data[u + 8 : u + 8 + plen]), seen))  # fmt: skip
+    return packets, offset, seen, cut
+
+
+summary: Callable[[bytes], Summary | None]
+scan_pcap: Callable[..., tuple[list[Packet], int, int, bool]]
+try:
+    from wallwatch import _native  # type: ignore[attr-defined]
+
+    NATIVE = True
+    summary = _native.summary
+    scan_pcap = _native.scan_pcap
+except ImportError:  # pragma: no cover - the build hook compiles it where it can
+    NATIVE = False
+    summary = py_summary
+    scan_pcap = py_scan_pcap
+    print("wallwatch: the native packet reader is not built (no compiler at install); "
+          "passive reading runs in pure Python, several times slower", file=sys.stderr)  # fmt: skip
+
+
+def native_module() -> Any:
+    """The extension module, or None (for tests comparing the twins)."""
+    try:
+        from wallwatch import _native  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _native

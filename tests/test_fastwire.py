@@ -1,0 +1,154 @@
+"""The native packet readers and their pure-Python twins give the same values.
+
+``wallwatch._native`` is what runs; ``wallwatch.fastwire.py_*`` is what runs where it
+could not be built. Both read the same real messages (dnspython's, with EDNS options,
+Extended DNS Errors, CNAME chains, IPv6 and odd names), every truncation of them and
+random bytes, and the same pcap files (Ethernet with and without a VLAN tag, raw IP,
+Linux cooked, fragments, other protocols, a file cut mid-record).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import dns.edns
+import dns.message
+import dns.rcode
+import dns.rrset
+import dpkt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wallwatch import fastwire
+from wallwatch.wire import parse_reply
+
+native = fastwire.native_module()
+pytestmark = pytest.mark.skipif(native is None, reason="the extension was not built")
+
+
+def _messages() -> list[bytes]:
+    out = []
+    for name, rtype, data in [
+        ("www.Example.com", "A", ["192.0.2.1", "198.51.100.7"]),
+        ("v6.example.net", "AAAA", ["2001:db8::1", "2001:db8:0:1:0:0:0:1", "::ffff:192.0.2.1"]),
+        ("z.example.org", "AAAA", ["fe80::", "2001:db8:1:2:3:4:5:6", "0:0:1::", "1:0:0:2::3"]),
+        ("_dmarc.example.com", "TXT", ['"v=DMARC1"']),
+        ("alias.example.com", "CNAME", ["target.example.net."]),
+    ]:
+        query = dns.message.make_query(name, rtype, use_edns=0)
+        reply = dns.message.make_response(query)
+        reply.answer.append(dns.rrset.from_text(name + ".", 300, "IN", rtype, *data))
+        if rtype == "CNAME":
+            reply.answer.append(
+                dns.rrset.from_text("target.example.net.", 60, "IN", "A", "203.0.113.9")
+            )
+        out.append(reply.to_wire())
+    failing = dns.message.make_response(dns.message.make_query("signed.example", "A", use_edns=0))
+    failing.set_rcode(dns.rcode.SERVFAIL)
+    failing.use_edns(0, options=[dns.edns.EDEOption(6, "bogus"), dns.edns.EDEOption(9)])
+    out.append(failing.to_wire())
+    badvers = dns.message.make_response(dns.message.make_query("x.example", "A", use_edns=0))
+    badvers.set_rcode(dns.rcode.BADVERS)
+    out.append(badvers.to_wire())
+    out.append(dns.message.make_query("plain.example.com", "A").to_wire())
+    nx = dns.message.make_response(dns.message.make_query("gone.example", "A"))
+    nx.set_rcode(dns.rcode.NXDOMAIN)
+    out.append(nx.to_wire())
+    # A name with a byte outside letters, digits, '-' and '_': declined by both.
+    out.append(b"\x00\x01\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x03a b\x00\x00\x01\x00\x01")
+    return out
+
+
+def test_summary_twins_agree_on_real_messages_and_every_truncation() -> None:
+    checked = 0
+    for message in _messages():
+        for end in range(len(message) + 1):
+            piece = message[:end]
+            assert native.summary(piece) == fastwire.py_summary(piece), (message, end)
+            checked += 1
+        whole = native.summary(message)
+        parsed = parse_reply(message)
+        if whole is not None:  # what it reads is what the full parser reads
+            assert whole[3] == (parsed.qname or "").lower().rstrip(".")
+            assert whole[2] == parsed.rcode and whole[0] == parsed.id
+            assert list(whole[8]) == [a.data for a in parsed.answers if a.rtype in (1, 28)]
+    assert checked > 700
+    summaries = [native.summary(m) for m in _messages()]
+    assert summaries[0][3] == "www.example.com"
+    assert sorted(summaries[0][8]) == ["192.0.2.1", "198.51.100.7"]  # in the message's order
+    assert summaries[1] is None  # the IPv4-mapped AAAA: the full parser's
+    assert sorted(summaries[2][8]) == ["0:0:1::", "1:0:0:2::3", "2001:db8:1:2:3:4:5:6", "fe80::"]
+    assert summaries[4][8] == ("203.0.113.9",) and summaries[4][9] == 60
+    assert summaries[5][2] == 2 and summaries[5][10] == 6  # SERVFAIL, "DNSSEC Bogus"
+    assert summaries[6][2] == 16  # BADVERS: the rcode extended by OPT
+    assert summaries[-1] is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(min_size=0, max_size=80), st.integers(min_value=0, max_value=11))
+def test_summary_twins_agree_on_hostile_bytes(junk: bytes, which: int) -> None:
+    base = _messages()[which % len(_messages())]
+    for message in (
+        junk,
+        base[:12] + junk,
+        base + junk,
+        bytes(b ^ 0x40 for b in base[:20]) + base[20:],
+    ):
+        assert native.summary(message) == fastwire.py_summary(message)
+
+
+def _pcap(linktype: int, frames: list[bytes], *, big: bool = False) -> bytes:
+    order = ">" if big else "<"
+    head = struct.pack(order + "IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
+    body = b"".join(struct.pack(order + "IIII", 1_390_288_500 + i, i * 1000, len(f), len(f)) + f
+                    for i, f in enumerate(frames))  # fmt: skip
+    return head + body
+
+
+def _ip(
+    payload: bytes, *, proto: int = 17, off: int = 0, df: bool = True, pad: bytes = b""
+) -> bytes:
+    udp = dpkt.udp.UDP(sport=53, dport=40000, data=payload)
+    udp.ulen = len(udp)
+    ip = dpkt.ip.IP(src=b"\x08\x08\x08\x08", dst=b"\x0a\x0a\x02\x35", p=proto, ttl=103, id=4242,
+                    data=udp)  # fmt: skip
+    ip.df, ip.offset = df, off * 8
+    ip.len = len(ip)
+    return bytes(ip) + pad
+
+
+def test_scan_pcap_twins_agree_on_link_types_vlans_fragments_and_cuts() -> None:
+    rng = random.Random(7)
+    messages = _messages()
+    ips = [_ip(m, df=rng.random() < 0.5) for m in messages]
+    ips += [_ip(messages[0], off=5), _ip(messages[0], proto=6), _ip(messages[1], pad=b"\0" * 6)]
+    ether = [bytes(dpkt.ethernet.Ethernet(type=0x0800, data=dpkt.ip.IP(i))) for i in ips]
+    vlan = b"\x02" * 12 + b"\x81\x00\x00\x07\x08\x00" + ips[0]
+    cooked = [b"\0\0\0\1\0\6" + b"\2" * 8 + b"\x08\x00" + i for i in ips]
+    for linktype, frames in [(1, [*ether, vlan, b"\x02" * 12 + b"\x86\xdd" + ips[0]]), (101, ips),
+                             (113, cooked)]:  # fmt: skip
+        for big in (False, True):
+            data = _pcap(linktype, frames, big=big)
+            for end in [len(data), len(data) - 3, 24 + 10, 24]:
+                args = (data[:end], 24, big, False, linktype, 1000)
+                assert native.scan_pcap(*args) == fastwire.py_scan_pcap(*args), (linktype, end)
+    packets, offset, seen, cut = native.scan_pcap(
+        _pcap(1, [*ether, vlan]), 24, False, False, 1, 1000
+    )
+    assert seen == len(ether) + 1 and not cut
+    # The fragment and the TCP packet are skipped; the padded one is cut to its IP length.
+    assert len(packets) == len(ips) - 2 + 1
+    t, src, dst, sport, dport, ttl, ip_id, df, payload, number = packets[0]
+    assert (src, dst, sport, dport, ttl, ip_id) == ("8.8.8.8", "10.10.2.53", 53, 40000, 103, 4242)
+    assert payload == messages[0] and t == 1_390_288_500.0 and number == 1
+    assert packets[len(ips) - 3][8] == messages[1]  # Ethernet padding dropped
+    # A limit reads that many and says where to go on.
+    first, offset, _, _ = native.scan_pcap(_pcap(101, ips), 24, False, False, 101, 2)
+    rest = native.scan_pcap(_pcap(101, ips), offset, False, False, 101, 1000)[0]
+    whole = native.scan_pcap(_pcap(101, ips), 24, False, False, 101, 1000)[0]
+    assert [p[:-1] for p in first + rest] == [p[:-1] for p in whole]
+    assert [p[-1] for p in rest] == [p[-1] - 2 for p in whole[2:]]  # numbered from the offset
+    with pytest.raises(ValueError, match="link type 9"):
+        native.scan_pcap(_pcap(9, ips), 24, False, False, 9, 10)
