@@ -999,8 +999,9 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | N
             out_dir: str, vantage: str, clients: str, client_key: str | None, duration: float | None, lab: bool,
             upload_url: str | None, upload_token: str | None) -> None:  # fmt: skip
     """Detect mass redirection in a resolver's own traffic (dnstap, packets)."""
-    from wallwatch.interop import dnstap, pcap
-    from wallwatch.passive import Passive, private
+    from wallwatch.interop import dnstap
+    from wallwatch.interop.summary import ImportSummary
+    from wallwatch.passive import Passive
     from wallwatch.watch import Clock
 
     clock = Clock()
@@ -1035,28 +1036,25 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | N
         except CaptureError as exc:
             raise click.BadParameter(str(exc), param_hint="--interface") from None
     for path in pcaps:
-        converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=path)
-        for record in pcap.read_records(path):
-            if isinstance(record, Measurement):
-                engine.add(private(record, vantage, policy, converter.client))
-            else:
-                err.print(
-                    console_text(f"passive: {record.source}:{record.line}: {record.error}"),
-                    highlight=False,
-                )
+        hider = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=path)
+        engine.read_pcap(path, vantage=vantage, clients=policy, hide=hider.client,
+                         errors=lambda e: err.print(
+                             console_text(f"passive: {e.source}:{e.line}: {e.error}"),
+                             highlight=False))  # fmt: skip
     sockets = [d.removeprefix("unix:") for d in dnstaps if d.startswith("unix:")]
     for path in (d for d in dnstaps if not d.startswith("unix:")):
         if not Path(path).is_file():
             raise click.BadParameter(
                 f"{path!r}: not a file (a socket is unix:PATH)", param_hint="--dnstap"
             )
-        converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=path)
-        for record in dnstap.read_records(path, converter=converter):
-            if isinstance(record, Measurement):
-                engine.add(record)
+        converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=path,
+                                     upstream=capture is None)  # fmt: skip
+        for payload in dnstap.read_payloads(path, ImportSummary(), converter):
+            if isinstance(payload, bytes):
+                engine.offer(payload, converter)
             else:
                 err.print(
-                    console_text(f"passive: {record.source}:{record.line}: {record.error}"),
+                    console_text(f"passive: {payload.source}:{payload.line}: {payload.error}"),
                     highlight=False,
                 )
     if len(sockets) > 1:
@@ -1085,9 +1083,7 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | N
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 
         def take(payload: bytes) -> None:
-            record = converter.measurement(payload)
-            if record is not None:
-                engine.add(record)
+            engine.offer(payload, converter)
 
         err.print(f"passive: listening for dnstap on {sockets[0]}", highlight=False)
         with contextlib.suppress(KeyboardInterrupt):

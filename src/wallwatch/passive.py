@@ -40,11 +40,11 @@ from wallwatch import records
 from wallwatch.events.detector import Level, minute_iso
 from wallwatch.events.operator import Operator
 from wallwatch.interop.capture import Capture
-from wallwatch.interop.dnstap import ClientPolicy
-from wallwatch.interop.pcap import Matcher
+from wallwatch.interop.dnstap import ClientPolicy, Converter
+from wallwatch.interop.pcap import Matcher, Query, read_queries
 from wallwatch.interop.summary import ImportSummary
 from wallwatch.observatory.agent import Spool
-from wallwatch.records import Measurement
+from wallwatch.records import InputError, Measurement
 from wallwatch.watch import Clock, Watch, WatchConfig
 
 
@@ -108,6 +108,8 @@ class Passive:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        #: Per open minute, each recorded answer's key: [its index, the answers it stands for].
+        self.keys: dict[int, dict[tuple[object, ...], list[int]]] = {}
         self.operator = Operator()
         self.operator_alarms: list[dict[str, object]] = []
         self.capture_summary = ImportSummary()
@@ -122,12 +124,46 @@ class Passive:
             if self.upload and self.token else None
         )  # fmt: skip
 
-    def add(self, m: Measurement) -> None:
-        """One measurement (thread-safe: a dnstap socket and a capture feed one engine)."""
+    def add(self, m: Measurement, key: tuple[object, ...] | None = None) -> None:
+        """One measurement (thread-safe: a dnstap socket and a capture feed one engine);
+        ``key``: what its repeats in the same minute will be counted under."""
         with self._lock:
-            self._add(m)
+            self._add(m, key)
 
-    def _add(self, m: Measurement) -> None:
+    def repeat(self, minute: int, key: tuple[object, ...]) -> bool:
+        """Count one more answer like one already recorded in ``minute`` (True), or say
+        that there is none (False: record it, with :meth:`add` and this key)."""
+        with self._lock:
+            held = self.keys.get(minute)
+            if held is None or key not in held:
+                return False
+            held[key][1] += 1
+            self.answers += 1
+            return True
+
+    def offer(self, payload: bytes, converter: Converter) -> None:
+        """One dnstap frame: counted when its answer repeats one this minute already
+        holds, recorded otherwise. Why: the detector reads one answer per name, stream
+        and minute, and a busy resolver repeats its popular answers thousands of times a
+        minute; building a record for each is what would make it fall behind."""
+        fast = converter.fast(payload)
+        if fast is False:
+            return
+        if fast is True:
+            record = converter.measurement(payload)
+            if record is not None:
+                self.add(record)
+            return
+        minute, key, stream, rcode, ttl, ede = fast
+        if self.repeat(minute, key):
+            with self._lock:
+                self.operator.observe(minute, stream, rcode, ttl, ede)
+            return
+        record = converter.measurement(payload)
+        if record is not None:
+            self.add(record, key)
+
+    def _add(self, m: Measurement, key: tuple[object, ...] | None = None) -> None:
         minute = minute_of(m)
         if "minute" not in m.annotations:  # as watch's rounds carry it (the report reads it)
             m = msgspec.structs.replace(m, annotations={**m.annotations, "minute": str(minute)})
@@ -141,7 +177,11 @@ class Passive:
             self.late += 1  # written below, not judged: the minute's sums have moved on
             self._write(minute, [m])
             return
-        self.pending.setdefault(minute, []).append(m)
+        self.operator.observe_measurement(minute, m)
+        held = self.pending.setdefault(minute, [])
+        if key is not None:
+            self.keys.setdefault(minute, {})[key] = [len(held), 1]
+        held.append(m)
         newest = max(self.pending)
         for closed in sorted(k for k in self.pending if k <= newest - self.lag):
             self._judge(closed)
@@ -158,10 +198,11 @@ class Passive:
         summary.files += 1
         matcher = Matcher(f"interface:{capture.interface}", summary, window=self.window,
                           ports=frozenset({capture.port}), clock=self.clock.at)  # fmt: skip
+        take = self._queries(matcher, vantage, clients, hide, upstream=True)
         number = 0
         for item in capture.packets(stop):
             if item is None:  # quiet: finish the queries whose window has passed
-                self._take(matcher.expire(time.time() - self.window), vantage, clients, hide)
+                take(matcher.expire(time.time() - self.window))
                 continue
             t, packet = item
             number += 1
@@ -170,20 +211,75 @@ class Passive:
             except (dpkt.dpkt.UnpackError, struct.error):
                 summary.skipped["not IP"] += 1
                 continue
-            self._take(matcher.ip(number, t, ip), vantage, clients, hide)
-        self._take(matcher.flush(), vantage, clients, hide)
+            take(matcher.ip(number, t, ip))
+        take(matcher.flush())
 
-    def _take(self, found: Iterable[Measurement], vantage: str, clients: ClientPolicy,
-              hide: Callable[[str], str | None]) -> None:  # fmt: skip
-        for m in found:
-            if not m.responses:
-                self.unanswered += 1
-            elif delegates(m):
-                self.referrals += 1
+    def read_pcap(self, path: str | Path, *, vantage: str, clients: ClientPolicy,
+                  hide: Callable[[str], str | None],
+                  errors: Callable[[InputError], None]) -> None:  # fmt: skip
+        """A capture file: each query and its replies, as the prober records them (the
+        streams are per server: a file does not say which side the resolver was on)."""
+        matcher = Matcher(str(path), self.capture_summary)
+        take = self._queries(matcher, vantage, clients, hide, upstream=False)
+        for item in read_queries(path, matcher):
+            if isinstance(item, InputError):
+                errors(item)
             else:
+                take((item,))
+
+    def _queries(self, matcher: Matcher, vantage: str, clients: ClientPolicy,
+                 hide: Callable[[str], str | None], *,
+                 upstream: bool) -> Callable[[Iterable[Query]], None]:  # fmt: skip
+        """What becomes of each finished query: counted when its replies repeat a
+        query's already recorded this minute (read from their summaries, as
+        :meth:`offer` does for dnstap), recorded otherwise; on the upstream side,
+        queries that drew only referrals or nothing are counted and dropped."""
+        clock = matcher.clock or (lambda t: t)
+        stream = "upstream" if upstream else "users"
+
+        def take(queries: Iterable[Query]) -> None:
+            for q in queries:
+                reads = [r[7] for r in q.replies]
+                key = None
+                if all(r is not None for r in reads):
+                    read = [r for r in reads if r is not None]
+                    if upstream and not read:
+                        self.unanswered += 1
+                        continue
+                    if upstream and all(r[5] == 0 and r[2] == 0 and not r[1] & _AA for r in read):
+                        self.referrals += 1
+                        continue
+                    minute = int(clock(q.t)) // 60
+                    key = ("packets", stream, q.server, q.sport, q.qname, q.qtype,
+                           q.client if clients != ClientPolicy.DROP else None,
+                           tuple((r[2], r[8], r[1] & _AA) for r in read))  # fmt: skip
+                    if not read:
+                        key = None  # a timeout is recorded each time
+                    elif self.repeat(minute, key):
+                        with self._lock:
+                            self.operator.observe(
+                                minute, stream, read[0][2], read[0][9], read[0][10]
+                            )
+                            if len({r[8] for r in read}) >= 2:
+                                self.races[minute] += 1
+                                first_ttl = q.replies[0][3]
+                                if first_ttl is not None:
+                                    self.race_ttls[first_ttl] += 1
+                        continue
+                m = matcher.record(q)
+                if upstream:
+                    if not m.responses:
+                        self.unanswered += 1
+                        continue
+                    if delegates(m):
+                        self.referrals += 1
+                        continue
                 m = private(m, vantage, clients, hide)
-                self.add(msgspec.structs.replace(
-                    m, annotations={**m.annotations, "stream": "upstream"}))  # fmt: skip
+                if upstream:
+                    m = msgspec.structs.replace(m, annotations={**m.annotations, "stream": stream})
+                self.add(m, key)
+
+        return take
 
     def _write(self, minute: int, ms: list[Measurement]) -> None:
         buffer = bytearray()
@@ -197,9 +293,14 @@ class Passive:
 
     def _judge(self, minute: int) -> None:
         ms = self.pending.pop(minute)
+        for index, count in (self.keys.pop(minute, None) or {}).values():
+            if count > 1:  # the answers this record stands for
+                m = ms[index]
+                ms[index] = msgspec.structs.replace(m, annotations={**m.annotations,
+                                                                    "count": str(count)})  # fmt: skip
         self._write(minute, ms)
         self.watch.judge(minute, ms, now=minute * 60.0 + 60.0)
-        rows, changes = self.operator.judge(minute, ms)
+        rows, changes = self.operator.close(minute)
         tz = self.watch.config.clock.tz
         lines = [json.dumps(dict(r, minute=minute_iso(minute, tz, "minutes"))) for r in rows]
         with open(self.out / "operator.jsonl", "a") as handle:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import statistics
 from collections import Counter, deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -62,14 +61,13 @@ def stream_of(m: Measurement) -> str:
 
 
 def dnssec_failure(raw: str) -> bool:
-    """Whether a SERVFAIL reply (base64) carries a DNSSEC Extended DNS Error."""
+    """Whether a SERVFAIL reply's (base64) first Extended DNS Error is a DNSSEC one."""
     try:
         message = dns.message.from_wire(base64.b64decode(raw), ignore_trailing=True)
     except (dns.exception.DNSException, ValueError):
         return False
-    return any(
-        isinstance(o, dns.edns.EDEOption) and int(o.code) in DNSSEC_EDE for o in message.options
-    )
+    codes = [int(o.code) for o in message.options if isinstance(o, dns.edns.EDEOption)]
+    return bool(codes) and codes[0] in DNSSEC_EDE  # the first, as the native reader reads
 
 
 @dataclass(slots=True)
@@ -82,7 +80,8 @@ class _Minute:
 
 @dataclass
 class Operator:
-    """The operator's signals, minute by minute, per stream."""
+    """The operator's signals, minute by minute, per stream: answers are observed one by
+    one (repeats included: they are the volume), a minute is closed once."""
 
     min_answers: int = 20
     #: Minutes of volume the median is taken over.
@@ -91,24 +90,37 @@ class Operator:
     volumes: dict[str, deque[int]] = field(default_factory=dict)
     #: (stream, signal) pairs in alarm now.
     alarmed: set[tuple[str, OperatorSignal]] = field(default_factory=set)
+    minutes: dict[int, dict[str, _Minute]] = field(default_factory=dict)
 
-    def judge(self, minute: int, measurements: Iterable[Measurement]
-              ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:  # fmt: skip
+    def observe(self, minute: int, stream: str, rcode: int, ttl: int, ede: int,
+                n: int = 1) -> None:  # fmt: skip
+        """``n`` answers alike: their RCODE, least address TTL (-1: none), first EDE (-1)."""
+        one = self.minutes.setdefault(minute, {}).get(stream)
+        if one is None:
+            one = self.minutes[minute][stream] = _Minute()
+        one.answers += n
+        if rcode == _SERVFAIL:
+            one.servfail += n
+            if ede in DNSSEC_EDE:
+                one.bogus += n
+        if ttl >= 0:
+            one.ttls[ttl] += n
+
+    def observe_measurement(self, minute: int, m: Measurement) -> None:
+        """A measurement's first parsed reply, read as :meth:`observe` reads a summary."""
+        replies = [r for r in m.responses if r.failure is None]
+        if not replies:
+            return
+        first = replies[0]
+        ttls = [a.ttl for a in first.answers if a.answer_type in ("A", "AAAA")]
+        ede = -1
+        if first.rcode == _SERVFAIL and dnssec_failure(first.raw_response):
+            ede = 6
+        self.observe(minute, stream_of(m), first.rcode or 0, min(ttls) if ttls else -1, ede)
+
+    def close(self, minute: int) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
         """One minute: the rows (one per stream) and the changes (alarm start or end)."""
-        minutes: dict[str, _Minute] = {}
-        for m in measurements:
-            replies = [r for r in m.responses if r.failure is None]
-            if not replies:
-                continue
-            first = replies[0]
-            one = minutes.setdefault(stream_of(m), _Minute())
-            one.answers += 1
-            if first.rcode == _SERVFAIL:
-                one.servfail += 1
-                one.bogus += dnssec_failure(first.raw_response)
-            ttls = {a.ttl for a in first.answers if a.answer_type in ("A", "AAAA")}
-            if ttls:
-                one.ttls[min(ttls)] += 1
+        minutes = self.minutes.pop(minute, {})
         rows: list[dict[str, object]] = []
         changes: list[dict[str, object]] = []
         for stream in sorted(minutes):

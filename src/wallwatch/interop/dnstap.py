@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from wallwatch import records
+from wallwatch.fastwire import summary as fast_summary
 from wallwatch.interop.summary import ImportSummary
 from wallwatch.probe.reply import make_response
 from wallwatch.records import InputError, Measurement
@@ -157,6 +158,11 @@ def _second(at: int) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+#: (minute, key, stream, rcode, least address TTL, first EDE): an answer as the passive
+#: engine groups and counts it (:meth:`Converter.fast`).
+Fast = tuple[int, tuple[object, ...], str, int, int, int]
+
+
 class Converter:
     """dnstap messages to measurements, with the client policy applied."""
 
@@ -192,6 +198,54 @@ class Converter:
         if self.clients == ClientPolicy.HASH:
             return hmac.new(self.key, address.encode(), hashlib.sha256).hexdigest()[:16]
         return None
+
+    def fast(self, payload: bytes) -> Fast | bool:
+        """What the passive engine groups an answer by, read without building its record:
+        False for a message that is not measured (counted as :meth:`measurement` counts
+        it), True when only :meth:`measurement` can read it."""
+        tap = self._tap
+        try:
+            tap.ParseFromString(payload)
+        except Exception:  # protobuf's DecodeError, and its C twin's
+            self.undecodable += 1
+            return False
+        m = tap.message
+        kind = m.type
+        if kind not in (_RESOLVER_RESPONSE, _CLIENT_RESPONSE, _FORWARDER_RESPONSE):
+            self.queries += 1
+            return False
+        to_client = kind == _CLIENT_RESPONSE
+        if not to_client and not self.upstream:
+            self.upstream_in_packets += 1
+            return False
+        data = m.response_message
+        if not data:
+            self.queries += 1
+            return False
+        read = fast_summary(data)
+        if read is None:
+            return True
+        if not to_client and read[5] == 0 and read[2] == 0 and not read[1] & _AA:
+            self.referrals += 1
+            return False
+        sent = m.query_time_sec
+        if sent:
+            start = sent + m.query_time_nsec / 1e9
+        else:
+            start = m.response_time_sec + m.response_time_nsec / 1e9 if m.response_time_sec else 0.0
+        client = None
+        if to_client and self.clients != ClientPolicy.DROP and m.query_address:
+            client = m.query_address  # the key only: one record per user and answer
+        key = (kind, m.response_address, m.response_port, m.socket_protocol, read[3], read[4],
+               read[2], read[8], client)  # fmt: skip
+        return (
+            int(self.clock(start)) // 60,
+            key,
+            "users" if to_client else "upstream",
+            read[2],
+            read[9],
+            read[10],
+        )
 
     def measurement(self, payload: bytes) -> Measurement | None:
         """One data frame; None for a message that carries no answer."""
@@ -263,10 +317,25 @@ class Converter:
 def read_records(path: str | Path, summary: ImportSummary | None = None, *,
                  converter: Converter | None = None) -> Iterator[Measurement | InputError]:  # fmt: skip
     """Measurements of one dnstap file (Frame Streams, as ``unbound``/``dnstap -w`` write)."""
-    path = Path(path)
     summary = summary if summary is not None else ImportSummary()
-    summary.files += 1
     converter = converter or Converter(source=str(path))
+    for payload in read_payloads(path, summary, converter):
+        if isinstance(payload, InputError):
+            yield payload
+            continue
+        record = converter.measurement(payload)
+        if record is not None:
+            summary.measurements += 1
+            summary.documents += 1
+            yield record
+
+
+def read_payloads(path: str | Path, summary: ImportSummary, converter: Converter
+                  ) -> Iterator[bytes | InputError]:  # fmt: skip
+    """The dnstap messages of one file, undecoded, and an ``input_error`` where it stops
+    short (naming how many answers ``converter`` had read before)."""
+    path = Path(path)
+    summary.files += 1
     with open(path, "rb") as handle:
         started = False
         try:
@@ -283,11 +352,7 @@ def read_records(path: str | Path, summary: ImportSummary | None = None, *,
                         yield summary.skip("dnstap", str(path), 0, "not dnstap",
                                            "a data frame before the START frame")  # fmt: skip
                         return
-                    record = converter.measurement(payload)
-                    if record is not None:
-                        summary.measurements += 1
-                        summary.documents += 1
-                        yield record
+                    yield payload
                 elif kind == _STOP:
                     return
         except FrameError as exc:

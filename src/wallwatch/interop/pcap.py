@@ -46,7 +46,9 @@ _NULL = (0, 108)
 
 
 @dataclass
-class _Query:
+class Query:
+    """One query and every reply to it, as captured (the replies not read yet)."""
+
     index: int
     t: float
     client: str
@@ -156,10 +158,18 @@ def read_records(path: str | Path, summary: ImportSummary | None = None, *,
     ``ports`` the server ports that carry DNS. A classic pcap file is read by
     :func:`wallwatch.fastwire.scan_pcap` (C) unless ``native`` is false; pcapng and
     IPv6 packets by dpkt: both give the same measurements."""
-    path = Path(path)
     summary = summary if summary is not None else ImportSummary()
+    matcher = Matcher(str(path), summary, dark=dark, ports=ports)
+    for item in read_queries(path, matcher, native=native):
+        yield item if isinstance(item, InputError) else matcher.record(item)
+
+
+def read_queries(path: str | Path, matcher: Matcher, *,
+                 native: bool = True) -> Iterator[Query | InputError]:  # fmt: skip
+    """The queries of one capture as ``matcher`` finishes them, replies unread (the
+    caller records those it keeps), and an ``input_error`` where the capture stops."""
+    summary, source = matcher.summary, str(path)
     summary.files += 1
-    source = str(path)
     handle = open(path, "rb")  # noqa: SIM115
     try:
         reader = _reader(handle)
@@ -169,7 +179,6 @@ def read_records(path: str | Path, summary: ImportSummary | None = None, *,
             "pcap", source, 0, "not a packet capture", f"not a pcap or pcapng file: {exc}"
         )
         return
-    matcher = Matcher(source, summary, dark=dark, ports=ports)
     with handle:
         if native and isinstance(reader, _Classic):
             yield from _scan_classic(reader, matcher)
@@ -184,7 +193,7 @@ def _cut(summary: ImportSummary, source: str, number: int, why: object) -> Input
                         f"the {number} packets before it are kept")  # fmt: skip
 
 
-def _read_frames(reader: Any, matcher: Matcher) -> Iterator[Measurement | InputError]:
+def _read_frames(reader: Any, matcher: Matcher) -> Iterator[Query | InputError]:
     """Frame by frame through dpkt: pcapng, and classic pcap without the C reader."""
     summary, source = matcher.summary, matcher.source
     linktype = reader.datalink()
@@ -210,7 +219,7 @@ def _read_frames(reader: Any, matcher: Matcher) -> Iterator[Measurement | InputE
         yield from matcher.ip(number, float(ts), ip)
 
 
-def _scan_classic(reader: _Classic, matcher: Matcher) -> Iterator[Measurement | InputError]:
+def _scan_classic(reader: _Classic, matcher: Matcher) -> Iterator[Query | InputError]:
     """A classic pcap file through the C reader, a batch of packets at a time."""
     summary, source = matcher.summary, matcher.source
     linktype = reader.datalink()
@@ -255,16 +264,16 @@ class Matcher:
     come any time later in it), but a live capture never ends, so with ``window`` a
     query is finished once packets that many seconds newer have been seen, and a reply
     after that becomes a measurement of its own (as one whose query was not captured).
-    Replies are kept as they came and read fully only when their query is finished,
-    and ``keep`` may decline a finished query first (the passive engine counts
-    repeats of an answer it already holds instead of recording them again).
+    Finished queries come out with their replies as they came (time, source, IP
+    header fields, payload, and :func:`wallwatch.fastwire.summary`); :meth:`record`
+    reads them fully into a measurement, for those the caller keeps (the passive
+    engine counts repeats of an answer it already holds instead of recording them).
     """
 
     def __init__(self, source: str, summary: ImportSummary, *,
                  dark: frozenset[str] = frozenset(), ports: frozenset[int] = frozenset({53}),
                  window: float | None = None,
-                 clock: Callable[[float], float] | None = None,
-                 keep: Callable[[_Query], bool] | None = None) -> None:  # fmt: skip
+                 clock: Callable[[float], float] | None = None) -> None:  # fmt: skip
         self.source = source
         #: Capture time to the time measurements are dated in (the lab's scenario clock);
         #: round trips stay in capture time.
@@ -273,12 +282,11 @@ class Matcher:
         self.dark = dark
         self.ports = ports
         self.window = window
-        self.keep = keep
-        self.open: dict[tuple[Any, ...], _Query] = {}
-        self.done: list[_Query] = []
+        self.open: dict[tuple[Any, ...], Query] = {}
+        self.done: list[Query] = []
         self.first_t: float | None = None
 
-    def ip(self, number: int, t: float, ip: Any) -> Iterator[Measurement]:
+    def ip(self, number: int, t: float, ip: Any) -> Iterator[Query]:
         """One IP packet as dpkt reads it."""
         udp = getattr(ip, "data", None)
         if not isinstance(udp, dpkt.udp.UDP):
@@ -291,9 +299,9 @@ class Matcher:
 
     def add(self, number: int, t: float, src: str, dst: str, sport: int, dport: int,
             ttl: int, ip_id: int | None, df: bool | None,
-            payload: bytes) -> Iterator[Measurement]:  # fmt: skip
+            payload: bytes) -> Iterator[Query]:  # fmt: skip
         """Take one UDP datagram, numbered ``number`` in its source, seen at ``t``;
-        the measurements finished by it (with ``window`` only)."""
+        the queries finished by it (with ``window`` only)."""
         ports = self.ports
         if sport not in ports and dport not in ports:
             self.summary.skipped["not DNS over UDP"] += 1
@@ -311,7 +319,7 @@ class Matcher:
             is_reply = len(payload) > 2 and bool(payload[2] & 0x80)
             has_question = parsed.qname is not None
         if not is_reply and dport in ports and has_question:
-            q = _Query(number, t, src, sport, dst, dport, txid, qname, qtype, ttl)
+            q = Query(number, t, src, sport, dst, dport, txid, qname, qtype, ttl)
             key = (src, sport, dst, dport, txid, qname, qtype)
             if key in self.open:
                 self.done.append(self.open.pop(key))
@@ -325,15 +333,15 @@ class Matcher:
             key = (dst, dport, src, sport, txid, qname, qtype)
             query = self.open.get(key)
             if query is None:
-                query = _Query(number, t, dst, dport, src, sport, txid, qname, qtype, None)
+                query = Query(number, t, dst, dport, src, sport, txid, qname, qtype, None)
                 self.done.append(query)
             query.replies.append((t, src, sport, ttl, ip_id, df, payload, read))
         if self.window is not None:
             return self.expire(t - self.window)
         return iter(())
 
-    def expire(self, before: float) -> Iterator[Measurement]:
-        """The measurements of queries asked before ``before`` (and of lone replies)."""
+    def expire(self, before: float) -> Iterator[Query]:
+        """The queries asked before ``before`` (and lone replies), in capture order."""
         finished = self.done
         self.done = []
         while self.open:
@@ -343,17 +351,16 @@ class Matcher:
             finished.append(self.open.pop(key))
         if len(finished) > 1:
             finished.sort(key=lambda q: q.index)
-        for query in finished:
-            if self.keep is None or self.keep(query):
-                yield self._finish(query)
+        yield from finished
 
-    def flush(self) -> Iterator[Measurement]:
+    def flush(self) -> Iterator[Query]:
         """Every query still waiting: the input ended."""
         self.done.extend(self.open.values())
         self.open = {}
         yield from self.expire(float("-inf"))
 
-    def _finish(self, query: _Query) -> Measurement:
+    def record(self, query: Query) -> Measurement:
+        """A finished query as a measurement, every reply read."""
         self.summary.measurements += 1
         self.summary.documents += 1
         first_t = self.first_t or query.t
@@ -365,7 +372,7 @@ class Matcher:
         return _measurement(query, responses, self.source, first_t, self.dark, self.clock)
 
 
-def _measurement(q: _Query, replies: tuple[Response, ...], source: str, t_first: float,
+def _measurement(q: Query, replies: tuple[Response, ...], source: str, t_first: float,
                  dark: frozenset[str],
                  clock: Callable[[float], float] | None = None) -> Measurement:  # fmt: skip
     start = datetime.fromtimestamp(clock(q.t) if clock else q.t, UTC).strftime("%Y-%m-%d %H:%M:%S")
