@@ -84,12 +84,13 @@ def _udp_ip(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, ttl:
 
 
 def write_files(tmp: Path, answers: int, names: int, zipf: float,
-                minutes: int) -> tuple[Path, Path]:  # fmt: skip
-    """The pcap (a query and its reply per answer) and the dnstap file of one traffic."""
+                rate: float) -> tuple[Path, Path]:  # fmt: skip
+    """The pcap (a query and its reply per answer) and the dnstap file of one traffic,
+    a resolver answering ``rate`` queries a second."""
     draws = _draws(answers, names, zipf)
     resolver, server = socket.inet_aton("10.10.2.53"), socket.inet_aton("192.5.6.30")
     pcap, tap = tmp / "upstream.pcap", tmp / "resolver.dnstap"
-    step = minutes * 60 / answers
+    step = 1.0 / rate
     payloads = []
     with open(pcap, "wb") as out:
         out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
@@ -104,13 +105,13 @@ def write_files(tmp: Path, answers: int, names: int, zipf: float,
                 sec = int(at)
                 out.write(struct.pack("<IIII", sec, int((at - sec) * 1e6), len(packet),
                                       len(packet)) + packet)  # fmt: skip
-            sec = int(t)
+            sec, got = int(t), t + 0.0004
             payloads.append(dnstap.message_bytes(
                 identity=b"isp-resolver", type=6, socket_family=1, socket_protocol=1,
                 query_address=socket.inet_aton(f"10.0.{k % 250}.{k % 200 + 1}"),
                 query_port=port, response_address=resolver, response_port=53,
                 query_time_sec=sec, query_time_nsec=int((t - sec) * 1e9),
-                response_time_sec=sec, response_time_nsec=int((t - sec) * 1e9) + 400_000,
+                response_time_sec=int(got), response_time_nsec=int((got - int(got)) * 1e9),
                 response_message=reply))  # fmt: skip
     with open(tap, "wb") as out:
         dnstap.write_frames(out, payloads)
@@ -161,7 +162,12 @@ def main() -> None:
     )
     parser.add_argument("--names", type=int, default=100_000)
     parser.add_argument("--zipf", type=float, default=1.0)
-    parser.add_argument("--minutes", type=int, default=5)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=20_000,
+        help="answers a second of the resolver modelled (its minutes' size)",
+    )
     args = parser.parse_args()
     for tool in ("tcpdump", "dnstap-read"):
         if not shutil.which(tool):
@@ -173,7 +179,7 @@ def main() -> None:
         answers = int(args.messages * fraction)
         with tempfile.TemporaryDirectory(prefix="ww-bench-passive-") as tmp:
             root = Path(tmp)
-            pcap, tap = write_files(root, answers, args.names, args.zipf, args.minutes)
+            pcap, tap = write_files(root, answers, args.names, args.zipf, args.rate)
             tcpdump = _tool(["tcpdump", "-r", str(pcap), "-n"])
             dnstap_read = _tool(["dnstap-read", str(tap)])
             pcap_s, pcap_summary = run_pcap(pcap, root / "out-pcap")

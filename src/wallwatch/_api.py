@@ -275,6 +275,18 @@ _TABLES = ("measurements", "responses", "answers", "reply_verdicts", "attributio
            "window_attributions", "injector_families", "analysis_rules", "known_addresses")  # fmt: skip
 
 
+def load_encoded(data: bytes) -> Any:
+    """An in-memory store holding records already encoded as JSON lines."""
+    if not data.strip():
+        raise ValueError("analyze: no records")
+    con = store.connect()
+    with tempfile.TemporaryDirectory(prefix="ww-analyze-") as tmp:
+        path = Path(tmp) / "records.jsonl"
+        path.write_bytes(data)
+        store.ingest_into(con, [path])
+    return con
+
+
 def load_records(records: Iterable[Record]) -> Any:
     """An in-memory store (DuckDB connection) holding ``records``; ValueError if none."""
     con = store.connect()

@@ -53,11 +53,8 @@ static Py_ssize_t skip_name(const unsigned char *m, Py_ssize_t n, Py_ssize_t off
     return -1;
 }
 
-static PyObject *summary(PyObject *self, PyObject *arg) {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
-    const unsigned char *m = view.buf;
-    Py_ssize_t n = view.len;
+/* The summary tuple of message m[0:n]; Py_None (a new reference) when declined. */
+static PyObject *summarize(const unsigned char *m, Py_ssize_t n) {
     PyObject *result = NULL, *addresses = NULL, *qname = NULL;
     if (n < 12) goto decline;
     unsigned id = rd16(m), flags = rd16(m + 2), qd = rd16(m + 4), an = rd16(m + 6),
@@ -162,18 +159,145 @@ static PyObject *summary(PyObject *self, PyObject *arg) {
                            min_ttl, ede);
     qname = NULL; /* stolen by N */
     Py_DECREF(addresses);
-    PyBuffer_Release(&view);
     return result;
 decline:
     Py_XDECREF(addresses);
     Py_XDECREF(qname);
-    PyBuffer_Release(&view);
     Py_RETURN_NONE;
 fail:
     Py_XDECREF(addresses);
     Py_XDECREF(qname);
-    PyBuffer_Release(&view);
     return NULL;
+}
+
+static PyObject *summary(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *result = summarize(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* Protocol Buffers, as far as dnstap needs: a varint at *p (advanced); -1 past end. */
+static int varint(const unsigned char **p, const unsigned char *end, uint64_t *out) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (*p >= end) return -1;
+        unsigned char b = *(*p)++;
+        v |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Skip one field of wire type wt; -1 when malformed. For length-delimited fields, *data
+   and *len are set. */
+static int field(const unsigned char **p, const unsigned char *end, unsigned wt, uint64_t *value,
+                 const unsigned char **data, Py_ssize_t *len) {
+    switch (wt) {
+    case 0: return varint(p, end, value);
+    case 1: if (end - *p < 8) return -1; *p += 8; return 0;
+    case 5:
+        if (end - *p < 4) return -1;
+        *value = (uint64_t)(*p)[0] | ((uint64_t)(*p)[1] << 8) | ((uint64_t)(*p)[2] << 16) |
+                 ((uint64_t)(*p)[3] << 24);
+        *p += 4;
+        return 0;
+    case 2: {
+        uint64_t l;
+        if (varint(p, end, &l) < 0 || l > (uint64_t)(end - *p)) return -1;
+        *data = *p;
+        *len = (Py_ssize_t)l;
+        *p += l;
+        return 0;
+    }
+    default: return -1;
+    }
+}
+
+/* dnstap_answer(frame) -> 0 | 1 | None | tuple
+ *   0: not decodable; 1: a message without an answer (a query, or a response type
+ *   without its DNS message); None: an answer whose DNS message the full parser must
+ *   read; else (type, response_address, response_port, socket_protocol, query_address,
+ *   start) + the summary tuple, start being the query time, or the response time
+ *   without one (seconds, float).
+ */
+static PyObject *dnstap_answer(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *p = view.buf, *end = p + view.len;
+    const unsigned char *msg = NULL;
+    Py_ssize_t msg_len = 0;
+    int have_msg = 0;
+    PyObject *result = NULL;
+    while (p < end) {
+        uint64_t key, value = 0;
+        const unsigned char *data = NULL;
+        Py_ssize_t len = 0;
+        if (varint(&p, end, &key) < 0 || field(&p, end, key & 7, &value, &data, &len) < 0 ||
+            (key >> 3) == 0)
+            goto undecodable;
+        if ((key >> 3) == 14 && (key & 7) == 2) { msg = data; msg_len = len; have_msg = 1; }
+    }
+    if (!have_msg) { result = PyLong_FromLong(1); goto done; }
+    uint64_t type = 0, family = 0, protocol = 0, qport = 0, rport = 0, qsec = 0, qnsec = 0,
+             rsec = 0, rnsec = 0;
+    const unsigned char *qaddr = (const unsigned char *)"", *raddr = (const unsigned char *)"",
+                        *response = NULL;
+    Py_ssize_t qaddr_len = 0, raddr_len = 0, response_len = 0;
+    p = msg;
+    end = msg + msg_len;
+    while (p < end) {
+        uint64_t key, value = 0;
+        const unsigned char *data = NULL;
+        Py_ssize_t len = 0;
+        if (varint(&p, end, &key) < 0 || field(&p, end, key & 7, &value, &data, &len) < 0 ||
+            (key >> 3) == 0)
+            goto undecodable;
+        switch (key >> 3) {
+        case 1: type = value; break;
+        case 2: family = value; break;
+        case 3: protocol = value; break;
+        case 4: qaddr = data; qaddr_len = len; break;
+        case 5: raddr = data; raddr_len = len; break;
+        case 6: qport = value; break;
+        case 7: rport = value; break;
+        case 8: qsec = value; break;
+        case 9: qnsec = value; break;
+        case 12: rsec = value; break;
+        case 13: rnsec = value; break;
+        case 14: response = data; response_len = len; break;
+        default: break;
+        }
+    }
+    (void)family;
+    /* RESOLVER_RESPONSE 2, CLIENT_RESPONSE 6, FORWARDER_RESPONSE 8 */
+    if ((type != 2 && type != 6 && type != 8) || response == NULL || response_len == 0) {
+        result = PyLong_FromLong(1);
+        goto done;
+    }
+    PyObject *read = summarize(response, response_len);
+    if (read == NULL) goto done;
+    if (read == Py_None) { result = read; goto done; }
+    double start = qsec ? (double)qsec + (double)(uint32_t)qnsec / 1e9
+                        : rsec ? (double)rsec + (double)(uint32_t)rnsec / 1e9 : 0.0;
+    PyObject *head = Py_BuildValue("(Ky#KKy#d)", (unsigned long long)type, (const char *)raddr,
+                                   raddr_len, (unsigned long long)(rport & 0xFFFFFFFF),
+                                   (unsigned long long)protocol, (const char *)qaddr, qaddr_len,
+                                   start);
+    if (head == NULL) { Py_DECREF(read); goto done; }
+    result = PySequence_Concat(head, read);
+    Py_DECREF(head);
+    Py_DECREF(read);
+    goto done;
+undecodable:
+    result = PyLong_FromLong(0);
+done:
+    PyBuffer_Release(&view);
+    return result;
 }
 
 static PyObject *scan_pcap(PyObject *self, PyObject *args) {
@@ -273,6 +397,7 @@ static PyObject *scan_pcap(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"summary", summary, METH_O, "The header, question, addresses, TTL and EDE of a DNS message."},
     {"scan_pcap", scan_pcap, METH_VARARGS, "UDP-over-IPv4 packets of classic pcap records."},
+    {"dnstap_answer", dnstap_answer, METH_O, "The answer a dnstap frame holds, summarized."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -117,6 +117,39 @@ def py_summary(msg: bytes) -> Summary | None:
             tuple(addresses), least, ede)  # fmt: skip
 
 
+_RESPONSES = (2, 6, 8)  # RESOLVER_RESPONSE, CLIENT_RESPONSE, FORWARDER_RESPONSE
+_tap: Any = None
+
+
+def py_dnstap_answer(frame: bytes) -> tuple[Any, ...] | int | None:
+    """The pure-Python :func:`dnstap_answer` (through dnstap's compiled protobuf)."""
+    global _tap
+    if _tap is None:
+        import dnstap_pb
+
+        _tap = dnstap_pb.Dnstap()
+    try:
+        _tap.ParseFromString(frame)
+    except Exception:  # protobuf's DecodeError, and its C twin's
+        return 0
+    if not _tap.HasField("message"):
+        return 1
+    m = _tap.message
+    if m.type not in _RESPONSES or not m.response_message:
+        return 1
+    read = py_summary(bytes(m.response_message))
+    if read is None:
+        return None
+    if m.query_time_sec:
+        start = m.query_time_sec + m.query_time_nsec / 1e9
+    elif m.response_time_sec:
+        start = m.response_time_sec + m.response_time_nsec / 1e9
+    else:
+        start = 0.0
+    return (int(m.type), bytes(m.response_address), int(m.response_port),
+            int(m.socket_protocol), bytes(m.query_address), start, *read)  # fmt: skip
+
+
 _LINK = {1: 14, 101: 0, 12: 0, 14: 0, 113: 16, 276: 20, 0: 4, 108: 4}
 
 
@@ -184,16 +217,22 @@ def py_scan_pcap(data: bytes, offset: int, big_endian: bool, nano: bool, linktyp
 
 summary: Callable[[bytes], Summary | None]
 scan_pcap: Callable[..., tuple[list[Packet], int, int, bool]]
+#: dnstap_answer(frame) -> 0 (not decodable) | 1 (no answer: a query) | None (the full
+#: parser must read the DNS message) | (type, response address, response port, socket
+#: protocol, query address, start time, *summary).
+dnstap_answer: Callable[[bytes], tuple[Any, ...] | int | None]
 try:
     from wallwatch import _native  # type: ignore[attr-defined]
 
     NATIVE = True
     summary = _native.summary
     scan_pcap = _native.scan_pcap
+    dnstap_answer = _native.dnstap_answer
 except ImportError:  # pragma: no cover - the build hook compiles it where it can
     NATIVE = False
     summary = py_summary
     scan_pcap = py_scan_pcap
+    dnstap_answer = py_dnstap_answer
     print("wallwatch: the native packet reader is not built (no compiler at install); "
           "passive reading runs in pure Python, several times slower", file=sys.stderr)  # fmt: skip
 

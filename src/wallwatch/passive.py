@@ -155,10 +155,14 @@ class Passive:
                 self.add(record)
             return
         minute, key, stream, rcode, ttl, ede = fast
-        if self.repeat(minute, key):
-            with self._lock:
+        with self._lock:
+            held = self.keys.get(minute)
+            entry = held.get(key) if held is not None else None
+            if entry is not None:
+                entry[1] += 1
+                self.answers += 1
                 self.operator.observe(minute, stream, rcode, ttl, ede)
-            return
+                return
         record = converter.measurement(payload)
         if record is not None:
             self.add(record, key)
@@ -252,7 +256,7 @@ class Passive:
                     minute = int(clock(q.t)) // 60
                     key = ("packets", stream, q.server, q.sport, q.qname, q.qtype,
                            q.client if clients != ClientPolicy.DROP else None,
-                           tuple((r[2], r[8], r[1] & _AA) for r in read))  # fmt: skip
+                           tuple((r[2], tuple(sorted(r[8])), r[1] & _AA) for r in read))  # fmt: skip
                     if not read:
                         key = None  # a timeout is recorded each time
                     elif self.repeat(minute, key):
@@ -281,15 +285,17 @@ class Passive:
 
         return take
 
-    def _write(self, minute: int, ms: list[Measurement]) -> None:
+    def _write(self, minute: int, ms: list[Measurement]) -> bytes:
+        """Append to the minute's file (and the upload spool); the JSON lines written."""
         buffer = bytearray()
         for m in ms:
             records.encode_into(m, buffer)
-        lines = bytes(buffer).splitlines()
+        data = bytes(buffer)
         with open(self.out / "measurements" / f"passive-m{minute}.jsonl", "ab") as handle:
-            handle.write(b"".join(line + b"\n" for line in lines))
+            handle.write(data)
         if self.spool is not None:
-            self.spool.add(lines)
+            self.spool.add(data.splitlines())
+        return data
 
     def _judge(self, minute: int) -> None:
         ms = self.pending.pop(minute)
@@ -298,8 +304,8 @@ class Passive:
                 m = ms[index]
                 ms[index] = msgspec.structs.replace(m, annotations={**m.annotations,
                                                                     "count": str(count)})  # fmt: skip
-        self._write(minute, ms)
-        self.watch.judge(minute, ms, now=minute * 60.0 + 60.0)
+        encoded = self._write(minute, ms)
+        self.watch.judge(minute, ms, now=minute * 60.0 + 60.0, encoded=encoded)
         rows, changes = self.operator.close(minute)
         tz = self.watch.config.clock.tz
         lines = [json.dumps(dict(r, minute=minute_iso(minute, tz, "minutes"))) for r in rows]

@@ -261,18 +261,19 @@ class Watch:
         return record
 
     def judge(self, minute: int, measurements: Iterable[Measurement], *, now: float,
-              live: bool = True) -> list[EventChange]:  # fmt: skip
+              live: bool = True, encoded: bytes | None = None) -> list[EventChange]:  # fmt: skip
         """Run the detector over one minute; raise the alerts the log does not hold yet.
 
         ``live`` is false when replaying rounds already on disk: their series is rewritten
-        whole after the replay and the snapshot saved once, not per minute.
+        whole after the replay and the snapshot saved once, not per minute. ``encoded``:
+        the measurements as JSON lines already (the caller wrote them), not encoded again.
         """
         if minute in self.judged:
             return []
         self.judged.add(minute)
         # One judgement: the analysis's rules judge the round, the buckets count verdicts.
         measurements = list(measurements)
-        verdicts = judge_round(measurements, self.netinfo, self.injected)
+        verdicts = judge_round(measurements, self.netinfo, self.injected, encoded=encoded)
         if self.on_verdicts is not None:
             self.on_verdicts(minute, measurements, verdicts)
         by_key = buckets(minute, measurements, verdicts)

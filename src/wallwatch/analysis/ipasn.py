@@ -28,6 +28,7 @@ import io
 import ipaddress
 import json
 import os
+import socket
 import sys
 import tarfile
 from array import array
@@ -100,6 +101,25 @@ class IpAsn:
         self._v6_asn = array("I")
         self._v6_asn.frombytes(raw6[32 * m :])
         self._orgs: dict[str, str] = json.loads((root / "orgs.json").read_text())
+
+    def origin(self, address: str) -> tuple[int, str] | None:
+        """(ASN, organisation) of ``address``, or None: :meth:`lookup` without the prefix,
+        for the analysis's bulk lookups (no ``ipaddress`` objects: ten times cheaper)."""
+        try:
+            packed = socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET,
+                                      address)  # fmt: skip
+        except (OSError, ValueError):
+            return None
+        value = int.from_bytes(packed, "big")
+        if len(packed) == 4:
+            starts, ends, asns = self._v4_start, self._v4_end, self._v4_asn
+        else:
+            starts, ends, asns = self._v6_start, self._v6_end, self._v6_asn  # type: ignore[assignment]
+        i = bisect.bisect_right(starts, value) - 1
+        if i < 0 or value > ends[i]:
+            return None
+        asn = asns[i]
+        return asn, self._orgs.get(str(asn), "")
 
     def lookup(self, address: str) -> Range | None:
         """The range holding ``address``, or None (unrouted, bogon, or not an address)."""

@@ -91,10 +91,13 @@ def judge_round(
     measurements: Iterable[Measurement],
     netinfo: Netinfo | None = None,
     injected: Injected | None = None,
+    *,
+    encoded: bytes | None = None,
 ) -> dict[str, FirstReply]:
     """Verdicts of the analysis on each measurement's first parsed reply (one judgement).
 
-    ``injected`` is read as the memory of earlier rounds and updated with this one's.
+    ``injected`` is read as the memory of earlier rounds and updated with this one's;
+    ``encoded``, the same measurements as JSON lines, spares encoding them again.
     """
     from wallwatch import _api
     from wallwatch.analysis.attribution import sql_set
@@ -106,7 +109,7 @@ def judge_round(
         return {}
     # Everything remembered was seen in an earlier round: before any window of this one.
     before = [(h, q, 0) for h, q in (injected or {})]
-    con = _api.load_records(records)
+    con = _api.load_records(records) if encoded is None else _api.load_encoded(encoded)
     try:
         # One window per vantage and round: a round is judged as one piece of evidence.
         analyze_connection(con, netinfo=netinfo, window=86400, injected_before=before)

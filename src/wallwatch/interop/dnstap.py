@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from wallwatch import records
-from wallwatch.fastwire import summary as fast_summary
+from wallwatch.fastwire import dnstap_answer
 from wallwatch.interop.summary import ImportSummary
 from wallwatch.probe.reply import make_response
 from wallwatch.records import InputError, Measurement
@@ -109,34 +109,51 @@ def _control(payload: bytes) -> tuple[int, list[bytes]]:
     return kind, types
 
 
-def frames(stream: BinaryIO) -> Iterator[tuple[int | None, bytes]]:
+def frames(stream: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[int | None, bytes]]:
     """(control type, fields) or (None, data) for each frame of a Frame Streams stream.
 
-    Ends at the end of the stream; a frame cut short raises :class:`FrameError`.
+    Ends at the end of the stream; a frame cut short raises :class:`FrameError`. Read a
+    chunk at a time (a busy resolver's file holds millions of small frames; two reads
+    per frame would cost more than decoding it).
     """
-    offset = 0
+    buf = b""
+    pos = 0  # of the next frame in buf
+    base = 0  # the stream's byte offset of buf[0]
+    ended = False
+
+    def fill(size: int) -> bool:
+        """At least ``size`` bytes from pos on, unless the stream ends first."""
+        nonlocal buf, pos, base, ended
+        while len(buf) - pos < size and not ended:
+            more = _read_exact(stream, max(chunk, size))
+            if not more:
+                ended = True
+                break
+            base += pos
+            buf = buf[pos:] + more
+            pos = 0
+        return len(buf) - pos >= size
+
     while True:
-        head = _read_exact(stream, 4)
-        if not head:
+        if not fill(4):
+            if len(buf) - pos:
+                raise FrameError(f"byte {base + pos}: the stream ends inside a frame length")
             return
-        if len(head) < 4:
-            raise FrameError(f"byte {offset}: the stream ends inside a frame length")
-        (length,) = struct.unpack("!I", head)
-        offset += 4
+        length = int.from_bytes(buf[pos : pos + 4], "big")
+        pos += 4
         control = length == 0
         if control:
-            head = _read_exact(stream, 4)
-            if len(head) < 4:
-                raise FrameError(f"byte {offset}: the stream ends inside a control frame")
-            (length,) = struct.unpack("!I", head)
-            offset += 4
+            if not fill(4):
+                raise FrameError(f"byte {base + pos}: the stream ends inside a control frame")
+            length = int.from_bytes(buf[pos : pos + 4], "big")
+            pos += 4
         if length > MAX_FRAME:
-            raise FrameError(f"byte {offset}: a frame of {length} bytes is not dnstap")
-        payload = _read_exact(stream, length)
-        if len(payload) < length:
-            raise FrameError(f"byte {offset}: the stream ends inside a frame "
-                             f"({len(payload)} of {length} bytes)")  # fmt: skip
-        offset += length
+            raise FrameError(f"byte {base + pos}: a frame of {length} bytes is not dnstap")
+        if not fill(length):
+            raise FrameError(f"byte {base + pos}: the stream ends inside a frame "
+                             f"({len(buf) - pos} of {length} bytes)")  # fmt: skip
+        payload = buf[pos : pos + length]
+        pos += length
         if control:
             kind, _ = _control(payload)
             yield kind, payload
@@ -200,52 +217,33 @@ class Converter:
         return None
 
     def fast(self, payload: bytes) -> Fast | bool:
-        """What the passive engine groups an answer by, read without building its record:
-        False for a message that is not measured (counted as :meth:`measurement` counts
-        it), True when only :meth:`measurement` can read it."""
-        tap = self._tap
-        try:
-            tap.ParseFromString(payload)
-        except Exception:  # protobuf's DecodeError, and its C twin's
-            self.undecodable += 1
-            return False
-        m = tap.message
-        kind = m.type
-        if kind not in (_RESOLVER_RESPONSE, _CLIENT_RESPONSE, _FORWARDER_RESPONSE):
-            self.queries += 1
-            return False
-        to_client = kind == _CLIENT_RESPONSE
-        if not to_client and not self.upstream:
-            self.upstream_in_packets += 1
-            return False
-        data = m.response_message
-        if not data:
-            self.queries += 1
-            return False
-        read = fast_summary(data)
-        if read is None:
+        """What the passive engine groups an answer by, read without building its record
+        (:func:`wallwatch.fastwire.dnstap_answer`): False for a message that is not
+        measured (counted as :meth:`measurement` counts it), True when only
+        :meth:`measurement` can read it."""
+        got = dnstap_answer(payload)
+        if got is None:
             return True
-        if not to_client and read[5] == 0 and read[2] == 0 and not read[1] & _AA:
-            self.referrals += 1
+        if isinstance(got, int):
+            if got == 0:
+                self.undecodable += 1
+            else:
+                self.queries += 1
             return False
-        sent = m.query_time_sec
-        if sent:
-            start = sent + m.query_time_nsec / 1e9
-        else:
-            start = m.response_time_sec + m.response_time_nsec / 1e9 if m.response_time_sec else 0.0
-        client = None
-        if to_client and self.clients != ClientPolicy.DROP and m.query_address:
-            client = m.query_address  # the key only: one record per user and answer
-        key = (kind, m.response_address, m.response_port, m.socket_protocol, read[3], read[4],
-               read[2], read[8], client)  # fmt: skip
-        return (
-            int(self.clock(start)) // 60,
-            key,
-            "users" if to_client else "upstream",
-            read[2],
-            read[9],
-            read[10],
-        )
+        to_client = got[0] == _CLIENT_RESPONSE
+        if not to_client:
+            if not self.upstream:
+                self.upstream_in_packets += 1
+                return False
+            if got[11] == 0 and got[8] == 0 and not got[7] & _AA:
+                self.referrals += 1
+                return False
+        client = got[4] if to_client and self.clients != ClientPolicy.DROP and got[4] else None
+        # (type, server, port, protocol, qname, qtype, rcode, addresses, user)
+        addresses = got[14] if len(got[14]) < 2 else tuple(sorted(got[14]))  # round robin
+        key = (got[0], got[1], got[2], got[3], got[9], got[10], got[8], addresses, client)
+        return (int(self.clock(got[5])) // 60, key, "users" if to_client else "upstream",
+                got[8], got[15], got[16])  # fmt: skip
 
     def measurement(self, payload: bytes) -> Measurement | None:
         """One data frame; None for a message that carries no answer."""
