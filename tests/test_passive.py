@@ -275,6 +275,92 @@ def test_the_operators_own_signals_failures_dnssec_ttls_and_volume(tmp_path: Pat
     assert sum(a["type"] == "wallwatch.operator" for a in logged) == len(alarms)
 
 
+def _send_frames(tap: Path, payloads: list[bytes]) -> None:
+    """A dnstap writer (as Unbound is): READY, ACCEPT, START, the frames, STOP, FINISH."""
+
+    def control(kind: int, types: list[bytes]) -> bytes:
+        fields = b"".join(struct.pack("!II", 1, len(t)) + t for t in types)
+        return struct.pack("!III", 0, 4 + len(fields), kind) + fields
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(tap))
+        conn.sendall(control(4, [dnstap.CONTENT_TYPE]))
+        assert conn.recv(4096)[8:12] == struct.pack("!I", 1)  # ACCEPT
+        conn.sendall(control(2, [dnstap.CONTENT_TYPE]))
+        for payload in payloads:
+            conn.sendall(struct.pack("!I", len(payload)) + payload)
+        conn.sendall(control(3, []))
+        conn.settimeout(10)
+        assert conn.recv(4096)[8:12] == struct.pack("!I", 5)  # FINISH
+
+
+def _minutes_2014(minute0: int, minutes: range, copies: int = 1) -> list[bytes]:
+    """A resolver's answers to its users, minute by minute; from minute 6 to 9 every .com
+    name gets 65.49.2.178 (the 2014 shape), .cn names keep theirs."""
+    names = [f"site{i}.com" for i in range(30)] + [f"site{i}.cn" for i in range(10)]
+    out = []
+    for minute in minutes:
+        for copy in range(copies):
+            for i, name in enumerate(names):
+                forged = 6 <= minute < 10 and name.endswith(".com")
+                at = (minute0 + minute) * 60 + 1 + i
+                out.append(dnstap.message_bytes(
+                    identity=b"isp-resolver", type=6, socket_family=1, socket_protocol=1,
+                    query_address=socket.inet_aton(f"10.0.{i}.9"), query_port=40000 + copy,
+                    response_address=socket.inet_aton("10.10.2.53"), response_port=53,
+                    query_time_sec=at, query_time_nsec=copy, response_time_sec=at,
+                    response_time_nsec=5_000_000,
+                    response_message=_answer(name, FORGED if forged else f"198.51.100.{i + 1}")))  # fmt: skip
+    return out
+
+
+def test_a_kill_9_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
+    """``wallwatch passive`` on a dnstap socket is killed (SIGKILL) with minutes 0-8 sent,
+    of which 7 and 8 are still open; a new one on the same directory gets minutes 9-13.
+    Every answer is counted once, each minute's records are written once, the open
+    minutes' answers (and their repeats) come back from the journal, and the event is
+    raised once, with the detector's sums replayed rather than learnt again."""
+    import os
+    import signal as signals
+
+    minute0 = 23_330_000
+    tap = tmp_path / "dnstap.sock"
+    out = tmp_path / "passive"
+    first = _receiver(tap, out)
+    _send_frames(tap, _minutes_2014(minute0, range(9), copies=3))
+    time.sleep(1.5)  # the journal is written within a second, even when idle
+    os.kill(first.pid, signals.SIGKILL)
+    first.communicate(timeout=30)
+    assert sorted((out / "pending").glob("m*.jsonl"))  # open minutes, journaled
+    tap.unlink()  # the killed receiver's socket (the new one replaces it; wait for that)
+    second = _receiver(tap, out)
+    _send_frames(tap, _minutes_2014(minute0, range(9, 14), copies=3))
+    time.sleep(0.5)
+    second.terminate()
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    assert "passive: resumed: 7 judged minutes replayed, 240 answers of 2 open minutes" in err
+    summary = json.loads((out / "passive.json").read_text())
+    assert summary["answers"] == 14 * 40 * 3 and summary["minutes_judged"] == 14
+    records = [records_decode(line) for f in sorted((out / "measurements").glob("passive-m*.jsonl"))
+               for line in f.read_bytes().splitlines()]  # fmt: skip
+    assert len(records) == 14 * 40  # one record per name and minute, each written once
+    assert sum(int(r.annotations.get("count", "1")) for r in records) == 14 * 40 * 3
+    assert len({r.measurement_uid for r in records}) == len(records)
+    assert not list((out / "pending").glob("m*"))
+    (event,) = summary["events"]
+    assert event["target_address"] == FORGED and event["over"] is not None
+    alerts = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
+    starts = [a for a in alerts if a.get("change") == "start"]
+    assert len(starts) == 1 and len({a["id"] for a in alerts}) == len(alerts)
+
+
+def records_decode(line: bytes) -> Measurement:
+    record = records.decode(line)
+    assert isinstance(record, Measurement)
+    return record
+
+
 def test_a_cut_or_foreign_stream_is_named_and_what_came_before_is_kept(tmp_path: Path) -> None:
     payloads = [dnstap.message_bytes(type=4, socket_family=1, socket_protocol=1,
                                      response_address=socket.inet_aton("192.0.2.53"), response_port=53,

@@ -1063,6 +1063,7 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | N
     started = time.monotonic()
 
     def stop() -> bool:
+        engine.tick()  # the journal written even while the resolver is quiet
         return bool(stopping) or (duration is not None and time.monotonic() > started + duration)
 
     listener = None

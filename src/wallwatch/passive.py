@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -43,9 +44,10 @@ from wallwatch.interop.capture import Capture
 from wallwatch.interop.dnstap import ClientPolicy, Converter
 from wallwatch.interop.pcap import Matcher, Query, read_queries
 from wallwatch.interop.summary import ImportSummary
+from wallwatch.journal import recover
 from wallwatch.observatory.agent import Spool
 from wallwatch.records import InputError, Measurement
-from wallwatch.watch import Clock, Watch, WatchConfig
+from wallwatch.watch import Clock, Watch, WatchConfig, alert_ids, read_measurements
 
 
 @functools.lru_cache(maxsize=4096)
@@ -105,6 +107,8 @@ class Passive:
     #: Upstream queries seen in packets that drew only referrals, or no reply.
     referrals: int = 0
     unanswered: int = 0
+    #: Seconds between writes of the open minutes' journal: the most a kill -9 loses.
+    flush_every: float = 1.0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -123,6 +127,12 @@ class Passive:
             Spool(self.out / "spool", self.upload, self.token).start()
             if self.upload and self.token else None
         )  # fmt: skip
+        self.journal = self.out / "pending"
+        self.journal.mkdir(exist_ok=True)
+        self._unflushed: dict[int, bytearray] = {}
+        self._flushed_at = time.monotonic()
+        #: What a restart found: minutes replayed, answers of open minutes restored.
+        self.resumed = self._resume()
 
     def add(self, m: Measurement, key: tuple[object, ...] | None = None) -> None:
         """One measurement (thread-safe: a dnstap socket and a capture feed one engine);
@@ -162,6 +172,7 @@ class Passive:
                 entry[1] += 1
                 self.answers += 1
                 self.operator.observe(minute, stream, rcode, ttl, ede)
+                self._due()
                 return
         record = converter.measurement(payload)
         if record is not None:
@@ -178,14 +189,21 @@ class Passive:
             if first is not None:
                 self.race_ttls[first] += 1
         if minute in self.watch.judged:
-            self.late += 1  # written below, not judged: the minute's sums have moved on
-            self._write(minute, [m])
+            self.late += 1  # written beside it, not judged: the minute's sums have moved on
+            buffer = bytearray()
+            records.encode_into(m, buffer)
+            with open(self.out / "measurements" / f"passive-m{minute}.late.jsonl", "ab") as f:
+                f.write(buffer)
+            if self.spool is not None:
+                self.spool.add(bytes(buffer).splitlines())
             return
         self.operator.observe_measurement(minute, m)
         held = self.pending.setdefault(minute, [])
         if key is not None:
             self.keys.setdefault(minute, {})[key] = [len(held), 1]
         held.append(m)
+        records.encode_into(m, self._unflushed.setdefault(minute, bytearray()))
+        self._due()
         newest = max(self.pending)
         for closed in sorted(k for k in self.pending if k <= newest - self.lag):
             self._judge(closed)
@@ -264,6 +282,7 @@ class Passive:
                             self.operator.observe(
                                 minute, stream, read[0][2], read[0][9], read[0][10]
                             )
+                            self._due()
                             if len({r[8] for r in read}) >= 2:
                                 self.races[minute] += 1
                                 first_ttl = q.replies[0][3]
@@ -285,32 +304,65 @@ class Passive:
 
         return take
 
-    def _write(self, minute: int, ms: list[Measurement]) -> bytes:
-        """Append to the minute's file (and the upload spool); the JSON lines written."""
-        buffer = bytearray()
-        for m in ms:
-            records.encode_into(m, buffer)
-        data = bytes(buffer)
-        with open(self.out / "measurements" / f"passive-m{minute}.jsonl", "ab") as handle:
-            handle.write(data)
-        if self.spool is not None:
-            self.spool.add(data.splitlines())
-        return data
+    def tick(self) -> None:
+        """Write the journal if it is due (a live receiver calls this while idle)."""
+        with self._lock:
+            self._due()
+
+    def _due(self) -> None:
+        if time.monotonic() - self._flushed_at >= self.flush_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        """The open minutes' new records to their journal, and the repeat counts so far
+        (what a restart after a kill -9 picks up: :meth:`_resume`)."""
+        self._flushed_at = time.monotonic()
+        for minute, buffer in self._unflushed.items():
+            if buffer:
+                with open(self.journal / f"m{minute}.jsonl", "ab") as handle:
+                    handle.write(buffer)
+                buffer.clear()
+            counts = {str(i): c for i, c in (self.keys.get(minute) or {}).values() if c > 1}
+            if counts:
+                tmp = self.journal / f"m{minute}.counts.tmp"
+                tmp.write_text(json.dumps(counts))
+                tmp.replace(self.journal / f"m{minute}.counts.json")
+        self._unflushed = {m: b for m, b in self._unflushed.items() if m in self.pending}
 
     def _judge(self, minute: int) -> None:
         ms = self.pending.pop(minute)
+        self._unflushed.pop(minute, None)
         for index, count in (self.keys.pop(minute, None) or {}).values():
             if count > 1:  # the answers this record stands for
                 m = ms[index]
                 ms[index] = msgspec.structs.replace(m, annotations={**m.annotations,
                                                                     "count": str(count)})  # fmt: skip
-        encoded = self._write(minute, ms)
+        buffer = bytearray()
+        for m in ms:
+            records.encode_into(m, buffer)
+        encoded = bytes(buffer)
+        # Whole or not at all: a restart judges again a minute not marked judged.
+        final = self.out / "measurements" / f"passive-m{minute}.jsonl"
+        tmp = final.with_suffix(".tmp")
+        tmp.write_bytes(encoded)
+        tmp.replace(final)
+        if self.spool is not None:
+            self.spool.add(encoded.splitlines())
         self.watch.judge(minute, ms, now=minute * 60.0 + 60.0, encoded=encoded)
+        self._operator_minute(minute, live=True)
+        with open(self.out / "passive-judged.txt", "a") as handle:
+            handle.write(f"{minute}\n")
+        for leftover in (f"m{minute}.jsonl", f"m{minute}.counts.json"):
+            (self.journal / leftover).unlink(missing_ok=True)
+
+    def _operator_minute(self, minute: int, *, live: bool) -> None:
+        """Close the operator's minute: its rows, and its alarms as alerts (raised once)."""
         rows, changes = self.operator.close(minute)
         tz = self.watch.config.clock.tz
-        lines = [json.dumps(dict(r, minute=minute_iso(minute, tz, "minutes"))) for r in rows]
-        with open(self.out / "operator.jsonl", "a") as handle:
-            handle.write("".join(line + "\n" for line in lines))
+        if live:
+            lines = [json.dumps(dict(r, minute=minute_iso(minute, tz, "minutes"))) for r in rows]
+            with open(self.out / "operator.jsonl", "a") as handle:
+                handle.write("".join(line + "\n" for line in lines))
         alerts = []
         for change in changes:
             alert = {
@@ -326,6 +378,65 @@ class Passive:
                 alerts.append(json.dumps(alert))
         self.watch.raise_alerts(alerts)
 
+    def _account(self, minute: int, m: Measurement, count: int) -> None:
+        """A restored record's share of the totals (its repeats included)."""
+        self.answers += count
+        if raced(m):
+            self.races[minute] += count
+            first = m.responses[0].ip_ttl
+            if first is not None:
+                self.race_ttls[first] += count
+        self.operator.observe_measurement(minute, m, count)
+
+    def _resume(self) -> tuple[int, int]:
+        """Pick up after a crash: replay the judged minutes through the detector (its
+        sums, the operator's, the totals; alerts already logged are not raised again)
+        and restore the open minutes from their journal. A line torn by the kill is
+        dropped and named."""
+        marks = self.out / "passive-judged.txt"
+        judged = sorted({int(x) for x in marks.read_text().split() if x.isdigit()}
+                        if marks.exists() else set())  # fmt: skip
+        if judged:
+            self.watch.raised = alert_ids(self.out / "alerts.jsonl")
+        for minute in judged:
+            ms = self._read(self.out / "measurements" / f"passive-m{minute}.jsonl")
+            for m in ms:
+                self._account(minute, m, int(m.annotations.get("count", "1")))
+            self.watch.judge(minute, ms, now=minute * 60.0 + 60.0, live=False)
+            self._operator_minute(minute, live=False)
+        restored = 0
+        for path in sorted(self.journal.glob("m*.jsonl")):
+            minute = int(path.stem[1:])
+            counts_path = path.with_name(f"m{minute}.counts.json")
+            if minute in self.watch.judged:  # judged just before the crash
+                path.unlink()
+                counts_path.unlink(missing_ok=True)
+                continue
+            counts = json.loads(counts_path.read_text()) if counts_path.exists() else {}
+            held = self.pending.setdefault(minute, [])
+            for index, m in enumerate(self._read(path)):
+                count = int(counts.get(str(index), 1))
+                if count > 1:
+                    m = msgspec.structs.replace(m, annotations={**m.annotations,
+                                                                "count": str(count)})  # fmt: skip
+                held.append(m)
+                self._account(minute, m, count)
+                restored += count
+        if judged or restored:
+            self.watch.write_series()
+            self.watch.save()
+            print(f"passive: resumed: {len(judged)} judged minutes replayed, {restored} "
+                  f"answers of {len(self.pending)} open minutes restored", file=sys.stderr)  # fmt: skip
+        return len(judged), restored
+
+    @staticmethod
+    def _read(path: Path) -> list[Measurement]:
+        if not path.exists():
+            return []
+        for at_line, reason in recover(path).dropped:
+            print(f"passive: {path}:{at_line}: dropped a torn record ({reason})", file=sys.stderr)
+        return [m for m in read_measurements([path])]
+
     def close(self) -> dict[str, object]:
         """Judge what is pending (the input ended), save, and say what was seen."""
         with self._lock:
@@ -334,6 +445,7 @@ class Passive:
     def _close(self) -> dict[str, object]:
         for minute in sorted(self.pending):
             self._judge(minute)
+        self._flush()
         self.watch.save()
         tz = self.watch.config.clock.tz
         summary: dict[str, object] = {

@@ -246,7 +246,7 @@ class Watch:
                 print(f"watch: round {number}: vantage {vantage.name} failed "
                       f"({proc.returncode}): {err.decode(errors='replace').strip()[-300:]}",
                       file=sys.stderr)  # fmt: skip
-        measurements = list(_measurements(files))
+        measurements = list(read_measurements(files))
         record = RoundRecord(number, minute, at, real_start, time.time(),
                              [p.name for p in files], len(measurements))  # fmt: skip
         _append_lines(self.config.out / "rounds.jsonl", [msgspec.json.encode(record).decode()])
@@ -442,7 +442,7 @@ class Watch:
                     for at_line, reason in recover(p).dropped:
                         print(f"watch: {p}:{at_line}: dropped a torn record ({reason})",
                               file=sys.stderr)  # fmt: skip
-            measurements = list(_measurements(paths))
+            measurements = list(read_measurements(paths))
             if record is None:
                 complete = self._complete(paths, measurements)
                 record = RoundRecord(number, minute, minute * 60.0, 0.0, 0.0,
@@ -538,7 +538,7 @@ def _next_slot(now: float, every: float) -> float:
     return (now // every + 1) * every
 
 
-def _measurements(paths: Iterable[Path]) -> Iterable[Measurement]:
+def read_measurements(paths: Iterable[Path]) -> Iterable[Measurement]:
     for path in paths:
         if not path.exists():
             continue

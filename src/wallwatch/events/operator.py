@@ -106,8 +106,9 @@ class Operator:
         if ttl >= 0:
             one.ttls[ttl] += n
 
-    def observe_measurement(self, minute: int, m: Measurement) -> None:
-        """A measurement's first parsed reply, read as :meth:`observe` reads a summary."""
+    def observe_measurement(self, minute: int, m: Measurement, n: int = 1) -> None:
+        """A measurement's first parsed reply (``n`` answers alike), read as
+        :meth:`observe` reads a summary."""
         replies = [r for r in m.responses if r.failure is None]
         if not replies:
             return
@@ -116,7 +117,7 @@ class Operator:
         ede = -1
         if first.rcode == _SERVFAIL and dnssec_failure(first.raw_response):
             ede = 6
-        self.observe(minute, stream_of(m), first.rcode or 0, min(ttls) if ttls else -1, ede)
+        self.observe(minute, stream_of(m), first.rcode or 0, min(ttls) if ttls else -1, ede, n)
 
     def close(self, minute: int) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
         """One minute: the rows (one per stream) and the changes (alarm start or end)."""
