@@ -1,7 +1,7 @@
 """Benchmark: wallwatch passive reading and judging a resolver's traffic, pcap and dnstap.
 
-Two files of the same generated traffic: a busy resolver's answers over ``--minutes``
-minutes, names drawn from a Zipf law (exponent ``--zipf``) over ``--names`` names, as
+Two files of the same generated traffic: a resolver answering ``--rate`` queries a
+second, names drawn from a Zipf law (exponent ``--zipf``) over ``--names`` names, as
 resolver query logs are ([zipf-dns] in docs/sources.md), each name with its own
 addresses and a TTL counting down, one answer in 200 a SERVFAIL. The pcap file holds
 each query and its reply (two DNS messages) as a capture of the resolver's upstream side

@@ -241,7 +241,8 @@ class Passive:
                   errors: Callable[[InputError], None]) -> None:  # fmt: skip
         """A capture file: each query and its replies, as the prober records them (the
         streams are per server: a file does not say which side the resolver was on)."""
-        matcher = Matcher(str(path), self.capture_summary)
+        # Queries finish as the capture goes on (a file may hold hours): memory stays flat.
+        matcher = Matcher(str(path), self.capture_summary, window=self.window)
         take = self._queries(matcher, vantage, clients, hide, upstream=False)
         for item in read_queries(path, matcher):
             if isinstance(item, InputError):
@@ -277,18 +278,22 @@ class Passive:
                            tuple((r[2], tuple(sorted(r[8])), r[1] & _AA) for r in read))  # fmt: skip
                     if not read:
                         key = None  # a timeout is recorded each time
-                    elif self.repeat(minute, key):
+                    else:
                         with self._lock:
-                            self.operator.observe(
-                                minute, stream, read[0][2], read[0][9], read[0][10]
-                            )
-                            self._due()
-                            if len({r[8] for r in read}) >= 2:
-                                self.races[minute] += 1
-                                first_ttl = q.replies[0][3]
-                                if first_ttl is not None:
-                                    self.race_ttls[first_ttl] += 1
-                        continue
+                            held = self.keys.get(minute)
+                            entry = held.get(key) if held is not None else None
+                            if entry is not None:  # a repeat: counted on its record
+                                entry[1] += 1
+                                self.answers += 1
+                                first = read[0]
+                                self.operator.observe(minute, stream, first[2], first[9], first[10])
+                                if len(read) > 1 and len({r[8] for r in read}) >= 2:
+                                    self.races[minute] += 1
+                                    first_ttl = q.replies[0][3]
+                                    if first_ttl is not None:
+                                        self.race_ttls[first_ttl] += 1
+                                self._due()
+                                continue
                 m = matcher.record(q)
                 if upstream:
                     if not m.responses:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -257,6 +258,9 @@ def _scan_classic(reader: _Classic, matcher: Matcher) -> Iterator[Query | InputE
             return
 
 
+_NONE: tuple[Query, ...] = ()
+
+
 class Matcher:
     """Queries and their replies, matched as packets pass, one measurement per query.
 
@@ -283,15 +287,18 @@ class Matcher:
         self.ports = ports
         self.window = window
         self.open: dict[tuple[Any, ...], Query] = {}
+        #: The open queries in the order they were asked (expiry walks it from the left;
+        #: a dict's first key is slow to find once many keys before it were removed).
+        self.order: deque[Query] = deque()
         self.done: list[Query] = []
         self.first_t: float | None = None
 
-    def ip(self, number: int, t: float, ip: Any) -> Iterator[Query]:
+    def ip(self, number: int, t: float, ip: Any) -> Iterable[Query]:
         """One IP packet as dpkt reads it."""
         udp = getattr(ip, "data", None)
         if not isinstance(udp, dpkt.udp.UDP):
             self.summary.skipped["not DNS over UDP"] += 1
-            return iter(())
+            return _NONE
         v4 = isinstance(ip, dpkt.ip.IP)
         ttl = int(ip.ttl) if v4 else int(getattr(ip, "hlim", 0))
         return self.add(number, t, _addr(ip.src), _addr(ip.dst), udp.sport, udp.dport, ttl,
@@ -299,13 +306,13 @@ class Matcher:
 
     def add(self, number: int, t: float, src: str, dst: str, sport: int, dport: int,
             ttl: int, ip_id: int | None, df: bool | None,
-            payload: bytes) -> Iterator[Query]:  # fmt: skip
+            payload: bytes) -> Iterable[Query]:  # fmt: skip
         """Take one UDP datagram, numbered ``number`` in its source, seen at ``t``;
         the queries finished by it (with ``window`` only)."""
         ports = self.ports
         if sport not in ports and dport not in ports:
             self.summary.skipped["not DNS over UDP"] += 1
-            return iter(())
+            return _NONE
         if self.first_t is None:
             self.first_t = t
         read = fast_summary(payload)
@@ -324,9 +331,10 @@ class Matcher:
             if key in self.open:
                 self.done.append(self.open.pop(key))
             self.open[key] = q
+            self.order.append(q)
         elif sport not in ports:
             self.summary.skipped["not DNS over UDP"] += 1
-            return iter(())
+            return _NONE
         else:
             if read is None:
                 txid = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
@@ -336,19 +344,26 @@ class Matcher:
                 query = Query(number, t, dst, dport, src, sport, txid, qname, qtype, None)
                 self.done.append(query)
             query.replies.append((t, src, sport, ttl, ip_id, df, payload, read))
-        if self.window is not None:
+        # Expiry in batches, a second of capture at a time: one generator per packet
+        # would cost as much as matching it.
+        order = self.order
+        if self.window is not None and (
+            len(self.done) > 64 or (order and order[0].t < t - self.window - 1.0)
+        ):
             return self.expire(t - self.window)
-        return iter(())
+        return _NONE
 
     def expire(self, before: float) -> Iterator[Query]:
         """The queries asked before ``before`` (and lone replies), in capture order."""
         finished = self.done
         self.done = []
-        while self.open:
-            key = next(iter(self.open))
-            if self.open[key].t >= before:
-                break
-            finished.append(self.open.pop(key))
+        order, open_ = self.order, self.open
+        while order and order[0].t < before:
+            q = order.popleft()
+            key = (q.client, q.cport, q.server, q.sport, q.txid, q.qname, q.qtype)
+            if open_.get(key) is q:  # not finished already (a retransmission replaced it)
+                del open_[key]
+                finished.append(q)
         if len(finished) > 1:
             finished.sort(key=lambda q: q.index)
         yield from finished
@@ -357,6 +372,7 @@ class Matcher:
         """Every query still waiting: the input ended."""
         self.done.extend(self.open.values())
         self.open = {}
+        self.order.clear()
         yield from self.expire(float("-inf"))
 
     def record(self, query: Query) -> Measurement:
