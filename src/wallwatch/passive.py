@@ -112,6 +112,8 @@ class Passive:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        #: Per open minute, the repeats' (stream, rcode, TTL, EDE) for the operator's signals.
+        self._tallies: dict[int, Counter[tuple[str, int, int, int]]] = {}
         #: Per open minute, each recorded answer's key: [its index, the answers it stands for].
         self.keys: dict[int, dict[tuple[object, ...], list[int]]] = {}
         self.operator = Operator()
@@ -171,7 +173,10 @@ class Passive:
             if entry is not None:
                 entry[1] += 1
                 self.answers += 1
-                self.operator.observe(minute, stream, rcode, ttl, ede)
+                tally = self._tallies.get(minute)
+                if tally is None:
+                    tally = self._tallies[minute] = Counter()
+                tally[stream, rcode, ttl, ede] += 1
                 self._due()
                 return
         record = converter.measurement(payload)
@@ -362,6 +367,8 @@ class Passive:
 
     def _operator_minute(self, minute: int, *, live: bool) -> None:
         """Close the operator's minute: its rows, and its alarms as alerts (raised once)."""
+        for (stream, rcode, ttl, ede), n in (self._tallies.pop(minute, None) or {}).items():
+            self.operator.observe(minute, stream, rcode, ttl, ede, n)
         rows, changes = self.operator.close(minute)
         tz = self.watch.config.clock.tz
         if live:

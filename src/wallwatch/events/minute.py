@@ -257,19 +257,25 @@ def signals(bucket: Bucket, history: StreamHistory) -> Signals:
     )
 
 
+_KEYS: dict[tuple[str, str, str, str, str, str], StreamKey] = {}
+
+
 def stream_key(m: Measurement) -> StreamKey:
     """The stream a measurement belongs to. ``annotations['stream']`` names the resolver
     side when it is not one server: a resolver's upstream answers come from the root, a
     TLD's and the domain's servers in turn, and only together do they have a history
-    (``wallwatch passive`` sets it to ``upstream``)."""
-    return StreamKey(
-        vantage=m.vantage,
-        resolver=m.annotations.get("stream") or m.resolver_address.rsplit(":", 1)[0].strip("[]"),
-        engine=m.engine.value,
-        target_kind=m.target_kind.value,
-        tld=m.hostname.rstrip(".").rsplit(".", 1)[-1].lower(),
-        qtype=m.query_type,
-    )
+    (``wallwatch passive`` sets it to ``upstream``). The few keys are made once each (a
+    minute of a busy resolver asks for hundreds of thousands)."""
+    parts = (m.vantage,
+             m.annotations.get("stream") or m.resolver_address.rsplit(":", 1)[0].strip("[]"),
+             m.engine.value, m.target_kind.value,
+             m.hostname.rstrip(".").rsplit(".", 1)[-1].lower(), m.query_type)  # fmt: skip
+    key = _KEYS.get(parts)
+    if key is None:
+        if len(_KEYS) > 1 << 16:
+            _KEYS.clear()
+        key = _KEYS[parts] = StreamKey(*parts)
+    return key
 
 
 def buckets(

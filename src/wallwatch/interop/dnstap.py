@@ -135,6 +135,13 @@ def frames(stream: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[int | None,
         return len(buf) - pos >= size
 
     while True:
+        # The usual case first: a data frame wholly in the buffer.
+        if pos + 4 <= len(buf):
+            length = int.from_bytes(buf[pos : pos + 4], "big")
+            if length and pos + 4 + length <= len(buf) and length <= MAX_FRAME:
+                pos += 4 + length
+                yield None, buf[pos - length : pos]
+                continue
         if not fill(4):
             if len(buf) - pos:
                 raise FrameError(f"byte {base + pos}: the stream ends inside a frame length")
@@ -198,6 +205,7 @@ class Converter:
         self.source = source
         #: Real time to the time reported in (the scenario's clock, in the lab).
         self.clock = clock or (lambda t: t)
+        self._identity = clock is None
         self.count = 0
         #: Messages read that carry no answer (queries), and undecodable ones.
         self.queries = 0
@@ -242,7 +250,8 @@ class Converter:
         # (type, server, port, protocol, qname, qtype, rcode, addresses, user)
         addresses = got[14] if len(got[14]) < 2 else tuple(sorted(got[14]))  # round robin
         key = (got[0], got[1], got[2], got[3], got[9], got[10], got[8], addresses, client)
-        return (int(self.clock(got[5])) // 60, key, "users" if to_client else "upstream",
+        start = got[5] if self._identity else self.clock(got[5])
+        return (int(start) // 60, key, "users" if to_client else "upstream",
                 got[8], got[15], got[16])  # fmt: skip
 
     def measurement(self, payload: bytes) -> Measurement | None:
