@@ -211,6 +211,83 @@ def test_passive_detector_raises_the_2014_event_from_a_dnstap_file(tmp_path: Pat
     assert b"10.0.3.9" not in text and b'"client":"' in text
 
 
+def test_a_live_capture_keeps_the_upstream_side_over_ipv4_and_ipv6(tmp_path: Path) -> None:
+    """``Capture`` on ``lo``: a server on 127.0.0.1 and ::1 answers each query twice (an
+    injector's address first, the genuine one after), as a race looks on a resolver's
+    upstream side. Every query is one measurement with both replies, over both families;
+    the server's own side of the same packets is not kept."""
+    import threading
+
+    from wallwatch.interop.capture import Capture
+    from wallwatch.interop.dnstap import ClientPolicy
+    from wallwatch.passive import Passive
+
+    servers = []
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        server = socket.socket(family, socket.SOCK_DGRAM)
+        server.bind((host, 0))
+        servers.append(server)
+    port = servers[0].getsockname()[1]
+    servers[1].close()  # the same port on ::1
+    servers[1] = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    servers[1].bind(("::1", port))
+    stop_serving: list[int] = []
+
+    def serve(server: socket.socket) -> None:
+        server.settimeout(0.2)
+        while not stop_serving:
+            try:
+                wire, peer = server.recvfrom(512)
+            except TimeoutError:
+                continue
+            query = dns.message.from_wire(wire)
+            name = query.question[0].name.to_text().rstrip(".")
+            for address in (FORGED, "198.51.100.7"):
+                reply = dns.message.from_wire(_answer(name, address))
+                reply.id = query.id
+                server.sendto(reply.to_wire(), peer)
+
+    threads = [threading.Thread(target=serve, args=(s,)) for s in servers]
+    for thread in threads:
+        thread.start()
+    capture = Capture("lo", port=port)
+    seen = Passive(tmp_path / "packets", emit=lambda line: None)
+    capturing: list[int] = []
+    reader = threading.Thread(target=seen.listen, args=(capture, lambda: bool(capturing)),
+                              kwargs={"vantage": "isp", "clients": ClientPolicy.DROP,
+                                      "hide": lambda client: None})  # fmt: skip
+    reader.start()
+    try:
+        for i in range(6):
+            host = "127.0.0.1" if i % 2 else "::1"
+            query = dns.message.make_query(f"n{i}.example.com", "A")
+            family = socket.AF_INET if i % 2 else socket.AF_INET6
+            with socket.socket(family, socket.SOCK_DGRAM) as client:
+                client.settimeout(2)
+                client.sendto(query.to_wire(), (host, port))
+                client.recv(512), client.recv(512)  # both replies arrived
+        time.sleep(0.3)
+    finally:
+        capturing.append(1)
+        reader.join(timeout=10)
+        stop_serving.append(1)
+        for thread in threads:
+            thread.join(timeout=5)
+        for server in servers:
+            server.close()
+        capture.close()
+    summary = seen.close()
+    assert summary["raced_queries"] == 6, summary
+    ms = [records_decode(line) for f in sorted((tmp_path / "packets" / "measurements").glob("*.jsonl"))
+          for line in f.read_bytes().splitlines()]  # fmt: skip
+    assert sorted(m.resolver_address for m in ms) == sorted(
+        [f"127.0.0.1:{port}"] * 3 + [f"[::1]:{port}"] * 3)  # fmt: skip
+    for m in ms:
+        assert [[a.ipv4 for a in r.answers] for r in m.responses] == [[FORGED], ["198.51.100.7"]]
+        assert m.annotations["stream"] == "upstream"
+    assert capture.user_side >= 12  # the server's side of the same packets: seen, not kept
+
+
 def _servfail(name: str, ede: int) -> bytes:
     import dns.edns
     import dns.rcode

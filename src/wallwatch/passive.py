@@ -234,7 +234,7 @@ class Passive:
             t, packet = item
             number += 1
             try:
-                ip = dpkt.ip.IP(packet)
+                ip = dpkt.ip6.IP6(packet) if packet[0] >> 4 == 6 else dpkt.ip.IP(packet)
             except (dpkt.dpkt.UnpackError, struct.error):
                 summary.skipped["not IP"] += 1
                 continue

@@ -11,7 +11,7 @@ measurements.
 
 An ``AF_PACKET`` socket in cooked mode (IP packets without the link header), bound to
 every protocol (the kernel shows a host's own outgoing packets only to such sockets),
-with a classic BPF filter for "IPv4, UDP to or from port 53, not a fragment", as the prober's raw
+with a classic BPF filter for "UDP to or from port 53 over IPv4 (not a fragment) or IPv6", as the prober's raw
 capture uses (:mod:`wallwatch.probe.rawcapture`); the kernel stamps each packet
 (``SO_TIMESTAMPNS``). ``netns`` opens it inside a named network namespace (the lab's
 ISP node) without moving the process: only the socket lives there.
@@ -36,22 +36,30 @@ SO_TIMESTAMPNS = 35
 _PACKET_OUTGOING = 4
 _CLONE_NEWNET = 0x40000000
 
-# 'ip and udp port 53 and not fragment' for a cooked socket of every protocol (only a
-# socket bound to ETH_P_ALL sees the packets this host sends); the port is patched in.
+# 'udp port 53 and not fragment' over IPv4 and IPv6 (no extension headers) for a cooked
+# socket of every protocol (only a socket bound to ETH_P_ALL sees the packets this host
+# sends); the port is patched in. Jumps are relative: target = index + 1 + offset.
 _FILTER = [
-    (0x28, 0, 0, 0xFFFFF000),  # ldh [protocol]     (SKF_AD_PROTOCOL)
-    (0x15, 0, 10, 0x00000800),  # jeq #IPv4 else drop
-    (0x30, 0, 0, 0x00000009),  # ldb [9]            protocol
-    (0x15, 0, 8, 0x00000011),  # jeq #17 (UDP) else drop
-    (0x28, 0, 0, 0x00000006),  # ldh [6]            flags + fragment offset
-    (0x45, 6, 0, 0x00001FFF),  # jset #0x1fff -> drop (a fragment)
-    (0xB1, 0, 0, 0x00000000),  # ldxb 4*([0]&0xf)   IP header length
-    (0x48, 0, 0, 0x00000000),  # ldh [x+0]          UDP source port
-    (0x15, 2, 0, 0x00000035),  # jeq #PORT -> accept
-    (0x48, 0, 0, 0x00000002),  # ldh [x+2]          UDP destination port
-    (0x15, 0, 1, 0x00000035),  # jeq #PORT else drop
-    (0x06, 0, 0, 0x00040000),  # ret #262144        accept
-    (0x06, 0, 0, 0x00000000),  # ret #0             drop
+    (0x28, 0, 0, 0xFFFFF000),  # 0  ldh [protocol]   (SKF_AD_PROTOCOL)
+    (0x15, 0, 9, 0x00000800),  # 1  jeq #IPv4 else 11
+    (0x30, 0, 0, 0x00000009),  # 2  ldb [9]          protocol
+    (0x15, 0, 15, 0x00000011),  # 3  jeq #17 (UDP) else drop
+    (0x28, 0, 0, 0x00000006),  # 4  ldh [6]          flags + fragment offset
+    (0x45, 13, 0, 0x00001FFF),  # 5  jset #0x1fff -> drop (a fragment)
+    (0xB1, 0, 0, 0x00000000),  # 6  ldxb 4*([0]&0xf) IP header length
+    (0x48, 0, 0, 0x00000000),  # 7  ldh [x+0]        UDP source port
+    (0x15, 9, 0, 0x00000035),  # 8  jeq #PORT -> accept
+    (0x48, 0, 0, 0x00000002),  # 9  ldh [x+2]        UDP destination port
+    (0x15, 7, 8, 0x00000035),  # 10 jeq #PORT -> accept else drop
+    (0x15, 0, 7, 0x000086DD),  # 11 jeq #IPv6 else drop
+    (0x30, 0, 0, 0x00000006),  # 12 ldb [6]          next header
+    (0x15, 0, 5, 0x00000011),  # 13 jeq #17 (UDP) else drop
+    (0x28, 0, 0, 0x00000028),  # 14 ldh [40]         UDP source port
+    (0x15, 2, 0, 0x00000035),  # 15 jeq #PORT -> accept
+    (0x28, 0, 0, 0x0000002A),  # 16 ldh [42]         UDP destination port
+    (0x15, 0, 1, 0x00000035),  # 17 jeq #PORT else drop
+    (0x06, 0, 0, 0x00040000),  # 18 ret #262144      accept
+    (0x06, 0, 0, 0x00000000),  # 19 ret #0           drop
 ]
 
 
@@ -93,7 +101,7 @@ def _open(interface: str, port: int) -> socket.socket:
     except PermissionError:
         raise CaptureError("a live capture needs root (CAP_NET_RAW)") from None
     try:
-        code = [(c, jt, jf, port if k == 53 else k) for c, jt, jf, k in _FILTER]
+        code = [(c, jt, jf, port if c == 0x15 and k == 53 else k) for c, jt, jf, k in _FILTER]
         program = (_SockFilter * len(code))(*(_SockFilter(*f) for f in code))
         fprog = _SockFprog(len(code), ctypes.cast(program, ctypes.POINTER(_SockFilter)))
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
@@ -120,7 +128,7 @@ class Capture:
 
     def upstream(self, packet: bytes, outgoing: bool) -> bool:
         """Whether a packet is of this host asking (a query it sends, a reply to it)."""
-        ihl = (packet[0] & 0x0F) * 4
+        ihl = 40 if packet[0] >> 4 == 6 else (packet[0] & 0x0F) * 4
         if len(packet) < ihl + 4:
             return False
         sport, dport = (int(v) for v in struct.unpack_from("!HH", packet, ihl))
@@ -140,7 +148,7 @@ class Capture:
                 continue
             packet, ancillary, _, address = self.sock.recvmsg(65535, socket.CMSG_SPACE(size))
             self.seen += 1
-            if len(packet) < 20 or packet[0] >> 4 != 4:
+            if len(packet) < 20 or packet[0] >> 4 not in (4, 6):
                 continue
             if not self.upstream(packet, address[2] == _PACKET_OUTGOING):
                 self.user_side += 1
