@@ -10,14 +10,16 @@ raises the event, names the address and the scope, and the race in packets is co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -28,7 +30,10 @@ import pytest
 
 from wallwatch import records
 from wallwatch.interop import dnstap
+from wallwatch.interop.capture import Capture
+from wallwatch.interop.dnstap import ClientPolicy
 from wallwatch.lab.loopback import LoopbackServer, authoritative
+from wallwatch.passive import Passive
 from wallwatch.records import Measurement
 
 FORGED = "65.49.2.178"
@@ -216,12 +221,6 @@ def test_a_live_capture_keeps_the_upstream_side_over_ipv4_and_ipv6(tmp_path: Pat
     injector's address first, the genuine one after), as a race looks on a resolver's
     upstream side. Every query is one measurement with both replies, over both families;
     the server's own side of the same packets is not kept."""
-    import threading
-
-    from wallwatch.interop.capture import Capture
-    from wallwatch.interop.dnstap import ClientPolicy
-    from wallwatch.passive import Passive
-
     servers = []
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
         server = socket.socket(family, socket.SOCK_DGRAM)
@@ -250,32 +249,15 @@ def test_a_live_capture_keeps_the_upstream_side_over_ipv4_and_ipv6(tmp_path: Pat
     threads = [threading.Thread(target=serve, args=(s,)) for s in servers]
     for thread in threads:
         thread.start()
-    capture = Capture("lo", port=port)
-    seen = Passive(tmp_path / "packets", emit=lambda line: None)
-    capturing: list[int] = []
-    reader = threading.Thread(target=seen.listen, args=(capture, lambda: bool(capturing)),
-                              kwargs={"vantage": "isp", "clients": ClientPolicy.DROP,
-                                      "hide": lambda client: None})  # fmt: skip
-    reader.start()
     try:
-        for i in range(6):
-            host = "127.0.0.1" if i % 2 else "::1"
-            query = dns.message.make_query(f"n{i}.example.com", "A")
-            family = socket.AF_INET if i % 2 else socket.AF_INET6
-            with socket.socket(family, socket.SOCK_DGRAM) as client:
-                client.settimeout(2)
-                client.sendto(query.to_wire(), (host, port))
-                client.recv(512), client.recv(512)  # both replies arrived
-        time.sleep(0.3)
+        with _capturing(port, tmp_path / "packets") as (seen, capture):
+            _ask_twice_answered(port)
     finally:
-        capturing.append(1)
-        reader.join(timeout=10)
         stop_serving.append(1)
         for thread in threads:
             thread.join(timeout=5)
         for server in servers:
             server.close()
-        capture.close()
     summary = seen.close()
     assert summary["raced_queries"] == 6, summary
     ms = [records_decode(line) for f in sorted((tmp_path / "packets" / "measurements").glob("*.jsonl"))
@@ -286,6 +268,38 @@ def test_a_live_capture_keeps_the_upstream_side_over_ipv4_and_ipv6(tmp_path: Pat
         assert [[a.ipv4 for a in r.answers] for r in m.responses] == [[FORGED], ["198.51.100.7"]]
         assert m.annotations["stream"] == "upstream"
     assert capture.user_side >= 12  # the server's side of the same packets: seen, not kept
+
+
+def _ask_twice_answered(port: int) -> None:
+    """Six queries, over ::1 and 127.0.0.1 in turn, each waiting for its two replies."""
+    for i in range(6):
+        host = "127.0.0.1" if i % 2 else "::1"
+        query = dns.message.make_query(f"n{i}.example.com", "A")
+        family = socket.AF_INET if i % 2 else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_DGRAM) as client:
+            client.settimeout(2)
+            client.sendto(query.to_wire(), (host, port))
+            client.recv(512), client.recv(512)  # both replies arrived
+    time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def _capturing(port: int, out: Path) -> Iterator[tuple[Passive, Capture]]:
+    """``Passive.listen`` on a live capture of ``lo`` (the server's ``port``), in a thread
+    until the block ends."""
+    capture = Capture("lo", port=port)
+    seen = Passive(out, emit=lambda line: None)
+    done: list[int] = []
+    reader = threading.Thread(target=seen.listen, args=(capture, lambda: bool(done)),
+                              kwargs={"vantage": "isp", "clients": ClientPolicy.DROP,
+                                      "hide": lambda client: None})  # fmt: skip
+    reader.start()
+    try:
+        yield seen, capture
+    finally:
+        done.append(1)
+        reader.join(timeout=10)
+        capture.close()
 
 
 def _servfail(name: str, ede: int) -> bytes:
@@ -518,12 +532,7 @@ def test_when_the_genuine_reply_loses_the_race_dnstap_and_unbound_see_only_the_f
     on Unbound's upstream path. Unbound takes the first reply and closes its port; dnstap
     logs the forgery only, and the genuine reply is not counted as unwanted either. A live
     capture of Unbound's upstream side (``lo``, the server's port) sees both replies."""
-    import threading
-
-    from wallwatch.interop.capture import Capture
-    from wallwatch.interop.dnstap import ClientPolicy
     from wallwatch.lab.loopback import Forgery, racing_injector
-    from wallwatch.passive import Passive
 
     zone = {f"n{i}.example.com": [f"198.51.100.{i + 1}"] for i in range(8)}
     upstream = serve(racing_injector(authoritative(zone), lambda name: True,
@@ -531,40 +540,31 @@ def test_when_the_genuine_reply_loses_the_race_dnstap_and_unbound_see_only_the_f
     tap = tmp_path / "dnstap.sock"
     out = tmp_path / "passive"
     listener = _receiver(tap, out)
-    capture = Capture("lo", port=upstream.address[1])
-    seen = Passive(tmp_path / "packets", emit=lambda line: None)
-    capturing: list[int] = []
-    reader = threading.Thread(target=seen.listen, args=(capture, lambda: bool(capturing)),
-                              kwargs={"vantage": "isp", "clients": ClientPolicy.DROP,
-                                      "hide": lambda client: None})  # fmt: skip
-    reader.start()
-    port = _port()
-    conf = _unbound_conf(tmp_path, port, upstream.address[:2], tap)
-    resolver = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        got = {}
-        deadline = time.monotonic() + 20
-        for name in zone:
-            while time.monotonic() < deadline:
-                try:
-                    reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port,
-                                          timeout=1.0)  # fmt: skip
-                    got[name] = [rd.to_text() for rrset in reply.answer for rd in rrset]
-                    break
-                except (TimeoutError, OSError, dns.exception.Timeout):
-                    time.sleep(0.2)
-        time.sleep(1.0)  # every genuine reply has arrived (100 ms after its forgery)
-        stats = subprocess.run(["unbound-control", "-c", str(conf), "stats_noreset"],
-                               capture_output=True, text=True, timeout=20)  # fmt: skip
-        assert stats.returncode == 0, stats.stderr
-        time.sleep(1.0)
-    finally:
-        resolver.terminate()
-        resolver.wait(timeout=20)
-        capturing.append(1)
-        reader.join(timeout=10)
-        capture.close()
+    with _capturing(upstream.address[1], tmp_path / "packets") as (seen, _):
+        port = _port()
+        conf = _unbound_conf(tmp_path, port, upstream.address[:2], tap)
+        resolver = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            got = {}
+            deadline = time.monotonic() + 20
+            for name in zone:
+                while time.monotonic() < deadline:
+                    try:
+                        reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port,
+                                              timeout=1.0)  # fmt: skip
+                        got[name] = [rd.to_text() for rrset in reply.answer for rd in rrset]
+                        break
+                    except (TimeoutError, OSError, dns.exception.Timeout):
+                        time.sleep(0.2)
+            time.sleep(1.0)  # every genuine reply has arrived (100 ms after its forgery)
+            stats = subprocess.run(["unbound-control", "-c", str(conf), "stats_noreset"],
+                                   capture_output=True, text=True, timeout=20)  # fmt: skip
+            assert stats.returncode == 0, stats.stderr
+            time.sleep(1.0)
+        finally:
+            resolver.terminate()
+            resolver.wait(timeout=20)
     listener.terminate()
     listener.communicate(timeout=60)
     assert got == {name: [FORGED] for name in zone}  # the users got the forgery

@@ -218,6 +218,19 @@ static int field(const unsigned char **p, const unsigned char *end, unsigned wt,
     }
 }
 
+/* The next field at *p: its number, wire type, and value or data; -1 when malformed. */
+static int next_field(const unsigned char **p, const unsigned char *end, uint64_t *number,
+                      unsigned *wt, uint64_t *value, const unsigned char **data, Py_ssize_t *len) {
+    uint64_t key;
+    *value = 0;
+    *data = NULL;
+    *len = 0;
+    if (varint(p, end, &key) < 0 || (key >> 3) == 0) return -1;
+    *number = key >> 3;
+    *wt = (unsigned)(key & 7);
+    return field(p, end, *wt, value, data, len);
+}
+
 /* dnstap_answer(frame) -> 0 | 1 | None | tuple
  *   0: not decodable; 1: a message without an answer (a query, or a response type
  *   without its DNS message); None: an answer whose DNS message the full parser must
@@ -233,14 +246,13 @@ static PyObject *dnstap_answer(PyObject *self, PyObject *arg) {
     Py_ssize_t msg_len = 0;
     int have_msg = 0;
     PyObject *result = NULL;
+    uint64_t number, value;
+    unsigned wt;
+    const unsigned char *data;
+    Py_ssize_t len;
     while (p < end) {
-        uint64_t key, value = 0;
-        const unsigned char *data = NULL;
-        Py_ssize_t len = 0;
-        if (varint(&p, end, &key) < 0 || field(&p, end, key & 7, &value, &data, &len) < 0 ||
-            (key >> 3) == 0)
-            goto undecodable;
-        if ((key >> 3) == 14 && (key & 7) == 2) { msg = data; msg_len = len; have_msg = 1; }
+        if (next_field(&p, end, &number, &wt, &value, &data, &len) < 0) goto undecodable;
+        if (number == 14 && wt == 2) { msg = data; msg_len = len; have_msg = 1; }
     }
     if (!have_msg) { result = PyLong_FromLong(1); goto done; }
     uint64_t type = 0, family = 0, protocol = 0, qport = 0, rport = 0, qsec = 0, qnsec = 0,
@@ -251,13 +263,8 @@ static PyObject *dnstap_answer(PyObject *self, PyObject *arg) {
     p = msg;
     end = msg + msg_len;
     while (p < end) {
-        uint64_t key, value = 0;
-        const unsigned char *data = NULL;
-        Py_ssize_t len = 0;
-        if (varint(&p, end, &key) < 0 || field(&p, end, key & 7, &value, &data, &len) < 0 ||
-            (key >> 3) == 0)
-            goto undecodable;
-        switch (key >> 3) {
+        if (next_field(&p, end, &number, &wt, &value, &data, &len) < 0) goto undecodable;
+        switch (number) {
         case 1: type = value; break;
         case 2: family = value; break;
         case 3: protocol = value; break;
@@ -298,6 +305,14 @@ undecodable:
 done:
     PyBuffer_Release(&view);
     return result;
+}
+
+/* Append item (a new reference, or NULL after an error) to list; -1 on error. */
+static int append(PyObject *list, PyObject *item) {
+    if (item == NULL) return -1;
+    int failed = PyList_Append(list, item);
+    Py_DECREF(item);
+    return failed;
 }
 
 static PyObject *scan_pcap(PyObject *self, PyObject *args) {
@@ -353,15 +368,10 @@ static PyObject *scan_pcap(PyObject *self, PyObject *args) {
             p += link; len -= link;
             v6 = (p[0] >> 4) == 6;
         }
+        PyObject *item;
         if (v6) { /* IPv6: the whole record, for the caller's full reader */
-            PyObject *item = Py_BuildValue("(dy#n)", t, (const char *)(h + 16), (Py_ssize_t)caplen, seen);
-            if (!item || PyList_Append(packets, item) < 0) {
-                Py_XDECREF(item);
-                Py_DECREF(packets);
-                PyBuffer_Release(&view);
-                return NULL;
-            }
-            Py_DECREF(item);
+            item = Py_BuildValue("(dy#n)", t, (const char *)(h + 16), (Py_ssize_t)caplen, seen);
+            if (append(packets, item) < 0) goto fail;
             continue;
         }
         if ((p[0] >> 4) != 4) continue;
@@ -378,20 +388,17 @@ static PyObject *scan_pcap(PyObject *self, PyObject *args) {
         char src[16], dst[16];
         snprintf(src, sizeof src, "%u.%u.%u.%u", p[12], p[13], p[14], p[15]);
         snprintf(dst, sizeof dst, "%u.%u.%u.%u", p[16], p[17], p[18], p[19]);
-        PyObject *item = Py_BuildValue("(dssIIIIOy#n)", t, src, dst, rd16(u), rd16(u + 2),
-                                       (unsigned)p[8], rd16(p + 4),
-                                       (frag & 0x4000) ? Py_True : Py_False,
-                                       (const char *)(u + 8), plen, seen);
-        if (!item || PyList_Append(packets, item) < 0) {
-            Py_XDECREF(item);
-            Py_DECREF(packets);
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-        Py_DECREF(item);
+        item = Py_BuildValue("(dssIIIIOy#n)", t, src, dst, rd16(u), rd16(u + 2), (unsigned)p[8],
+                             rd16(p + 4), (frag & 0x4000) ? Py_True : Py_False,
+                             (const char *)(u + 8), plen, seen);
+        if (append(packets, item) < 0) goto fail;
     }
     PyBuffer_Release(&view);
     return Py_BuildValue("(NnnN)", packets, offset, seen, PyBool_FromLong(cut));
+fail:
+    Py_DECREF(packets);
+    PyBuffer_Release(&view);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
