@@ -255,7 +255,7 @@ static PyObject *dnstap_answer(PyObject *self, PyObject *arg) {
         if (number == 14 && wt == 2) { msg = data; msg_len = len; have_msg = 1; }
     }
     if (!have_msg) { result = PyLong_FromLong(1); goto done; }
-    uint64_t type = 0, family = 0, protocol = 0, qport = 0, rport = 0, qsec = 0, qnsec = 0,
+    uint64_t type = 0, protocol = 0, rport = 0, qsec = 0, qnsec = 0,
              rsec = 0, rnsec = 0;
     const unsigned char *qaddr = (const unsigned char *)"", *raddr = (const unsigned char *)"",
                         *response = NULL;
@@ -266,11 +266,9 @@ static PyObject *dnstap_answer(PyObject *self, PyObject *arg) {
         if (next_field(&p, end, &number, &wt, &value, &data, &len) < 0) goto undecodable;
         switch (number) {
         case 1: type = value; break;
-        case 2: family = value; break;
         case 3: protocol = value; break;
         case 4: qaddr = data; qaddr_len = len; break;
         case 5: raddr = data; raddr_len = len; break;
-        case 6: qport = value; break;
         case 7: rport = value; break;
         case 8: qsec = value; break;
         case 9: qnsec = value; break;
@@ -280,7 +278,6 @@ static PyObject *dnstap_answer(PyObject *self, PyObject *arg) {
         default: break;
         }
     }
-    (void)family;
     /* RESOLVER_RESPONSE 2, CLIENT_RESPONSE 6, FORWARDER_RESPONSE 8 */
     if ((type != 2 && type != 6 && type != 8) || response == NULL || response_len == 0) {
         result = PyLong_FromLong(1);
