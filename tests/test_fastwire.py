@@ -152,3 +152,57 @@ def test_scan_pcap_twins_agree_on_link_types_vlans_fragments_and_cuts() -> None:
     assert [p[-1] for p in rest] == [p[-1] - 2 for p in whole[2:]]  # numbered from the offset
     with pytest.raises(ValueError, match="link type 9"):
         native.scan_pcap(_pcap(9, ips), 24, False, False, 9, 10)
+
+
+def _frames() -> list[bytes]:
+    import socket
+
+    from wallwatch.interop import dnstap
+
+    out = []
+    for kind, message in [(6, _messages()[0]), (2, _messages()[1]), (8, _messages()[4]),
+                          (5, _messages()[0]), (6, _messages()[5]), (6, b"")]:  # fmt: skip
+        fields = {
+            "identity": b"isp", "type": kind, "socket_family": 1, "socket_protocol": 1,
+            "query_address": socket.inet_aton("10.0.0.9"), "query_port": 40000,
+            "response_address": socket.inet_aton("10.10.2.53"), "response_port": 53,
+            "query_time_sec": 1_390_288_500, "query_time_nsec": 123_000,
+            "response_time_sec": 1_390_288_500, "response_time_nsec": 456_000,
+        }  # fmt: skip
+        if message:
+            fields["response_message"] = message
+        out.append(dnstap.message_bytes(**fields))
+    # No query time: the response time dates it.
+    out.append(dnstap.message_bytes(type=6, response_time_sec=1_390_288_501,
+                                    response_message=_messages()[0]))  # fmt: skip
+    return out
+
+
+def test_dnstap_answer_twins_agree_on_real_frames_and_every_truncation() -> None:
+    frames = _frames()
+    for frame in frames:
+        for end in range(len(frame) + 1):
+            piece = frame[:end]
+            assert native.dnstap_answer(piece) == fastwire.py_dnstap_answer(piece), (frame, end)
+    got = [native.dnstap_answer(f) for f in frames]
+    assert got[0][:6] == (
+        6,
+        bytes([10, 10, 2, 53]),
+        53,
+        1,
+        bytes([10, 0, 0, 9]),
+        1_390_288_500.000123,
+    )
+    assert got[0][9] == "www.example.com" and sorted(got[0][14]) == ["192.0.2.1", "198.51.100.7"]
+    assert got[1] is None  # the IPv4-mapped AAAA: the full parser's
+    assert got[3] == 1 and got[5] == 1  # a query type; a response without its message
+    assert got[6][5] == 1_390_288_501.0
+    assert native.dnstap_answer(b"\xff") == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=120))
+def test_dnstap_answer_never_fails_on_hostile_bytes(junk: bytes) -> None:
+    for frame in (junk, _frames()[0][:20] + junk):
+        assert native.dnstap_answer(frame) in (0, 1, None) or isinstance(
+            native.dnstap_answer(frame), tuple)  # fmt: skip

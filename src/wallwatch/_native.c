@@ -255,7 +255,8 @@ static PyObject *dnstap_answer(PyObject *self, PyObject *arg) {
         if (number == 14 && wt == 2) { msg = data; msg_len = len; have_msg = 1; }
     }
     if (!have_msg) { result = PyLong_FromLong(1); goto done; }
-    uint64_t type = 0, protocol = 0, rport = 0, qsec = 0, qnsec = 0,
+    /* An absent enum is its first value in proto2: UDP for socket_protocol. */
+    uint64_t type = 0, protocol = 1, rport = 0, qsec = 0, qnsec = 0,
              rsec = 0, rnsec = 0;
     const unsigned char *qaddr = (const unsigned char *)"", *raddr = (const unsigned char *)"",
                         *response = NULL;
