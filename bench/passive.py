@@ -43,7 +43,6 @@ from pathlib import Path
 
 from wallwatch import fastwire
 from wallwatch.interop import dnstap
-from wallwatch.interop.summary import ImportSummary
 from wallwatch.passive import Passive
 
 START = 1_390_288_500 - 1_390_288_500 % 60
@@ -135,9 +134,7 @@ def run_dnstap(tap: Path, out: Path) -> tuple[float, dict[str, object]]:
     engine = _passive(out)
     converter = dnstap.Converter(vantage="isp", source=str(tap))
     start = time.perf_counter()
-    for payload in dnstap.read_payloads(tap, ImportSummary(), converter):
-        if isinstance(payload, bytes):
-            engine.offer(payload, converter)
+    engine.read_dnstap(tap, converter, errors=lambda e: None)
     summary = engine.close()
     return time.perf_counter() - start, summary
 

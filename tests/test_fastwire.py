@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import struct
+from pathlib import Path
 
 import dns.edns
 import dns.message
@@ -160,7 +161,7 @@ def _frames() -> list[bytes]:
     from wallwatch.interop import dnstap
 
     out = []
-    for kind, message in [(6, _messages()[0]), (2, _messages()[1]), (8, _messages()[4]),
+    for kind, message in [(6, _messages()[0]), (4, _messages()[1]), (8, _messages()[4]),
                           (5, _messages()[0]), (6, _messages()[5]), (6, b"")]:  # fmt: skip
         fields = {
             "identity": b"isp", "type": kind, "socket_family": 1, "socket_protocol": 1,
@@ -206,3 +207,72 @@ def test_dnstap_answer_never_fails_on_hostile_bytes(junk: bytes) -> None:
     for frame in (junk, _frames()[0][:20] + junk):
         assert native.dnstap_answer(frame) in (0, 1, None) or isinstance(
             native.dnstap_answer(frame), tuple)  # fmt: skip
+
+
+def test_dnstap_group_twins_agree_and_match_the_engine_frame_by_frame(tmp_path: Path) -> None:
+    """The grouping loop (C and its twin) on one buffer: the same fresh frames, keys,
+    counts and tallies; and ``Passive.read_dnstap`` writes what ``Passive.offer`` frame by
+    frame writes."""
+    import json as _json
+    import socket
+
+    from wallwatch.interop import dnstap
+    from wallwatch.passive import Passive
+
+    frames = []
+    for k in range(600):
+        i = k % 37
+        message = dns.message.make_response(dns.message.make_query(f"n{i}.example.com", "A"))
+        addresses = ["192.0.2.1", "192.0.2.2"][:: -1 if k % 2 else 1] if i % 5 == 0 else [
+            f"198.51.100.{i}"]  # fmt: skip
+        message.answer.append(dns.rrset.from_text(f"n{i}.example.com.", 300 - k % 50, "IN", "A",
+                                                  *addresses))  # fmt: skip
+        if k % 97 == 0:
+            message.set_rcode(dns.rcode.SERVFAIL)
+            message.answer = []
+        frames.append(dnstap.message_bytes(
+            type=6 if k % 11 else 4, socket_family=1, socket_protocol=1,
+            query_address=socket.inet_aton(f"10.0.0.{k % 3}"), query_port=1000 + k,
+            response_address=socket.inet_aton("10.10.2.53"), response_port=53,
+            query_time_sec=1_390_288_500 + k // 4, response_time_sec=1_390_288_500 + k // 4,
+            response_message=message.to_wire()))  # fmt: skip
+    frames.insert(5, b"\x0a\x02xx")  # a message without its DNS message: a query
+    frames.insert(9, b"\xff\xff")  # undecodable
+    data = b"".join(len(f).to_bytes(4, "big") + f for f in frames) + b"\x00\x00"
+    for keep in (False, True):
+        results = []
+        for group in (native.dnstap_group, fastwire.py_dnstap_group):
+            keys: dict[int, dict[object, list[int]]] = {}
+            tallies: dict[int, dict[tuple[str, int, int, int], int]] = {}
+            counts = [0, 0, 0, 0, 0]
+            fresh, offset, control = group(data, 0, keys, tallies, {23_171_476}, (0.0, 1.0, 0.0),
+                                           True, keep, counts)  # fmt: skip
+            results.append((fresh, offset, control, keys, tallies, counts))
+        assert results[0] == results[1]
+        fresh, offset, control, keys, tallies, counts = results[0]
+        assert offset == len(data) - 2 and not control  # the cut length: read more
+        assert counts[0] == 1 and counts[1] == 1 and counts[4] > 100
+        assert sum(counts[4:]) + len(fresh) + counts[3] == 600
+    # The engine, both ways, on one file.
+    tap = tmp_path / "resolver.dnstap"
+    with open(tap, "wb") as handle:
+        dnstap.write_frames(handle, frames)
+    outs = []
+    for way in ("group", "offer"):
+        engine = Passive(tmp_path / way, emit=lambda line: None)
+        converter = dnstap.Converter(vantage="isp", source=str(tap))
+        if way == "group":
+            engine.read_dnstap(tap, converter, errors=lambda e: None)
+        else:
+            for payload in dnstap.read_payloads(tap, dnstap.ImportSummary(), converter):
+                assert isinstance(payload, bytes)
+                engine.offer(payload, converter)
+        summary = engine.close()
+        written = sorted(line for f in (tmp_path / way / "measurements").glob("*.jsonl")
+                         for line in f.read_bytes().splitlines())  # fmt: skip
+        operator = (tmp_path / way / "operator.jsonl").read_text()
+        outs.append((summary["answers"], written, operator, converter.queries,
+                     converter.undecodable, converter.referrals))  # fmt: skip
+    assert outs[0] == outs[1]
+    assert outs[0][0] == 600 and 37 <= len(outs[0][1]) < 600
+    assert _json.loads(outs[0][2].splitlines()[0])["volume"] > 0

@@ -238,10 +238,19 @@ static int next_field(const unsigned char **p, const unsigned char *end, uint64_
  *   start) + the summary tuple, start being the query time, or the response time
  *   without one (seconds, float).
  */
+static PyObject *decode_answer(const unsigned char *p, Py_ssize_t n);
+
 static PyObject *dnstap_answer(PyObject *self, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
-    const unsigned char *p = view.buf, *end = p + view.len;
+    PyObject *result = decode_answer(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* dnstap_answer's work on frame p[0:n]: a new reference, or NULL on error. */
+static PyObject *decode_answer(const unsigned char *p, Py_ssize_t n) {
+    const unsigned char *end = p + n;
     const unsigned char *msg = NULL;
     Py_ssize_t msg_len = 0;
     int have_msg = 0;
@@ -279,8 +288,8 @@ static PyObject *dnstap_answer(PyObject *self, PyObject *arg) {
         default: break;
         }
     }
-    /* RESOLVER_RESPONSE 2, CLIENT_RESPONSE 6, FORWARDER_RESPONSE 8 */
-    if ((type != 2 && type != 6 && type != 8) || response == NULL || response_len == 0) {
+    /* RESOLVER_RESPONSE 4, CLIENT_RESPONSE 6, FORWARDER_RESPONSE 8 */
+    if ((type != 4 && type != 6 && type != 8) || response == NULL || response_len == 0) {
         result = PyLong_FromLong(1);
         goto done;
     }
@@ -301,7 +310,6 @@ static PyObject *dnstap_answer(PyObject *self, PyObject *arg) {
 undecodable:
     result = PyLong_FromLong(0);
 done:
-    PyBuffer_Release(&view);
     return result;
 }
 
@@ -311,6 +319,163 @@ static int append(PyObject *list, PyObject *item) {
     int failed = PyList_Append(list, item);
     Py_DECREF(item);
     return failed;
+}
+
+/* Floor division, as Python's // */
+static long long floordiv(long long a, long long b) {
+    long long q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+/* dnstap_group(data, offset, keys, tallies, judged, clock, upstream, keep_clients, counts)
+ *   -> (fresh, offset, control)
+ *
+ * The passive engine's loop over a buffer of Frame Streams data frames (see
+ * wallwatch.passive.Passive.read_dnstap, its Python twin being Passive.offer): each
+ * answer's key and minute as Converter.fast makes them; a repeat of a key held in
+ * keys[minute] ({key: [index, count]}) adds to its count and to tallies[minute]
+ * ({(stream, rcode, ttl, ede): n}); anything else is returned in ``fresh`` as
+ * (frame, key or None, minute or None), a new key being held at once as [-1, 1] (unless
+ * its minute is in ``judged``: late answers are the caller's). clock = (real0, scale,
+ * at0). counts (a list) gains undecodable, queries, upstream_in_packets, referrals,
+ * repeats. Stops before a control frame (control true), or where the data ends inside a
+ * frame or its length (control false); offset then points there.
+ */
+static PyObject *dnstap_group(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t offset;
+    PyObject *keys, *tallies, *judged, *counts;
+    double real0, scale, at0;
+    int upstream, keep_clients;
+    if (!PyArg_ParseTuple(args, "y*nO!O!O(ddd)ppO!", &view, &offset, &PyDict_Type, &keys,
+                          &PyDict_Type, &tallies, &judged, &real0, &scale, &at0, &upstream,
+                          &keep_clients, &PyList_Type, &counts))
+        return NULL;
+    const unsigned char *d = view.buf;
+    Py_ssize_t n = view.len;
+    long long tally[5] = {0, 0, 0, 0, 0};
+    int control = 0;
+    PyObject *fresh = PyList_New(0), *users = PyUnicode_FromString("users"),
+             *up = PyUnicode_FromString("upstream");
+    if (!fresh || !users || !up) goto fail;
+    while (n - offset >= 4) {
+        uint32_t len = rd32(d + offset);
+        if (len == 0 || len > 262144) { control = 1; break; } /* the caller reads or names it */
+        if ((Py_ssize_t)len > n - offset - 4) break;
+        const unsigned char *frame = d + offset + 4;
+        offset += 4 + len;
+        PyObject *got = decode_answer(frame, len);
+        if (got == NULL) goto fail;
+        if (PyLong_Check(got)) {
+            tally[PyLong_AsLong(got) == 0 ? 0 : 1]++;
+            Py_DECREF(got);
+            continue;
+        }
+        if (got == Py_None) { /* the full parser's: no key */
+            Py_DECREF(got);
+            if (append(fresh, Py_BuildValue("(y#OO)", frame, (Py_ssize_t)len, Py_None, Py_None)) < 0)
+                goto fail;
+            continue;
+        }
+        long kind = PyLong_AsLong(PyTuple_GET_ITEM(got, 0));
+        int to_client = kind == 6;
+        long flags = PyLong_AsLong(PyTuple_GET_ITEM(got, 7));
+        long rcode = PyLong_AsLong(PyTuple_GET_ITEM(got, 8));
+        long ancount = PyLong_AsLong(PyTuple_GET_ITEM(got, 11));
+        if (!to_client) {
+            if (!upstream) { tally[2]++; Py_DECREF(got); continue; }
+            if (ancount == 0 && rcode == 0 && !(flags & 0x0400)) {
+                tally[3]++;
+                Py_DECREF(got);
+                continue;
+            }
+        }
+        PyObject *client = PyTuple_GET_ITEM(got, 4);
+        if (!(to_client && keep_clients && PyBytes_GET_SIZE(client) > 0)) client = Py_None;
+        PyObject *addresses = PyTuple_GET_ITEM(got, 14);
+        Py_INCREF(addresses);
+        if (PyTuple_GET_SIZE(addresses) > 1) { /* round robin: one key in any order */
+            PyObject *list = PySequence_List(addresses);
+            Py_DECREF(addresses);
+            if (!list || PyList_Sort(list) < 0) { Py_XDECREF(list); Py_DECREF(got); goto fail; }
+            addresses = PyList_AsTuple(list);
+            Py_DECREF(list);
+            if (!addresses) { Py_DECREF(got); goto fail; }
+        }
+        PyObject *key = PyTuple_Pack(9, PyTuple_GET_ITEM(got, 0), PyTuple_GET_ITEM(got, 1),
+                                     PyTuple_GET_ITEM(got, 2), PyTuple_GET_ITEM(got, 3),
+                                     PyTuple_GET_ITEM(got, 9), PyTuple_GET_ITEM(got, 10),
+                                     PyTuple_GET_ITEM(got, 8), addresses, client);
+        Py_DECREF(addresses);
+        double start = at0 + (PyFloat_AsDouble(PyTuple_GET_ITEM(got, 5)) - real0) * scale;
+        PyObject *minute = PyLong_FromLongLong(floordiv((long long)start, 60));
+        if (!key || !minute) { Py_XDECREF(key); Py_XDECREF(minute); Py_DECREF(got); goto fail; }
+        int late = PySequence_Contains(judged, minute);
+        PyObject *held = late ? NULL : PyDict_GetItemWithError(keys, minute);
+        PyObject *entry = held ? PyDict_GetItemWithError(held, key) : NULL;
+        if (late < 0 || PyErr_Occurred()) { Py_DECREF(key); Py_DECREF(minute); Py_DECREF(got); goto fail; }
+        if (entry != NULL) { /* a repeat */
+            PyObject *count = PyLong_FromLong(PyLong_AsLong(PyList_GET_ITEM(entry, 1)) + 1);
+            PyObject *slot = count ? PyTuple_Pack(4, to_client ? users : up,
+                                                  PyTuple_GET_ITEM(got, 8),
+                                                  PyTuple_GET_ITEM(got, 15),
+                                                  PyTuple_GET_ITEM(got, 16)) : NULL;
+            PyObject *per = slot ? PyDict_GetItemWithError(tallies, minute) : NULL;
+            int failed = !count || !slot || PyList_SetItem(entry, 1, count) < 0;
+            if (!failed && per == NULL && !PyErr_Occurred()) {
+                per = PyDict_New();
+                failed = !per || PyDict_SetItem(tallies, minute, per) < 0;
+                Py_XDECREF(per); /* held by tallies */
+            }
+            if (!failed) {
+                PyObject *was = PyDict_GetItemWithError(per, slot);
+                PyObject *now = PyLong_FromLong(was ? PyLong_AsLong(was) + 1 : 1);
+                failed = !now || PyDict_SetItem(per, slot, now) < 0;
+                Py_XDECREF(now);
+            }
+            Py_XDECREF(slot);
+            Py_DECREF(key);
+            Py_DECREF(minute);
+            Py_DECREF(got);
+            if (failed) goto fail;
+            tally[4]++;
+            continue;
+        }
+        int failed = 0;
+        if (!late) {
+            if (held == NULL) {
+                held = PyDict_New();
+                failed = !held || PyDict_SetItem(keys, minute, held) < 0;
+                Py_XDECREF(held);
+            }
+            PyObject *placeholder = failed ? NULL : Py_BuildValue("[ii]", -1, 1);
+            failed = failed || !placeholder || PyDict_SetItem(held, key, placeholder) < 0;
+            Py_XDECREF(placeholder);
+        }
+        if (!failed)
+            failed = append(fresh, Py_BuildValue("(y#NN)", frame, (Py_ssize_t)len, key, minute)) < 0;
+        else {
+            Py_DECREF(key);
+            Py_DECREF(minute);
+        }
+        Py_DECREF(got);
+        if (failed) goto fail;
+    }
+    for (int i = 0; i < 5; i++) {
+        PyObject *was = PyList_GetItem(counts, i);
+        PyObject *now = was ? PyLong_FromLongLong(PyLong_AsLongLong(was) + tally[i]) : NULL;
+        if (!now || PyList_SetItem(counts, i, now) < 0) goto fail;
+    }
+    Py_DECREF(users);
+    Py_DECREF(up);
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(NnN)", fresh, offset, PyBool_FromLong(control));
+fail:
+    Py_XDECREF(fresh);
+    Py_XDECREF(users);
+    Py_XDECREF(up);
+    PyBuffer_Release(&view);
+    return NULL;
 }
 
 static PyObject *scan_pcap(PyObject *self, PyObject *args) {
@@ -403,6 +568,7 @@ static PyMethodDef methods[] = {
     {"summary", summary, METH_O, "The header, question, addresses, TTL and EDE of a DNS message."},
     {"scan_pcap", scan_pcap, METH_VARARGS, "UDP-over-IPv4 packets of classic pcap records."},
     {"dnstap_answer", dnstap_answer, METH_O, "The answer a dnstap frame holds, summarized."},
+    {"dnstap_group", dnstap_group, METH_VARARGS, "Passive's grouping loop over dnstap frames."},
     {NULL, NULL, 0, NULL},
 };
 

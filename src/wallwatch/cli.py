@@ -1000,7 +1000,6 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | N
             upload_url: str | None, upload_token: str | None) -> None:  # fmt: skip
     """Detect mass redirection in a resolver's own traffic (dnstap, packets)."""
     from wallwatch.interop import dnstap
-    from wallwatch.interop.summary import ImportSummary
     from wallwatch.passive import Passive
     from wallwatch.watch import Clock
 
@@ -1049,14 +1048,8 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | N
             )
         converter = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=path,
                                      upstream=capture is None)  # fmt: skip
-        for payload in dnstap.read_payloads(path, ImportSummary(), converter):
-            if isinstance(payload, bytes):
-                engine.offer(payload, converter)
-            else:
-                err.print(
-                    console_text(f"passive: {payload.source}:{payload.line}: {payload.error}"),
-                    highlight=False,
-                )
+        engine.read_dnstap(path, converter, errors=lambda e: err.print(
+            console_text(f"passive: {e.source}:{e.line}: {e.error}"), highlight=False))  # fmt: skip
     if len(sockets) > 1:
         raise click.BadParameter("one dnstap socket at a time", param_hint="--dnstap")
     stopping: list[int] = []

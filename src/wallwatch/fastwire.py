@@ -18,7 +18,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 #: (id, flags, rcode, qname, qtype, ancount, nscount, arcount, addresses, least address
@@ -117,7 +117,9 @@ def py_summary(msg: bytes) -> Summary | None:
             tuple(addresses), least, ede)  # fmt: skip
 
 
-_RESPONSES = (2, 6, 8)  # RESOLVER_RESPONSE, CLIENT_RESPONSE, FORWARDER_RESPONSE
+#: dnstap's message types that carry an answer (dnstap.proto, Message.Type).
+RESOLVER_RESPONSE, CLIENT_RESPONSE, FORWARDER_RESPONSE = 4, 6, 8
+_RESPONSES = (RESOLVER_RESPONSE, CLIENT_RESPONSE, FORWARDER_RESPONSE)
 _tap: Any = None
 
 
@@ -148,6 +150,61 @@ def py_dnstap_answer(frame: bytes) -> tuple[Any, ...] | int | None:
         start = 0.0
     return (int(m.type), bytes(m.response_address), int(m.response_port),
             int(m.socket_protocol), bytes(m.query_address), start, *read)  # fmt: skip
+
+
+def py_dnstap_group(data: bytes, offset: int, keys: dict[int, dict[Any, list[int]]],
+                    tallies: dict[int, dict[tuple[str, int, int, int], int]],
+                    judged: Container[int], clock: tuple[float, float, float],
+                    upstream: bool, keep_clients: bool,
+                    counts: list[int]) -> tuple[list[tuple[bytes, Any, Any]], int, bool]:  # fmt: skip
+    """The pure-Python :func:`dnstap_group` (the grouping of ``Passive.offer``, a buffer of
+    frames at a time)."""
+    real0, scale, at0 = clock
+    fresh: list[tuple[bytes, Any, Any]] = []
+    n = len(data)
+    control = False
+    while n - offset >= 4:
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        if length == 0 or length > 262144:
+            control = True
+            break
+        if length > n - offset - 4:
+            break
+        frame = bytes(data[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+        got = py_dnstap_answer(frame)
+        if isinstance(got, int):
+            counts[0 if got == 0 else 1] += 1
+            continue
+        if got is None:
+            fresh.append((frame, None, None))
+            continue
+        to_client = got[0] == CLIENT_RESPONSE
+        if not to_client:
+            if not upstream:
+                counts[2] += 1
+                continue
+            if got[11] == 0 and got[8] == 0 and not got[7] & 0x0400:
+                counts[3] += 1
+                continue
+        client = got[4] if to_client and keep_clients and got[4] else None
+        addresses = got[14] if len(got[14]) < 2 else tuple(sorted(got[14]))
+        key = (got[0], got[1], got[2], got[3], got[9], got[10], got[8], addresses, client)
+        minute = int(at0 + (got[5] - real0) * scale) // 60
+        late = minute in judged
+        held = None if late else keys.get(minute)
+        entry = held.get(key) if held is not None else None
+        if entry is not None:
+            entry[1] += 1
+            per = tallies.setdefault(minute, {})
+            slot = ("users" if to_client else "upstream", got[8], got[15], got[16])
+            per[slot] = per.get(slot, 0) + 1
+            counts[4] += 1
+            continue
+        if not late:
+            keys.setdefault(minute, {})[key] = [-1, 1]
+        fresh.append((frame, key, minute))
+    return fresh, offset, control
 
 
 _LINK = {1: 14, 101: 0, 12: 0, 14: 0, 113: 16, 276: 20, 0: 4, 108: 4}
@@ -221,6 +278,9 @@ scan_pcap: Callable[..., tuple[list[Packet], int, int, bool]]
 #: parser must read the DNS message) | (type, response address, response port, socket
 #: protocol, query address, start time, *summary).
 dnstap_answer: Callable[[bytes], tuple[Any, ...] | int | None]
+#: dnstap_group(data, offset, keys, tallies, judged, clock, upstream, keep_clients,
+#: counts) -> (fresh, offset, control): see :func:`py_dnstap_group`.
+dnstap_group: Callable[..., tuple[list[tuple[bytes, Any, Any]], int, bool]]
 try:
     from wallwatch import _native  # type: ignore[attr-defined]
 
@@ -228,11 +288,13 @@ try:
     summary = _native.summary
     scan_pcap = _native.scan_pcap
     dnstap_answer = _native.dnstap_answer
+    dnstap_group = _native.dnstap_group
 except ImportError:  # pragma: no cover - the build hook compiles it where it can
     NATIVE = False
     summary = py_summary
     scan_pcap = py_scan_pcap
     dnstap_answer = py_dnstap_answer
+    dnstap_group = py_dnstap_group
     print("wallwatch: the native packet reader is not built (no compiler at install); "
           "passive reading runs in pure Python, several times slower", file=sys.stderr)  # fmt: skip
 

@@ -41,7 +41,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from wallwatch import records
-from wallwatch.fastwire import dnstap_answer
+from wallwatch.fastwire import (
+    CLIENT_RESPONSE,
+    FORWARDER_RESPONSE,
+    RESOLVER_RESPONSE,
+    dnstap_answer,
+)
 from wallwatch.interop.summary import ImportSummary
 from wallwatch.probe.reply import make_response
 from wallwatch.records import InputError, Measurement
@@ -56,7 +61,11 @@ _ACCEPT, _START, _STOP, _READY, _FINISH = 1, 2, 3, 4, 5
 MAX_FRAME = 1 << 18
 
 #: dnstap Message.Type values that carry an answer, and what they mean here.
-_RESOLVER_RESPONSE, _CLIENT_RESPONSE, _FORWARDER_RESPONSE = 4, 6, 8
+_RESOLVER_RESPONSE, _CLIENT_RESPONSE, _FORWARDER_RESPONSE = (
+    RESOLVER_RESPONSE,
+    CLIENT_RESPONSE,
+    FORWARDER_RESPONSE,
+)
 _TCP_PROTOCOLS = {2: Engine.TCP, 3: Engine.DOT, 4: Engine.DOH}
 #: The header's Authoritative Answer flag.
 _AA = 0x0400
@@ -107,6 +116,44 @@ def _control(payload: bytes) -> tuple[int, list[bytes]]:
             types.append(rest[8 : 8 + length])
         rest = rest[8 + length :]
     return kind, types
+
+
+START, STOP = _START, _STOP
+
+
+class ForeignStream(FrameError):
+    """A Frame Streams stream of another content type."""
+
+
+class NeedMore(Exception):
+    """The buffer ends inside the frame: read more."""
+
+
+def control_at(buf: bytes, pos: int, base: int = 0) -> tuple[int | None, int]:
+    """The frame at ``buf[pos:]``: (its control type, or None for a data frame, and the
+    offset after it). :class:`NeedMore` when ``buf`` ends inside it, :class:`FrameError`
+    when it is not a frame (``base``: the stream offset of ``buf[0]``, for the message)."""
+    if len(buf) - pos < 4:
+        raise NeedMore
+    length = int.from_bytes(buf[pos : pos + 4], "big")
+    if length:
+        if length > MAX_FRAME:
+            raise FrameError(f"byte {base + pos + 4}: a frame of {length} bytes is not dnstap")
+        if len(buf) - pos - 4 < length:
+            raise NeedMore
+        return None, pos + 4 + length
+    if len(buf) - pos < 8:
+        raise NeedMore
+    length = int.from_bytes(buf[pos + 4 : pos + 8], "big")
+    if length > MAX_FRAME:
+        raise FrameError(f"byte {base + pos + 8}: a frame of {length} bytes is not dnstap")
+    if len(buf) - pos - 8 < length:
+        raise NeedMore
+    payload = buf[pos + 8 : pos + 8 + length]
+    kind, types = _control(payload)
+    if kind == _START and types and CONTENT_TYPE not in types:
+        raise ForeignStream(f"content type {types[0][:60]!r}, not {CONTENT_TYPE.decode()}")
+    return kind, pos + 8 + length
 
 
 def frames(stream: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[int | None, bytes]]:
