@@ -276,3 +276,55 @@ def test_dnstap_group_twins_agree_and_match_the_engine_frame_by_frame(tmp_path: 
     assert outs[0] == outs[1]
     assert outs[0][0] == 600 and 37 <= len(outs[0][1]) < 600
     assert _json.loads(outs[0][2].splitlines()[0])["volume"] > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=400), st.integers(min_value=0, max_value=40))
+def test_the_grouping_loop_and_the_pcap_scan_survive_hostile_bytes(junk: bytes, cut: int) -> None:
+    """Whatever a writer or a capture file holds, the C loops return (never crash, never
+    read past the buffer) and agree with their twins."""
+    frames = _frames()
+    data = b"".join(len(f).to_bytes(4, "big") + f for f in frames)
+    for buffer in (junk, data[:cut] + junk, data + junk, junk + data):
+        for group in (native.dnstap_group, fastwire.py_dnstap_group):
+            keys: dict[int, dict[object, list[int]]] = {}
+            got = group(buffer, 0, keys, {}, set(), (0.0, 1.0, 0.0), True, False, [0] * 5)
+            assert 0 <= got[1] <= len(buffer)
+        assert native.dnstap_group(buffer, 0, {}, {}, set(), (0.0, 1.0, 0.0), True, False,
+                                   [0] * 5) == fastwire.py_dnstap_group(
+            buffer, 0, {}, {}, set(), (0.0, 1.0, 0.0), True, False, [0] * 5)  # fmt: skip
+    capture = _pcap(101, [_ip(m) for m in _messages()[:3]])
+    for buffer in (capture[:24] + junk, capture + junk, capture[: 24 + cut] + junk):
+        for linktype in (1, 101, 113):
+            args = (buffer, 24, False, False, linktype, 1000)
+            assert native.scan_pcap(*args) == fastwire.py_scan_pcap(*args)
+
+
+def test_the_c_readers_are_memory_safe_under_address_sanitizer(tmp_path: Path) -> None:
+    """_native.c built with -fsanitize=address (and CPython's assertions on), then 20,000
+    mutated dnstap frames, pcap files and DNS messages through every function."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is needed (scripts/setup installs it)")
+    libasan = subprocess.run([gcc, "-print-file-name=libasan.so"], capture_output=True,
+                             text=True).stdout.strip()  # fmt: skip
+    if not Path(libasan).is_file():
+        pytest.skip("libasan is not installed")
+    root = Path(__file__).resolve().parent.parent
+    build = tmp_path / ("_native" + str(sysconfig.get_config_var("EXT_SUFFIX")))
+    subprocess.run([gcc, "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fPIC",
+                    "-shared", f"-I{sysconfig.get_paths()['include']}",
+                    str(root / "src" / "wallwatch" / "_native.c"), "-o", str(build)],
+                   check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(root / "tests" / "asan_mutations.py"), str(build), "20000"],
+        capture_output=True, text=True, timeout=600, cwd=root,
+        env={"ASAN_OPTIONS": "detect_leaks=0", "LD_PRELOAD": libasan,
+             "PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("ok 20000"), done.stderr[-3000:]

@@ -274,18 +274,20 @@ static PyObject *decode_answer(const unsigned char *p, Py_ssize_t n) {
     end = msg + msg_len;
     while (p < end) {
         if (next_field(&p, end, &number, &wt, &value, &data, &len) < 0) goto undecodable;
-        switch (number) {
-        case 1: type = value; break;
-        case 3: protocol = value; break;
-        case 4: qaddr = data; qaddr_len = len; break;
-        case 5: raddr = data; raddr_len = len; break;
-        case 7: rport = value; break;
-        case 8: qsec = value; break;
-        case 9: qnsec = value; break;
-        case 12: rsec = value; break;
-        case 13: rnsec = value; break;
-        case 14: response = data; response_len = len; break;
-        default: break;
+        /* A known field of the wrong wire type is an unknown field to protobuf: skipped. */
+        if (wt == 2) {
+            if (number == 4) { qaddr = data; qaddr_len = len; }
+            else if (number == 5) { raddr = data; raddr_len = len; }
+            else if (number == 14) { response = data; response_len = len; }
+        } else if (wt == 0) {
+            if (number == 1) type = value;
+            else if (number == 3) protocol = value;
+            else if (number == 7) rport = value;
+            else if (number == 8) qsec = value;
+            else if (number == 12) rsec = value;
+        } else if (wt == 5) {
+            if (number == 9) qnsec = value;
+            else if (number == 13) rnsec = value;
         }
     }
     /* RESOLVER_RESPONSE 4, CLIENT_RESPONSE 6, FORWARDER_RESPONSE 8 */
