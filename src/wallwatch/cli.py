@@ -1081,7 +1081,12 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | N
 
         err.print(f"passive: listening for dnstap on {sockets[0]}", highlight=False)
         with contextlib.suppress(KeyboardInterrupt):
-            dnstap.receive(sockets[0], take, stop=stop)
+            dnstap.receive(
+                sockets[0],
+                take,
+                stop=stop,
+                on_frames=lambda data: engine.take_frames(data, converter),
+            )
     if listener is not None:
         with contextlib.suppress(KeyboardInterrupt):
             while listener.is_alive() and not stop():

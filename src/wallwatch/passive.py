@@ -194,23 +194,12 @@ class Passive:
         summary.files += 1
         source = str(path)
         clock = (0.0, 1.0, 0.0)  # a file's answers are dated as they were logged
-        keep = converter.clients != ClientPolicy.DROP
         counts = [0, 0, 0, 0, 0]
         buf, pos, base, started, ended = b"", 0, 0, False, False
         with open(path, "rb") as handle:
             while True:
                 if started:
-                    before = counts[4]
-                    with self._lock:
-                        fresh, pos, control = dnstap_group(
-                            buf, pos, self.keys, self._tallies, self.watch.judged, clock,
-                            converter.upstream, keep, counts)  # fmt: skip
-                        self.answers += counts[4] - before
-                        self._due()
-                    for frame, key, _ in fresh:
-                        record = converter.measurement(frame)
-                        if record is not None:
-                            self.add(record, key)
+                    pos, control = self._group(buf, pos, converter, clock, counts)
                 else:
                     control = len(buf) - pos >= 4
                 if control:
@@ -246,10 +235,39 @@ class Passive:
                 ended = not more
                 base += pos
                 buf, pos = buf[pos:] + more, 0
+        self._counted(converter, counts)
+
+    def take_frames(self, data: bytes, converter: Converter) -> int:
+        """Data frames from a live dnstap writer, as many as ``data`` holds whole (the
+        grouping loop, as :meth:`read_dnstap` runs it); how many bytes were used."""
+        counts = [0, 0, 0, 0, 0]
+        clock = (self.clock.real0, self.clock.scale, self.clock.at0)
+        used, _ = self._group(data, 0, converter, clock, counts)
+        self._counted(converter, counts)
+        return used
+
+    def _group(self, buf: bytes, pos: int, converter: Converter,
+               clock: tuple[float, float, float], counts: list[int]) -> tuple[int, bool]:  # fmt: skip
+        before = counts[4]
+        with self._lock:
+            fresh, pos, control = dnstap_group(
+                buf, pos, self.keys, self._tallies, self.watch.judged, clock,
+                converter.upstream, converter.clients != ClientPolicy.DROP, counts)  # fmt: skip
+            self.answers += counts[4] - before
+            self._due()
+        for frame, key, _ in fresh:
+            record = converter.measurement(frame)
+            if record is not None:
+                self.add(record, key)
+        return pos, control
+
+    @staticmethod
+    def _counted(converter: Converter, counts: list[int]) -> None:
         converter.undecodable += counts[0]
         converter.queries += counts[1]
         converter.upstream_in_packets += counts[2]
         converter.referrals += counts[3]
+        counts[:4] = [0, 0, 0, 0]
 
     def _add(self, m: Measurement, key: tuple[object, ...] | None = None) -> None:
         minute = minute_of(m)

@@ -421,13 +421,16 @@ def _send_control(conn: socket.socket, kind: int, types: list[bytes]) -> None:
 
 def receive(path: str | Path, on_payload: Callable[[bytes], None], *,
             stop: Callable[[], bool] = lambda: False,
-            ready: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+            ready: Callable[[], None] = lambda: None,
+            on_frames: Callable[[bytes], int] | None = None) -> None:  # fmt: skip
     """Listen on the Unix socket ``path`` for dnstap writers (a resolver connects and
     reconnects as it pleases); hand each data frame to ``on_payload`` until ``stop()``.
 
     The bidirectional handshake of Frame Streams: READY (with the content types the
     writer offers) is answered by ACCEPT of dnstap's, then START, data, and STOP, which
     is answered by FINISH. A writer offering no dnstap is refused (the connection closed).
+    ``on_frames``, when given, takes the buffered data frames many at a time (the bytes
+    from a data frame on) and says how many bytes it used: whole frames only.
     """
     import selectors
 
@@ -457,7 +460,8 @@ def receive(path: str | Path, on_payload: Callable[[bytes], None], *,
                 except OSError:
                     chunk = b""
                 try:
-                    keep = bool(chunk) and _consume(conn, buffers[conn], chunk, on_payload)
+                    keep = bool(chunk) and _consume(conn, buffers[conn], chunk, on_payload,
+                                                    on_frames)  # fmt: skip
                 except OSError:  # the writer went away mid-handshake (a resolver stopping)
                     keep = False
                 if not keep:
@@ -473,13 +477,19 @@ def receive(path: str | Path, on_payload: Callable[[bytes], None], *,
 
 
 def _consume(conn: socket.socket, buffer: bytearray, chunk: bytes,
-             on_payload: Callable[[bytes], None]) -> bool:  # fmt: skip
+             on_payload: Callable[[bytes], None],
+             on_frames: Callable[[bytes], int] | None = None) -> bool:  # fmt: skip
     """Add bytes from one writer; act on every whole frame. False: close the connection."""
     buffer += chunk
     while True:
         if len(buffer) < 4:
             return True
         (length,) = struct.unpack_from("!I", buffer)
+        if on_frames is not None and 0 < length <= MAX_FRAME and len(buffer) >= 4 + length:
+            used = on_frames(bytes(buffer))
+            if used:
+                del buffer[:used]
+                continue
         if length == 0:
             if len(buffer) < 8:
                 return True
