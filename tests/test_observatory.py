@@ -629,3 +629,39 @@ def test_watch_ships_each_round_as_it_closes_and_the_collector_sees_the_event(
         events = json.loads(s.get("/api/v1/events")[1])["results"]
         time.sleep(0.3)
     assert events and events[0]["target_address"] == FORGED_2014
+
+
+def test_passive_ships_each_closed_minute_and_the_collector_sees_the_event(
+    server,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    """``wallwatch passive --dnstap FILE --upload URL --token T``: a resolver's fourteen
+    minutes (every .com name forged in minutes 6-9, each answer three times) reach the
+    collector once each, repeats counted on their records, and the collector raises the
+    event from them."""
+    from test_passive import FORGED, _minutes_2014
+    from wallwatch.interop import dnstap
+
+    data = tmp_path / "collector"
+    s = server("--grace", "1", data=data)
+    token = _cli("token", "new", "isp", "--data", str(data)).stdout.strip().splitlines()[-1]
+    tapfile = tmp_path / "resolver.dnstap"
+    with open(tapfile, "wb") as handle:
+        dnstap.write_frames(handle, _minutes_2014(23_330_000, range(14), copies=3))
+    out = tmp_path / "passive"
+    done = _cli("passive", "--dnstap", str(tapfile), "-o", str(out), "--vantage", "isp",
+                "--upload", s.url, "--token", token)  # fmt: skip
+    assert "14 minutes judged" in done.stderr
+    written = [json.loads(line) for f in (out / "measurements").glob("passive-m*.jsonl")
+               for line in f.read_text().splitlines()]  # fmt: skip
+    assert len(written) == 14 * 40 and sum(int(w["annotations"].get("count", "1"))
+                                           for w in written) == 14 * 40 * 3  # fmt: skip
+    agg = json.loads(s.get("/api/v1/aggregation?axis=vantage&grain=day")[1])["results"]
+    assert sum(int(r["measurements"]) for r in agg) == len(written)  # each record once
+    assert not list((out / "spool").glob("*.gz"))  # the spool drained
+    deadline = time.monotonic() + 20
+    events: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not events:
+        events = json.loads(s.get("/api/v1/events")[1])["results"]
+        time.sleep(0.3)
+    assert events and events[0]["target_address"] == FORGED
