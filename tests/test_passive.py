@@ -589,3 +589,66 @@ def test_when_the_genuine_reply_loses_the_race_dnstap_and_unbound_see_only_the_f
         first, second = ([a.ipv4 for a in r.answers] for r in m.responses)
         assert first == [FORGED] and second == zone[m.hostname]
         assert 0.05 < m.responses[1].rtt - m.responses[0].rtt < 0.5
+
+
+@pytest.mark.skipif(not shutil.which("named"), reason="Debian's bind9 is needed (scripts/setup)")
+def test_bind_writes_dnstap_to_the_socket_and_passive_reads_it(
+    serve: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    """BIND 9 (Debian's, built with dnstap) as a forwarding resolver on loopback, its
+    ``dnstap-output unix`` pointed at ``wallwatch passive``: the answers its users got and
+    those its forwarder gave it, as docs/passive.md wires it."""
+    zone = {f"n{i}.example.com": [f"198.51.100.{i + 1}"] for i in range(6)}
+    upstream = serve(authoritative(zone))
+    tap = tmp_path / "dnstap.sock"
+    out = tmp_path / "passive"
+    listener = _receiver(tap, out)
+    port = _port()
+    conf = tmp_path / "named.conf"
+    conf.write_text(f"""options {{
+    directory "{tmp_path}";
+    pid-file "{tmp_path}/named.pid";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion yes;
+    allow-query {{ 127.0.0.0/8; }};
+    forward only;
+    forwarders {{ {upstream.address[0]} port {upstream.address[1]}; }};
+    dnssec-validation no;
+    dnstap {{ client response; forwarder response; resolver response; }};
+    dnstap-output unix "{tap}";
+    dnstap-identity "bind-resolver";
+}};
+""")
+    named = subprocess.Popen(["named", "-g", "-u", "root", "-c", str(conf)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        got = {}
+        deadline = time.monotonic() + 20
+        for name in zone:
+            while time.monotonic() < deadline:
+                try:
+                    reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1",
+                                          port=port, timeout=1.0)  # fmt: skip
+                    got[name] = [rd.to_text() for rrset in reply.answer for rd in rrset]
+                    break
+                except (TimeoutError, OSError, dns.exception.Timeout):
+                    time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        named.terminate()  # BIND flushes its dnstap queue as it stops
+        _, err = named.communicate(timeout=30)
+    time.sleep(0.5)
+    listener.terminate()
+    listener.communicate(timeout=60)
+    assert got == zone, err.decode(errors="replace")[-2000:]
+    ms = [records_decode(line) for f in sorted((out / "measurements").glob("*.jsonl"))
+          for line in f.read_bytes().splitlines()]  # fmt: skip
+    kinds = {m.annotations["dnstap"] for m in ms}
+    # BIND logs its forwarder's answers as resolver responses (measured: not forwarder).
+    assert kinds == {"client_response", "resolver_response"}, kinds
+    users = [m for m in ms if m.annotations["dnstap"] == "client_response"]
+    assert sorted(m.hostname for m in users) == sorted(zone)
+    assert {m.annotations["identity"] for m in ms} == {"bind-resolver"}
+    for m in users:
+        assert [a.ipv4 for a in m.responses[0].answers] == zone[m.hostname]
