@@ -144,17 +144,6 @@ class Passive:
         with self._lock:
             self._add(m, key)
 
-    def repeat(self, minute: int, key: tuple[object, ...]) -> bool:
-        """Count one more answer like one already recorded in ``minute`` (True), or say
-        that there is none (False: record it, with :meth:`add` and this key)."""
-        with self._lock:
-            held = self.keys.get(minute)
-            if held is None or key not in held:
-                return False
-            held[key][1] += 1
-            self.answers += 1
-            return True
-
     def offer(self, payload: bytes, converter: Converter) -> None:
         """One dnstap frame: counted when its answer repeats one this minute already
         holds, recorded otherwise. Why: the detector reads one answer per name, stream
