@@ -8,6 +8,8 @@ Usage: python tests/asan_mutations.py PATH_TO_ASAN_BUILD.so [ROUNDS]
 import importlib.util
 import random
 import sys
+import tempfile
+from pathlib import Path
 
 spec = importlib.util.spec_from_file_location("wallwatch._native", sys.argv[1])
 assert spec is not None and spec.loader is not None
@@ -20,10 +22,13 @@ frames = T._frames()
 data = b"".join(len(f).to_bytes(4, "big") + f for f in frames)
 cap = T._pcap(101, [T._ip(m) for m in T._messages()])
 eth = T._pcap(1, [b"\x02" * 12 + b"\x08\x00" + T._ip(m) for m in T._messages()])
+with tempfile.TemporaryDirectory() as tmp:
+    T._capture_mix(Path(tmp) / "mix.pcap")
+    mix = (Path(tmp) / "mix.pcap").read_bytes()
 rng = random.Random(5)
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
 for i in range(rounds):
-    base = rng.choice([data, cap, eth, b""])
+    base = rng.choice([data, cap, eth, b"", mix[: 24 + rng.randrange(4000)]])
     b = bytearray(base[: rng.randrange(len(base) + 1)] if base else b"")
     for _ in range(rng.randrange(6)):
         if b:
@@ -37,5 +42,45 @@ for i in range(rounds):
     mod.dnstap_group(buffer, 0, {}, {}, set(), (0.0, 1.0, 0.0), True, True, [0] * 5)
     for linktype in (1, 101, 113, 276, 0):
         if len(buffer) >= 24:
-            mod.scan_pcap(buffer, 24, bool(i % 2), False, linktype, 1000)
+            packets = mod.scan_pcap(buffer, 24, bool(i % 2), False, linktype, 1000)[0]
+            state = [{}, [], 0, [], -1, None]
+            for final in (False, True):
+                mod.match_batch(
+                    packets,
+                    0,
+                    53,
+                    3.0,
+                    state,
+                    {},
+                    {},
+                    set(),
+                    {},
+                    {},
+                    (0.0, 1.0, 0.0),
+                    bool(i % 3),
+                    [0],
+                    final,
+                )
 print("ok", rounds)
+
+packets = mod.scan_pcap(mix, 24, False, False, 1, 10**6)[0]
+state = [{}, [], 0, [], -1, None]
+for start in range(0, len(packets), 500):
+    mod.match_batch(
+        packets[start : start + 500],
+        0,
+        53,
+        3.0,
+        state,
+        {},
+        {},
+        set(),
+        {},
+        {},
+        (0.0, 1.0, 0.0),
+        True,
+        [0],
+        False,
+    )
+mod.match_batch([], 0, 53, 3.0, state, {}, {}, set(), {}, {}, (0.0, 1.0, 0.0), True, [0], True)
+print("mix ok")

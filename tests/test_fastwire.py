@@ -327,4 +327,110 @@ def test_the_c_readers_are_memory_safe_under_address_sanitizer(tmp_path: Path) -
         env={"ASAN_OPTIONS": "detect_leaks=0", "LD_PRELOAD": libasan,
              "PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
-    assert done.returncode == 0 and done.stdout.startswith("ok 20000"), done.stderr[-3000:]
+    assert done.returncode == 0 and done.stdout.split() == ["ok", "20000", "mix", "ok"], (
+        done.stderr[-3000:]
+    )
+
+
+def _capture_mix(path: Path) -> None:
+    """Four minutes of a resolver's upstream side, every case the matcher meets: races,
+    repeats, timeouts, retransmissions, lone and late replies, a malformed reply, odd
+    names, IPv6, other UDP."""
+    import dns.rcode
+
+    rng = random.Random(11)
+    frames = []
+    t = 1_390_288_500.0
+    resolver4, resolver6 = b"\x0a\x0a\x02\x35", b"\x20\x01\x0d\xb8" + b"\x00" * 11 + b"\x35"
+
+    def udp4(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, ttl: int) -> bytes:
+        u = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
+        u.ulen = len(u)
+        ip = dpkt.ip.IP(src=src, dst=dst, p=17, ttl=ttl, id=rng.randrange(65536), data=u)
+        ip.len = len(ip)
+        return bytes(dpkt.ethernet.Ethernet(type=0x0800, data=ip))
+
+    def udp6(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
+        u = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
+        u.ulen = len(u)
+        ip = dpkt.ip6.IP6(src=src, dst=dst, nxt=17, hlim=60, data=u, plen=len(u))
+        return bytes(dpkt.ethernet.Ethernet(type=0x86DD, data=ip))
+
+    def reply(query: dns.message.Message, address: str | None, ttl: int = 300) -> bytes:
+        r = dns.message.make_response(query)
+        if address is None:
+            r.set_rcode(dns.rcode.SERVFAIL)
+        else:
+            name = query.question[0].name
+            r.answer.append(dns.rrset.from_text(name, ttl, "IN", "A", address))
+        return r.to_wire()
+
+    for k in range(2400):
+        t += 0.1
+        i = rng.randrange(40)
+        name = f"n{i}.example.com" if k % 97 else "odd\\032name.example.com"
+        server = bytes([192, 5, 6, 30 + i % 3])
+        query = dns.message.make_query(name, "A")
+        query.id = k % 65536
+        port = 1024 + k % 5000
+        six = k % 53 == 0
+        if six:
+            frames.append((t, udp6(resolver6, b"\x20\x01\x05\x03" + b"\x00" * 11 + b"\x30", port, 53,
+                                   query.to_wire())))  # fmt: skip
+        else:
+            frames.append((t, udp4(resolver4, server, port, 53, query.to_wire(), 64)))
+        kind = rng.random()
+        if kind < 0.05:
+            continue  # a timeout
+        answers = [f"198.51.100.{i}"]
+        if i % 7 == 0 and 600 < k < 1400:
+            answers = ["65.49.2.178", f"198.51.100.{i}"]  # the injector first, then the server
+        for n, address in enumerate(answers):
+            wire = reply(query, address if kind > 0.1 else None, ttl=300 - k % 40)
+            if kind < 0.12 and n == 0:
+                wire = wire[:-3]  # malformed (cut)
+            delay = 0.02 + 0.05 * n + (4.5 if 0.12 <= kind < 0.14 else 0.0)  # some come late
+            if six:
+                frames.append((t + delay, udp6(b"\x20\x01\x05\x03" + b"\x00" * 11 + b"\x30",
+                                               resolver6, 53, port, wire)))  # fmt: skip
+            else:
+                frames.append(
+                    (t + delay, udp4(server, resolver4, 53, port, wire, 50 + 40 * (n == 0)))
+                )
+        if kind > 0.97:  # a retransmission of the same query
+            frames.append((t + 0.01, udp4(resolver4, server, port, 53, query.to_wire(), 64)))
+        if kind < 0.01:  # other UDP
+            frames.append((t, udp4(resolver4, server, 5000, 6000, b"hello", 64)))
+    frames.sort(key=lambda f: f[0])
+    with open(path, "wb") as handle:
+        writer = dpkt.pcap.Writer(handle)
+        for at, frame in frames:
+            writer.writepkt(frame, at)
+
+
+def test_the_native_capture_matcher_writes_what_the_python_one_writes(tmp_path: Path) -> None:
+    """``Passive.read_pcap`` with the C matcher and without it, on one capture of every
+    case: the same records (each with its repeat count), summary, operator rows, events."""
+    from wallwatch.interop.dnstap import ClientPolicy
+    from wallwatch.passive import Passive
+
+    capture = tmp_path / "upstream.pcap"
+    _capture_mix(capture)
+    outs = []
+    for native_side in (True, False):
+        out = tmp_path / ("native" if native_side else "python")
+        engine = Passive(out, emit=lambda line: None)
+        engine.read_pcap(capture, vantage="isp", clients=ClientPolicy.DROP, hide=lambda c: None,
+                         errors=lambda e: None, native=native_side)  # fmt: skip
+        summary = engine.close()
+        lines = sorted(line for f in (out / "measurements").glob("*.jsonl")
+                       for line in f.read_bytes().splitlines())  # fmt: skip
+        outs.append((lines, {k: v for k, v in summary.items() if k != "events"},
+                     [(e["target_address"], e["onset"]) for e in summary["events"]],  # type: ignore[union-attr]
+                     (out / "operator.jsonl").read_text()))  # fmt: skip
+    assert outs[0][1] == outs[1][1]
+    assert outs[0][0] == outs[1][0]
+    assert outs[0][2:] == outs[1][2:]
+    summary = outs[0][1]
+    assert summary["raced_queries"] > 0 and len(outs[0][0]) < 2400
+    assert any(b'"count":"' in line for line in outs[0][0])

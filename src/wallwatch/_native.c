@@ -357,6 +357,7 @@ static PyObject *dnstap_group(PyObject *self, PyObject *args) {
     Py_ssize_t n = view.len;
     long long tally[5] = {0, 0, 0, 0, 0};
     int control = 0;
+    int gc_was = PyGC_Disable(); /* as in match_batch: no cycles made here */
     PyObject *fresh = PyList_New(0), *users = PyUnicode_FromString("users"),
              *up = PyUnicode_FromString("upstream");
     if (!fresh || !users || !up) goto fail;
@@ -471,8 +472,10 @@ static PyObject *dnstap_group(PyObject *self, PyObject *args) {
     Py_DECREF(users);
     Py_DECREF(up);
     PyBuffer_Release(&view);
+    if (gc_was) PyGC_Enable();
     return Py_BuildValue("(NnN)", fresh, offset, PyBool_FromLong(control));
 fail:
+    if (gc_was) PyGC_Enable();
     Py_XDECREF(fresh);
     Py_XDECREF(users);
     Py_XDECREF(up);
@@ -566,11 +569,338 @@ fail:
     return NULL;
 }
 
+/* The question of message m[0:n] when its name is plain labels: txid, flags, qname
+   (lower case, no trailing dot) and qtype (0 read as 1); 0, or -1 when not readable. */
+static int question(const unsigned char *m, Py_ssize_t n, unsigned *txid, unsigned *flags,
+                    char *name, Py_ssize_t *w, unsigned *qtype) {
+    if (n < 12 || rd16(m + 4) < 1) return -1;
+    *txid = rd16(m);
+    *flags = rd16(m + 2);
+    Py_ssize_t off = 12;
+    *w = 0;
+    for (;;) {
+        if (off >= n) return -1;
+        unsigned len = m[off++];
+        if (len == 0) break;
+        if (len > 63 || off + len > n || *w + len + 1 > 255) return -1;
+        if (*w) name[(*w)++] = '.';
+        for (unsigned i = 0; i < len; i++) {
+            unsigned char c = m[off + i];
+            if (c >= 'A' && c <= 'Z') c += 32;
+            else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+                return -1;
+            name[(*w)++] = (char)c;
+        }
+        off += len;
+    }
+    if (off + 4 > n) return -1;
+    *qtype = rd16(m + off);
+    if (*qtype == 0) *qtype = 1;
+    return 0;
+}
+
+/* dict[key] += 1 for a dict of ints (Python's d[k] = d.get(k, 0) + 1). */
+static int bump(PyObject *dict, PyObject *key) {
+    PyObject *was = PyDict_GetItemWithError(dict, key);
+    if (was == NULL && PyErr_Occurred()) return -1;
+    PyObject *now = PyLong_FromLongLong(was ? PyLong_AsLongLong(was) + 1 : 1);
+    if (now == NULL) return -1;
+    int failed = PyDict_SetItem(dict, key, now);
+    Py_DECREF(now);
+    return failed;
+}
+
+/* dict[outer] as a dict, made when missing (a borrowed reference), or NULL on error. */
+static PyObject *inner(PyObject *dict, PyObject *outer) {
+    PyObject *found = PyDict_GetItemWithError(dict, outer);
+    if (found != NULL || PyErr_Occurred()) return found;
+    found = PyDict_New();
+    if (found == NULL || PyDict_SetItem(dict, outer, found) < 0) {
+        Py_XDECREF(found);
+        return NULL;
+    }
+    Py_DECREF(found);
+    return found;
+}
+
+/* Group one finished query (a list: number, t, client, cport, server, sport, txid, qname,
+   qtype, ip_ttl, replies) as Passive._queries does for a capture file; append it to
+   fresh unless it repeats an answer held this minute. */
+static int finish(PyObject *q, PyObject *fresh, PyObject *keys, PyObject *tallies,
+                  PyObject *judged, PyObject *races, PyObject *race_ttls, double real0,
+                  double scale, double at0, int keep_clients, long long *repeats) {
+    PyObject *replies = PyList_GET_ITEM(q, 10);
+    Py_ssize_t count = PyList_GET_SIZE(replies);
+    int groupable = count > 0;
+    for (Py_ssize_t i = 0; i < count && groupable; i++)
+        groupable = PyTuple_GET_ITEM(PyList_GET_ITEM(replies, i), 7) != Py_None;
+    if (!groupable) return append(fresh, PyTuple_Pack(2, q, Py_None));
+    PyObject *rkeys = PyTuple_New(count), *distinct = PySet_New(NULL);
+    if (!rkeys || !distinct) { Py_XDECREF(rkeys); Py_XDECREF(distinct); return -1; }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *read = PyTuple_GET_ITEM(PyList_GET_ITEM(replies, i), 7);
+        PyObject *addresses = PyTuple_GET_ITEM(read, 8);
+        PyObject *list = PySequence_List(addresses);
+        if (!list || PyList_Sort(list) < 0 || PySet_Add(distinct, addresses) < 0) {
+            Py_XDECREF(list); Py_DECREF(rkeys); Py_DECREF(distinct); return -1;
+        }
+        PyObject *sorted = PyList_AsTuple(list);
+        Py_DECREF(list);
+        PyObject *aa = PyLong_FromLong(PyLong_AsLong(PyTuple_GET_ITEM(read, 1)) & 0x0400);
+        PyObject *rkey = sorted && aa ? PyTuple_Pack(3, PyTuple_GET_ITEM(read, 2), sorted, aa)
+                                      : NULL;
+        Py_XDECREF(sorted);
+        Py_XDECREF(aa);
+        if (!rkey) { Py_DECREF(rkeys); Py_DECREF(distinct); return -1; }
+        PyTuple_SET_ITEM(rkeys, i, rkey);
+    }
+    PyObject *packets = PyUnicode_FromString("packets"), *users = PyUnicode_FromString("users");
+    PyObject *key = packets && users
+        ? PyTuple_Pack(8, packets, users, PyList_GET_ITEM(q, 4), PyList_GET_ITEM(q, 5),
+                       PyList_GET_ITEM(q, 7), PyList_GET_ITEM(q, 8),
+                       keep_clients ? PyList_GET_ITEM(q, 2) : Py_None, rkeys)
+        : NULL;
+    Py_XDECREF(packets);
+    Py_DECREF(rkeys);
+    double start = at0 + (PyFloat_AsDouble(PyList_GET_ITEM(q, 1)) - real0) * scale;
+    PyObject *minute = key ? PyLong_FromLongLong(floordiv((long long)start, 60)) : NULL;
+    int failed = !minute;
+    int late = failed ? 0 : PySequence_Contains(judged, minute);
+    failed = failed || late < 0;
+    PyObject *held = failed || late ? NULL : inner(keys, minute);
+    failed = failed || (!late && !held);
+    PyObject *entry = failed || late ? NULL : PyDict_GetItemWithError(held, key);
+    failed = failed || PyErr_Occurred() != NULL;
+    if (!failed && entry != NULL) { /* a repeat: counted on its record */
+        PyObject *n = PyLong_FromLong(PyLong_AsLong(PyList_GET_ITEM(entry, 1)) + 1);
+        failed = !n || PyList_SetItem(entry, 1, n) < 0;
+        PyObject *first = PyTuple_GET_ITEM(PyList_GET_ITEM(replies, 0), 7);
+        PyObject *slot = failed ? NULL : PyTuple_Pack(4, users, PyTuple_GET_ITEM(first, 2),
+                                                      PyTuple_GET_ITEM(first, 9),
+                                                      PyTuple_GET_ITEM(first, 10));
+        PyObject *per = slot ? inner(tallies, minute) : NULL;
+        failed = failed || !per || bump(per, slot) < 0;
+        Py_XDECREF(slot);
+        if (!failed && count > 1 && PySet_GET_SIZE(distinct) >= 2) {
+            PyObject *ttl = PyTuple_GET_ITEM(PyList_GET_ITEM(replies, 0), 3);
+            failed = bump(races, minute) < 0 || (ttl != Py_None && bump(race_ttls, ttl) < 0);
+        }
+        (*repeats)++;
+    } else if (!failed) {
+        if (!late) {
+            PyObject *placeholder = Py_BuildValue("[ii]", -1, 1);
+            failed = !placeholder || PyDict_SetItem(held, key, placeholder) < 0;
+            Py_XDECREF(placeholder);
+        }
+        failed = failed || append(fresh, PyTuple_Pack(2, q, key)) < 0;
+    }
+    Py_XDECREF(users);
+    Py_XDECREF(key);
+    Py_XDECREF(minute);
+    Py_DECREF(distinct);
+    return failed ? -1 : 0;
+}
+
+/* Finish the queries asked before ``before`` (and st's done list), in capture order. */
+static int expire(PyObject *st, double before, PyObject *fresh, PyObject *keys, PyObject *tallies,
+                  PyObject *judged, PyObject *races, PyObject *race_ttls, double real0,
+                  double scale, double at0, int keep_clients, long long *repeats) {
+    PyObject *open = PyList_GET_ITEM(st, 0), *order = PyList_GET_ITEM(st, 1);
+    Py_ssize_t head = PyLong_AsSsize_t(PyList_GET_ITEM(st, 2));
+    PyObject *finished = PyList_GET_ITEM(st, 3);
+    Py_INCREF(finished);
+    PyObject *empty = PyList_New(0);
+    if (!empty || PyList_SetItem(st, 3, empty) < 0) { Py_DECREF(finished); return -1; }
+    while (head < PyList_GET_SIZE(order)) {
+        PyObject *q = PyList_GET_ITEM(order, head);
+        if (PyFloat_AsDouble(PyList_GET_ITEM(q, 1)) >= before) break;
+        head++;
+        PyObject *key = PyTuple_Pack(7, PyList_GET_ITEM(q, 2), PyList_GET_ITEM(q, 3),
+                                     PyList_GET_ITEM(q, 4), PyList_GET_ITEM(q, 5),
+                                     PyList_GET_ITEM(q, 6), PyList_GET_ITEM(q, 7),
+                                     PyList_GET_ITEM(q, 8));
+        if (!key) { Py_DECREF(finished); return -1; }
+        PyObject *current = PyDict_GetItemWithError(open, key);
+        int failed = current == q && (PyDict_DelItem(open, key) < 0 || PyList_Append(finished, q) < 0);
+        Py_DECREF(key);
+        if (failed || PyErr_Occurred()) { Py_DECREF(finished); return -1; }
+    }
+    if (head > 4096 || head == PyList_GET_SIZE(order)) { /* drop what was walked */
+        if (PyList_SetSlice(order, 0, head, NULL) < 0) { Py_DECREF(finished); return -1; }
+        head = 0;
+    }
+    PyObject *h = PyLong_FromSsize_t(head);
+    if (!h || PyList_SetItem(st, 2, h) < 0) { Py_DECREF(finished); return -1; }
+    /* capture order: by number (stable, as Python's sort) */
+    PyObject *sorted = PyObject_CallMethod(finished, "sort", "()");
+    Py_XDECREF(sorted);
+    if (!sorted) { Py_DECREF(finished); return -1; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(finished); i++)
+        if (finish(PyList_GET_ITEM(finished, i), fresh, keys, tallies, judged, races, race_ttls,
+                   real0, scale, at0, keep_clients, repeats) < 0) {
+            Py_DECREF(finished);
+            return -1;
+        }
+    Py_DECREF(finished);
+    return 0;
+}
+
+/* match_batch(packets, number, port, window, st, keys, tallies, judged, races, race_ttls,
+ *             clock, keep_clients, counts, final) -> (fresh, fallback)
+ *
+ * Passive.read_pcap's matching and grouping over a batch of scan_pcap's packets: each
+ * IPv4 query and its replies, as wallwatch.interop.pcap.Matcher (window) matches them
+ * and Passive._queries groups them (its Python twin, run on the same file by
+ * tests/test_fastwire.py). Packets whose question is not plain labels, and IPv6 ones,
+ * are returned in ``fallback`` for the Python matcher. st = [open, order, head, done,
+ * first_number, first_t] persists between calls; fresh holds (query list, key or None).
+ * counts gains repeats at [0]. ``final``: the input ended, every open query finishes.
+ */
+static PyObject *match_batch(PyObject *self, PyObject *args) {
+    PyObject *packets, *st, *keys, *tallies, *judged, *races, *race_ttls, *counts;
+    Py_ssize_t number;
+    unsigned port;
+    double window, real0, scale, at0;
+    int keep_clients, final;
+    if (!PyArg_ParseTuple(args, "O!nIdO!O!O!OO!O!(ddd)pO!p", &PyList_Type, &packets, &number,
+                          &port, &window, &PyList_Type, &st, &PyDict_Type, &keys, &PyDict_Type,
+                          &tallies, &judged, &PyDict_Type, &races, &PyDict_Type, &race_ttls,
+                          &real0, &scale, &at0, &keep_clients, &PyList_Type, &counts, &final))
+        return NULL;
+    if (PyList_GET_SIZE(st) != 6) return PyErr_Format(PyExc_ValueError, "bad matcher state");
+    PyObject *open = PyList_GET_ITEM(st, 0), *order = PyList_GET_ITEM(st, 1);
+    /* The cyclic collector off while the batch is made: nothing here forms a cycle, and a
+       heap of open queries made each collection cost more than matching (3x measured). */
+    int gc_was = PyGC_Disable();
+    PyObject *fresh = PyList_New(0), *fallback = PyList_New(0);
+    long long repeats = 0;
+    if (!fresh || !fallback) goto fail;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(packets); i++) {
+        PyObject *packet = PyList_GET_ITEM(packets, i);
+        if (PyTuple_GET_SIZE(packet) != 10) { /* IPv6: the Python matcher's */
+            if (PyList_Append(fallback, packet) < 0) goto fail;
+            continue;
+        }
+        unsigned sport = (unsigned)PyLong_AsLong(PyTuple_GET_ITEM(packet, 3)),
+                 dport = (unsigned)PyLong_AsLong(PyTuple_GET_ITEM(packet, 4));
+        if (sport != port && dport != port) continue; /* not DNS */
+        PyObject *payload = PyTuple_GET_ITEM(packet, 8);
+        const unsigned char *m = (const unsigned char *)PyBytes_AS_STRING(payload);
+        Py_ssize_t n = PyBytes_GET_SIZE(payload);
+        unsigned txid, flags, qtype;
+        char name[256];
+        Py_ssize_t w;
+        if (question(m, n, &txid, &flags, name, &w, &qtype) < 0) {
+            if (PyList_Append(fallback, packet) < 0) goto fail;
+            continue;
+        }
+        PyObject *t = PyTuple_GET_ITEM(packet, 0);
+        if (PyLong_AsSsize_t(PyList_GET_ITEM(st, 4)) < 0) {
+            PyObject *fn = PyLong_FromSsize_t(number + PyLong_AsSsize_t(PyTuple_GET_ITEM(packet, 9)));
+            if (!fn || PyList_SetItem(st, 4, fn) < 0) goto fail;
+            Py_INCREF(t);
+            if (PyList_SetItem(st, 5, t) < 0) goto fail;
+        }
+        PyObject *src = PyTuple_GET_ITEM(packet, 1), *dst = PyTuple_GET_ITEM(packet, 2);
+        PyObject *qname = PyUnicode_DecodeASCII(name, w, NULL);
+        PyObject *num = PyLong_FromSsize_t(number + PyLong_AsSsize_t(PyTuple_GET_ITEM(packet, 9)));
+        PyObject *ptxid = PyLong_FromUnsignedLong(txid), *pqtype = PyLong_FromUnsignedLong(qtype);
+        int failed = !qname || !num || !ptxid || !pqtype;
+        if (!failed && !(flags & 0x8000) && dport == port) { /* a query */
+            PyObject *key = PyTuple_Pack(7, src, PyTuple_GET_ITEM(packet, 3), dst,
+                                         PyTuple_GET_ITEM(packet, 4), ptxid, qname, pqtype);
+            PyObject *q = Py_BuildValue("[OOOOOOOOOO[]]", num, t, src, PyTuple_GET_ITEM(packet, 3),
+                                        dst, PyTuple_GET_ITEM(packet, 4), ptxid, qname, pqtype,
+                                        PyTuple_GET_ITEM(packet, 5));
+            failed = !key || !q;
+            if (!failed) {
+                PyObject_GC_UnTrack(q); /* strings, numbers and a list of tuples: no cycle */
+                PyObject *old = PyDict_GetItemWithError(open, key);
+                if (old != NULL) {
+                    failed = PyList_Append(PyList_GET_ITEM(st, 3), old) < 0 ||
+                             PyDict_DelItem(open, key) < 0;
+                }
+                failed = failed || PyErr_Occurred() || PyDict_SetItem(open, key, q) < 0 ||
+                         PyList_Append(order, q) < 0;
+            }
+            Py_XDECREF(key);
+            Py_XDECREF(q);
+        } else if (!failed && sport != port) {
+            /* not DNS (a query to another port): skipped before any expiry, as in Python */
+            Py_DECREF(qname);
+            Py_DECREF(num);
+            Py_DECREF(ptxid);
+            Py_DECREF(pqtype);
+            continue;
+        } else if (!failed) { /* a reply */
+            PyObject *key = PyTuple_Pack(7, dst, PyTuple_GET_ITEM(packet, 4), src,
+                                         PyTuple_GET_ITEM(packet, 3), ptxid, qname, pqtype);
+            PyObject *q = key ? PyDict_GetItemWithError(open, key) : NULL;
+            failed = !key || PyErr_Occurred();
+            if (!failed && q == NULL) { /* its query was not captured: a record of its own */
+                q = Py_BuildValue("[OOOOOOOOOO[]]", num, t, dst, PyTuple_GET_ITEM(packet, 4), src,
+                                  PyTuple_GET_ITEM(packet, 3), ptxid, qname, pqtype, Py_None);
+                failed = !q || PyList_Append(PyList_GET_ITEM(st, 3), q) < 0;
+                Py_XDECREF(q);
+            }
+            PyObject *read = failed ? NULL : summarize(m, n);
+            PyObject *reply = read ? Py_BuildValue("(OOOOOOOO)", t, src, PyTuple_GET_ITEM(packet, 3),
+                                                   PyTuple_GET_ITEM(packet, 5),
+                                                   PyTuple_GET_ITEM(packet, 6),
+                                                   PyTuple_GET_ITEM(packet, 7), payload, read)
+                                   : NULL;
+            Py_XDECREF(read);
+            failed = failed || !reply || PyList_Append(PyList_GET_ITEM(q, 10), reply) < 0;
+            Py_XDECREF(reply);
+            Py_XDECREF(key);
+        }
+        Py_XDECREF(qname);
+        Py_XDECREF(num);
+        Py_XDECREF(ptxid);
+        Py_XDECREF(pqtype);
+        if (failed) goto fail;
+        double now = PyFloat_AsDouble(t);
+        Py_ssize_t head = PyLong_AsSsize_t(PyList_GET_ITEM(st, 2));
+        if (PyList_GET_SIZE(PyList_GET_ITEM(st, 3)) > 64 ||
+            (head < PyList_GET_SIZE(order) &&
+             PyFloat_AsDouble(PyList_GET_ITEM(PyList_GET_ITEM(order, head), 1)) < now - window - 1.0)) {
+            if (expire(st, now - window, fresh, keys, tallies, judged, races, race_ttls, real0,
+                       scale, at0, keep_clients, &repeats) < 0)
+                goto fail;
+        }
+    }
+    if (final) {
+        /* every open query, as the Python matcher's flush: done first, then the rest */
+        PyObject *values = PyDict_Values(open);
+        if (!values) goto fail;
+        int failed = PyList_SetSlice(PyList_GET_ITEM(st, 3), PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, values) < 0;
+        Py_DECREF(values);
+        PyDict_Clear(open);
+        failed = failed || PyList_SetSlice(order, 0, PY_SSIZE_T_MAX, NULL) < 0;
+        PyObject *zero = PyLong_FromLong(0);
+        failed = failed || !zero || PyList_SetItem(st, 2, zero) < 0;
+        if (failed || expire(st, -1e300, fresh, keys, tallies, judged, races, race_ttls, real0, scale,
+                             at0, keep_clients, &repeats) < 0)
+            goto fail;
+    }
+    PyObject *was = PyList_GetItem(counts, 0);
+    PyObject *now = was ? PyLong_FromLongLong(PyLong_AsLongLong(was) + repeats) : NULL;
+    if (!now || PyList_SetItem(counts, 0, now) < 0) goto fail;
+    if (gc_was) PyGC_Enable();
+    return Py_BuildValue("(NN)", fresh, fallback);
+fail:
+    if (gc_was) PyGC_Enable();
+    Py_XDECREF(fresh);
+    Py_XDECREF(fallback);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"summary", summary, METH_O, "The header, question, addresses, TTL and EDE of a DNS message."},
     {"scan_pcap", scan_pcap, METH_VARARGS, "UDP-over-IPv4 packets of classic pcap records."},
     {"dnstap_answer", dnstap_answer, METH_O, "The answer a dnstap frame holds, summarized."},
     {"dnstap_group", dnstap_group, METH_VARARGS, "Passive's grouping loop over dnstap frames."},
+    {"match_batch", match_batch, METH_VARARGS, "Passive's matching loop over captured packets."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -68,7 +68,7 @@ class Query:
 _Reply = tuple[float, str, int, int | None, int | None, bool | None, bytes, Summary | None]
 
 
-def _ip_packet(linktype: int, buf: bytes) -> Any:
+def ip_packet(linktype: int, buf: bytes) -> Any:
     """The IP layer of a frame, or None."""
     if linktype == 1:
         eth = dpkt.ethernet.Ethernet(buf)
@@ -76,11 +76,11 @@ def _ip_packet(linktype: int, buf: bytes) -> Any:
     if linktype in _RAW:
         return dpkt.ip.IP(buf) if buf[:1] and buf[0] >> 4 == 4 else dpkt.ip6.IP6(buf)
     if linktype == _SLL:
-        return _ip_packet(101, buf[16:])
+        return ip_packet(101, buf[16:])
     if linktype == _SLL2:
-        return _ip_packet(101, buf[20:])
+        return ip_packet(101, buf[20:])
     if linktype in _NULL:
-        return _ip_packet(101, buf[4:])
+        return ip_packet(101, buf[4:])
     raise ValueError(
         f"link type {linktype} is not read (Ethernet, raw IP, Linux cooked, BSD loopback)"
     )
@@ -107,7 +107,7 @@ def is_capture(head: bytes) -> bool:
     return head[:4] in _LITTLE + _BIG or head[:4] == _PCAPNG
 
 
-class _Classic:
+class ClassicPcap:
     """Classic pcap records, read strictly: a record cut short raises :class:`_Cut`
     (dpkt's reader yields the short piece and stops without a word)."""
 
@@ -143,12 +143,13 @@ class _Classic:
             yield sec + frac / self.divisor, buf
 
 
-def _reader(handle: Any) -> Any:
+def open_capture(handle: Any) -> Any:
+    """The reader of a capture file: :class:`ClassicPcap`, or dpkt's for pcapng."""
     magic = handle.read(4)
     handle.seek(0)
     if magic == _PCAPNG:
         return dpkt.pcapng.Reader(handle)
-    return _Classic(handle)
+    return ClassicPcap(handle)
 
 
 def read_records(path: str | Path, summary: ImportSummary | None = None, *,
@@ -173,7 +174,7 @@ def read_queries(path: str | Path, matcher: Matcher, *,
     summary.files += 1
     handle = open(path, "rb")  # noqa: SIM115
     try:
-        reader = _reader(handle)
+        reader = open_capture(handle)
     except (ValueError, dpkt.dpkt.NeedData, struct.error) as exc:
         handle.close()
         yield summary.skip(
@@ -181,7 +182,7 @@ def read_queries(path: str | Path, matcher: Matcher, *,
         )
         return
     with handle:
-        if native and isinstance(reader, _Classic):
+        if native and isinstance(reader, ClassicPcap):
             yield from _scan_classic(reader, matcher)
         else:
             yield from _read_frames(reader, matcher)
@@ -210,7 +211,7 @@ def _read_frames(reader: Any, matcher: Matcher) -> Iterator[Query | InputError]:
             break
         number += 1
         try:
-            ip = _ip_packet(linktype, buf)
+            ip = ip_packet(linktype, buf)
         except ValueError as exc:
             yield summary.skip("pcap", source, number, "unreadable link type", str(exc))
             return
@@ -220,7 +221,7 @@ def _read_frames(reader: Any, matcher: Matcher) -> Iterator[Query | InputError]:
         yield from matcher.ip(number, float(ts), ip)
 
 
-def _scan_classic(reader: _Classic, matcher: Matcher) -> Iterator[Query | InputError]:
+def _scan_classic(reader: ClassicPcap, matcher: Matcher) -> Iterator[Query | InputError]:
     """A classic pcap file through the C reader, a batch of packets at a time."""
     summary, source = matcher.summary, matcher.source
     linktype = reader.datalink()
@@ -239,7 +240,7 @@ def _scan_classic(reader: _Classic, matcher: Matcher) -> Iterator[Query | InputE
             read += 1
             if len(packet) == 3:  # IPv6: dpkt reads it
                 try:
-                    ip = _ip_packet(linktype, packet[1])
+                    ip = ip_packet(linktype, packet[1])
                 except (dpkt.dpkt.UnpackError, struct.error):
                     summary.skipped["not IP"] += 1
                     continue
@@ -292,6 +293,8 @@ class Matcher:
         self.order: deque[Query] = deque()
         self.done: list[Query] = []
         self.first_t: float | None = None
+        #: The number of the packet that set ``first_t``.
+        self.first_number: int | None = None
 
     def ip(self, number: int, t: float, ip: Any) -> Iterable[Query]:
         """One IP packet as dpkt reads it."""
@@ -314,7 +317,7 @@ class Matcher:
             self.summary.skipped["not DNS over UDP"] += 1
             return _NONE
         if self.first_t is None:
-            self.first_t = t
+            self.first_t, self.first_number = t, number
         read = fast_summary(payload)
         if read is not None:
             txid, qname, qtype = read[0], read[3], read[4] or 1
