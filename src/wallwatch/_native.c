@@ -511,6 +511,7 @@ static PyObject *scan_pcap(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "link type %d is not read", linktype);
         return NULL;
     }
+    int gc_was = PyGC_Disable(); /* tuples of numbers, strings and bytes: no cycles */
     while (PyList_GET_SIZE(packets) < limit) {
         if (offset == n) break;
         if (offset + 16 > n) { cut = 1; break; }
@@ -562,8 +563,10 @@ static PyObject *scan_pcap(PyObject *self, PyObject *args) {
         if (append(packets, item) < 0) goto fail;
     }
     PyBuffer_Release(&view);
+    if (gc_was) PyGC_Enable();
     return Py_BuildValue("(NnnN)", packets, offset, seen, PyBool_FromLong(cut));
 fail:
+    if (gc_was) PyGC_Enable();
     Py_DECREF(packets);
     PyBuffer_Release(&view);
     return NULL;

@@ -497,10 +497,11 @@ class Passive:
                 with open(self.journal / f"m{minute}.jsonl", "ab") as handle:
                     handle.write(buffer)
                 buffer.clear()
-            counts = {str(i): c for i, c in (self.keys.get(minute) or {}).values() if c > 1}
+            # [index, count] pairs (msgspec: a minute may hold a hundred thousand).
+            counts = [e for e in (self.keys.get(minute) or {}).values() if e[1] > 1 and e[0] >= 0]
             if counts:
                 tmp = self.journal / f"m{minute}.counts.tmp"
-                tmp.write_text(json.dumps(counts))
+                tmp.write_bytes(msgspec.json.encode(counts))
                 tmp.replace(self.journal / f"m{minute}.counts.json")
         self._unflushed = {m: b for m, b in self._unflushed.items() if m in self.pending}
 
@@ -589,10 +590,12 @@ class Passive:
                 path.unlink()
                 counts_path.unlink(missing_ok=True)
                 continue
-            counts = json.loads(counts_path.read_text()) if counts_path.exists() else {}
+            counts = (
+                dict(msgspec.json.decode(counts_path.read_bytes())) if counts_path.exists() else {}
+            )
             held = self.pending.setdefault(minute, [])
             for index, m in enumerate(self._read(path)):
-                count = int(counts.get(str(index), 1))
+                count = int(counts.get(index, 1))
                 if count > 1:
                     m = msgspec.structs.replace(m, annotations={**m.annotations,
                                                                 "count": str(count)})  # fmt: skip
