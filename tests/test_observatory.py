@@ -96,6 +96,16 @@ class Server:
             return e.code, json.loads(e.read() or b"{}")
 
 
+def _events(s: Server, within: float) -> list[dict[str, object]]:
+    """The collector's events, once it has any (or ``within`` seconds have passed)."""
+    deadline = time.monotonic() + within
+    events: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not events:
+        events = json.loads(s.get("/api/v1/events")[1])["results"]
+        time.sleep(0.3)
+    return events
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
@@ -298,11 +308,7 @@ def test_the_collector_judges_across_vantages_and_raises_the_event(
     _upload_2014(
         s.url, tmp_path, {"inside": inside, "outside": outside}, minute0, genuine.address[0]
     )
-    deadline = time.monotonic() + 20
-    events: list[dict[str, object]] = []
-    while time.monotonic() < deadline and not events:
-        events = json.loads(s.get("/api/v1/events")[1])["results"]
-        time.sleep(0.2)
+    events = _events(s, 20)
     assert events and events[0]["target_address"] == FORGED_2014
     alerts = json.loads(s.get("/api/v1/alerts")[1])["results"]
     assert alerts and alerts[0]["change"] == "start" and alerts[0]["id"]
@@ -623,11 +629,7 @@ def test_watch_ships_each_round_as_it_closes_and_the_collector_sees_the_event(
     agg = json.loads(s.get("/api/v1/aggregation?axis=vantage&grain=day")[1])["results"]
     assert sum(int(r["measurements"]) for r in agg) == total > 0  # every round, once
     assert not list((cfg.out / "spool").glob("*.gz"))  # the spool drained
-    deadline = time.monotonic() + 15
-    events: list[dict[str, object]] = []
-    while time.monotonic() < deadline and not events:
-        events = json.loads(s.get("/api/v1/events")[1])["results"]
-        time.sleep(0.3)
+    events = _events(s, 15)
     assert events and events[0]["target_address"] == FORGED_2014
 
 
@@ -659,9 +661,5 @@ def test_passive_ships_each_closed_minute_and_the_collector_sees_the_event(
     agg = json.loads(s.get("/api/v1/aggregation?axis=vantage&grain=day")[1])["results"]
     assert sum(int(r["measurements"]) for r in agg) == len(written)  # each record once
     assert not list((out / "spool").glob("*.gz"))  # the spool drained
-    deadline = time.monotonic() + 20
-    events: list[dict[str, object]] = []
-    while time.monotonic() < deadline and not events:
-        events = json.loads(s.get("/api/v1/events")[1])["results"]
-        time.sleep(0.3)
+    events = _events(s, 20)
     assert events and events[0]["target_address"] == FORGED

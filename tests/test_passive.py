@@ -59,6 +59,23 @@ def _receiver(tap: Path, out: Path) -> subprocess.Popen[str]:
     return listener
 
 
+def _ask(port: int, names: list[str] | dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each name's A records from the resolver on 127.0.0.1:``port`` (retried while it
+    starts, 20 s in all)."""
+    got: dict[str, list[str]] = {}
+    deadline = time.monotonic() + 20
+    for name in names:
+        while time.monotonic() < deadline:
+            try:
+                reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port,
+                                      timeout=1.0)  # fmt: skip
+                got[name] = [rd.to_text() for rrset in reply.answer for rd in rrset]
+                break
+            except (TimeoutError, OSError, dns.exception.Timeout):
+                time.sleep(0.2)
+    return got
+
+
 def _unbound_conf(directory: Path, port: int, upstream: tuple[str, int], tap: Path) -> Path:
     """Unbound on loopback forwarding example.com to ``upstream``, dnstap to ``tap``, and
     unbound-control on a Unix socket (its statistics, without certificates)."""
@@ -119,17 +136,9 @@ def test_unbound_dnstap_over_its_socket_becomes_private_measurements(
     resolver = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        answered = 0
-        deadline = time.monotonic() + 20
-        for i in range(12):
-            query = dns.message.make_query(f"n{i}.example.com", "A")
-            while time.monotonic() < deadline:
-                try:
-                    reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=1.0)
-                    answered += bool(reply.answer)
-                    break
-                except (TimeoutError, OSError, dns.exception.Timeout):
-                    time.sleep(0.2)
+        answered = sum(
+            bool(a) for a in _ask(port, [f"n{i}.example.com" for i in range(12)]).values()
+        )
         assert answered == 12
         time.sleep(1.5)  # unbound sends its dnstap queue in batches
     finally:
@@ -546,17 +555,7 @@ def test_when_the_genuine_reply_loses_the_race_dnstap_and_unbound_see_only_the_f
         resolver = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            got = {}
-            deadline = time.monotonic() + 20
-            for name in zone:
-                while time.monotonic() < deadline:
-                    try:
-                        reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port,
-                                              timeout=1.0)  # fmt: skip
-                        got[name] = [rd.to_text() for rrset in reply.answer for rd in rrset]
-                        break
-                    except (TimeoutError, OSError, dns.exception.Timeout):
-                        time.sleep(0.2)
+            got = _ask(port, zone)
             time.sleep(1.0)  # every genuine reply has arrived (100 ms after its forgery)
             stats = subprocess.run(["unbound-control", "-c", str(conf), "stats_noreset"],
                                    capture_output=True, text=True, timeout=20)  # fmt: skip
@@ -623,17 +622,7 @@ def test_bind_writes_dnstap_to_the_socket_and_passive_reads_it(
     named = subprocess.Popen(["named", "-g", "-u", "root", "-c", str(conf)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        got = {}
-        deadline = time.monotonic() + 20
-        for name in zone:
-            while time.monotonic() < deadline:
-                try:
-                    reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1",
-                                          port=port, timeout=1.0)  # fmt: skip
-                    got[name] = [rd.to_text() for rrset in reply.answer for rd in rrset]
-                    break
-                except (TimeoutError, OSError, dns.exception.Timeout):
-                    time.sleep(0.2)
+        got = _ask(port, zone)
         time.sleep(1.0)
     finally:
         named.terminate()  # BIND flushes its dnstap queue as it stops

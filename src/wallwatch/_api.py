@@ -17,7 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -277,31 +277,34 @@ _TABLES = ("measurements", "responses", "answers", "reply_verdicts", "attributio
 
 def load_encoded(data: bytes) -> Any:
     """An in-memory store holding records already encoded as JSON lines."""
-    if not data.strip():
-        raise ValueError("analyze: no records")
-    con = store.connect()
-    with tempfile.TemporaryDirectory(prefix="ww-analyze-") as tmp:
-        path = Path(tmp) / "records.jsonl"
-        path.write_bytes(data)
-        store.ingest_into(con, [path])
-    return con
+    return _load(lambda handle: 0 if not data or data.isspace() else handle.write(data))
 
 
 def load_records(records: Iterable[Record]) -> Any:
     """An in-memory store (DuckDB connection) holding ``records``; ValueError if none."""
+
+    def write(handle: IO[bytes]) -> int:
+        buffer = bytearray()
+        count = 0
+        for record in records:
+            encode_into(record, buffer)
+            count += 1
+            if len(buffer) > 1 << 20:
+                handle.write(buffer)
+                buffer.clear()
+        handle.write(buffer)
+        return count
+
+    return _load(write)
+
+
+def _load(write: Callable[[IO[bytes]], int]) -> Any:
+    """A store from the JSON lines ``write`` puts in a file (how many; 0 is an error)."""
     con = store.connect()
     with tempfile.TemporaryDirectory(prefix="ww-analyze-") as tmp:
         path = Path(tmp) / "records.jsonl"
-        buffer = bytearray()
-        count = 0
         with path.open("wb") as handle:
-            for record in records:
-                encode_into(record, buffer)
-                count += 1
-                if len(buffer) > 1 << 20:
-                    handle.write(buffer)
-                    buffer.clear()
-            handle.write(buffer)
+            count = write(handle)
         if not count:
             con.close()
             raise ValueError("analyze: no records")

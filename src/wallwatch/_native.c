@@ -53,6 +53,34 @@ static Py_ssize_t skip_name(const unsigned char *m, Py_ssize_t n, Py_ssize_t off
     return -1;
 }
 
+/* The first question of message m[0:n] when its name is plain labels (letters, digits,
+   '-', '_'; anything else is the full parser's): the name in lower case without the
+   trailing dot (w bytes of name[256]) and the type; the offset after it, or -1. */
+static Py_ssize_t read_question(const unsigned char *m, Py_ssize_t n, char *name, Py_ssize_t *w,
+                                unsigned *qtype) {
+    if (n < 12 || rd16(m + 4) < 1) return -1;
+    Py_ssize_t off = 12;
+    *w = 0;
+    for (;;) {
+        if (off >= n) return -1;
+        unsigned len = m[off++];
+        if (len == 0) break;
+        if (len > 63 || off + len > n || *w + len + 1 > 255) return -1;
+        if (*w) name[(*w)++] = '.';
+        for (unsigned i = 0; i < len; i++) {
+            unsigned char c = m[off + i];
+            if (c >= 'A' && c <= 'Z') c += 32;
+            else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+                return -1;
+            name[(*w)++] = (char)c;
+        }
+        off += len;
+    }
+    if (off + 4 > n) return -1;
+    *qtype = rd16(m + off);
+    return off + 4;
+}
+
 /* The summary tuple of message m[0:n]; Py_None (a new reference) when declined. */
 static PyObject *summarize(const unsigned char *m, Py_ssize_t n) {
     PyObject *result = NULL, *addresses = NULL, *qname = NULL;
@@ -60,27 +88,11 @@ static PyObject *summarize(const unsigned char *m, Py_ssize_t n) {
     unsigned id = rd16(m), flags = rd16(m + 2), qd = rd16(m + 4), an = rd16(m + 6),
              ns = rd16(m + 8), ar = rd16(m + 10);
     if (qd < 1) goto decline;
-    /* The question name: plain labels only. */
     char name[256];
-    Py_ssize_t off = 12, w = 0;
-    for (;;) {
-        if (off >= n) goto decline;
-        unsigned len = m[off++];
-        if (len == 0) break;
-        if (len > 63 || off + len > n || w + len + 1 > 255) goto decline;
-        if (w) name[w++] = '.';
-        for (unsigned i = 0; i < len; i++) {
-            unsigned char c = m[off + i];
-            if (c >= 'A' && c <= 'Z') c += 32;
-            else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
-                goto decline;
-            name[w++] = (char)c;
-        }
-        off += len;
-    }
-    if (off + 4 > n) goto decline;
-    unsigned qtype = rd16(m + off);
-    off += 4;
+    Py_ssize_t w;
+    unsigned qtype;
+    Py_ssize_t off = read_question(m, n, name, &w, &qtype);
+    if (off < 0) goto decline;
     for (unsigned i = 1; i < qd; i++) {
         off = skip_name(m, n, off);
         if (off < 0 || off + 4 > n) goto decline;
@@ -572,32 +584,13 @@ fail:
     return NULL;
 }
 
-/* The question of message m[0:n] when its name is plain labels: txid, flags, qname
-   (lower case, no trailing dot) and qtype (0 read as 1); 0, or -1 when not readable. */
+/* The question of message m[0:n] when its name is plain labels (read_question): txid,
+   flags, qname and qtype (0 read as 1, as the Python matcher reads it); -1 when not. */
 static int question(const unsigned char *m, Py_ssize_t n, unsigned *txid, unsigned *flags,
                     char *name, Py_ssize_t *w, unsigned *qtype) {
-    if (n < 12 || rd16(m + 4) < 1) return -1;
+    if (read_question(m, n, name, w, qtype) < 0) return -1;
     *txid = rd16(m);
     *flags = rd16(m + 2);
-    Py_ssize_t off = 12;
-    *w = 0;
-    for (;;) {
-        if (off >= n) return -1;
-        unsigned len = m[off++];
-        if (len == 0) break;
-        if (len > 63 || off + len > n || *w + len + 1 > 255) return -1;
-        if (*w) name[(*w)++] = '.';
-        for (unsigned i = 0; i < len; i++) {
-            unsigned char c = m[off + i];
-            if (c >= 'A' && c <= 'Z') c += 32;
-            else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
-                return -1;
-            name[(*w)++] = (char)c;
-        }
-        off += len;
-    }
-    if (off + 4 > n) return -1;
-    *qtype = rd16(m + off);
     if (*qtype == 0) *qtype = 1;
     return 0;
 }

@@ -996,8 +996,9 @@ def upload(paths: tuple[str, ...], url: str, token_value: str, spool: str | None
 @click.option("--token", "upload_token", default=None, envvar="WALLWATCH_TOKEN",
               help="The vantage's upload token (or $WALLWATCH_TOKEN).")  # fmt: skip
 def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | None,
-            out_dir: str, vantage: str, clients: str, client_key: str | None, duration: float | None, lab: bool,
-            upload_url: str | None, upload_token: str | None) -> None:  # fmt: skip
+            out_dir: str, vantage: str, clients: str, client_key: str | None,
+            duration: float | None, lab: bool, upload_url: str | None,
+            upload_token: str | None) -> None:  # fmt: skip
     """Detect mass redirection in a resolver's own traffic (dnstap, packets)."""
     from wallwatch.interop import dnstap
     from wallwatch.passive import Passive
@@ -1023,7 +1024,9 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | N
     if bool(upload_url) != bool(upload_token):
         raise click.UsageError("--upload and --token go together")
     policy = ClientPolicy(clients)
-    key = Path(client_key).read_bytes() if client_key else None
+    # One key for every source of the run, so a user's hash is the same in all of them.
+    key = Path(client_key).read_bytes() if client_key else os.urandom(32)
+    hide = dnstap.Converter(vantage=vantage, clients=policy, key=key).client
     engine = Passive(Path(out_dir), upload=upload_url, token=upload_token,
                      emit=lambda line: click.echo(line), clock=clock)  # fmt: skip
     capture = None
@@ -1035,8 +1038,7 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | N
         except CaptureError as exc:
             raise click.BadParameter(str(exc), param_hint="--interface") from None
     for path in pcaps:
-        hider = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=path)
-        engine.read_pcap(path, vantage=vantage, clients=policy, hide=hider.client,
+        engine.read_pcap(path, vantage=vantage, clients=policy, hide=hide,
                          errors=lambda e: err.print(
                              console_text(f"passive: {e.source}:{e.line}: {e.error}"),
                              highlight=False))  # fmt: skip
@@ -1061,11 +1063,10 @@ def passive(dnstaps: tuple[str, ...], pcaps: tuple[str, ...], interface: str | N
 
     listener = None
     if capture is not None:
-        hider = dnstap.Converter(vantage=vantage, clients=policy, key=key, source=interface or "")
         live = capture
 
         def listen() -> None:
-            engine.listen(live, stop, vantage=vantage, clients=policy, hide=hider.client)
+            engine.listen(live, stop, vantage=vantage, clients=policy, hide=hide)
 
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
         listener = threading.Thread(target=listen, name="wallwatch-capture", daemon=True)

@@ -21,6 +21,16 @@ import sys
 from collections.abc import Callable, Container
 from typing import Any
 
+from wallwatch.wire import AA
+
+
+def referral(flags: int, rcode: int, ancount: int) -> bool:
+    """A reply that delegates the name (no answer, NOERROR, not authoritative): the root's
+    or a TLD's step of a resolver's recursion, which answers no question. The one
+    definition the passive readers count such replies by (the C loops test the same)."""
+    return ancount == 0 and rcode == 0 and not flags & AA
+
+
 #: (id, flags, rcode, qname, qtype, ancount, nscount, arcount, addresses, least address
 #: TTL or -1, first Extended DNS Error code or -1)
 Summary = tuple[int, int, int, str, int, int, int, int, tuple[str, ...], int, int]
@@ -184,7 +194,7 @@ def py_dnstap_group(data: bytes, offset: int, keys: dict[int, dict[Any, list[int
             if not upstream:
                 counts[2] += 1
                 continue
-            if got[11] == 0 and got[8] == 0 and not got[7] & 0x0400:
+            if referral(got[7], got[8], got[11]):
                 counts[3] += 1
                 continue
         client = got[4] if to_client and keep_clients and got[4] else None

@@ -41,7 +41,7 @@ import msgspec
 from wallwatch import fastwire, records
 from wallwatch.events.detector import Level, minute_iso
 from wallwatch.events.operator import Operator
-from wallwatch.fastwire import dnstap_group
+from wallwatch.fastwire import dnstap_group, referral
 from wallwatch.interop import dnstap
 from wallwatch.interop.capture import Capture
 from wallwatch.interop.dnstap import ClientPolicy, Converter
@@ -52,6 +52,7 @@ from wallwatch.journal import recover
 from wallwatch.observatory.agent import Spool
 from wallwatch.records import InputError, Measurement
 from wallwatch.watch import Clock, Watch, WatchConfig, alert_ids, read_measurements
+from wallwatch.wire import AA
 
 
 @functools.lru_cache(maxsize=4096)
@@ -64,16 +65,12 @@ def minute_of(m: Measurement) -> int:
     return _minute(m.measurement_start_time)
 
 
-_AA = 0x0400
-
-
 def delegates(m: Measurement) -> bool:
-    """Every reply is a referral (no answer, NOERROR, not authoritative): the root's or a
+    """Every reply is a referral (:func:`wallwatch.fastwire.referral`): the root's or a
     TLD's step of a resolver's recursion, which answers no question (dnstap's are
     skipped alike)."""
     return bool(m.responses) and all(
-        r.failure is None and r.ancount == 0 and r.rcode == 0 and not (r.flags or 0) & _AA
-        for r in m.responses
+        r.failure is None and referral(r.flags or 0, r.rcode or 0, r.ancount) for r in m.responses
     )
 
 
@@ -83,7 +80,7 @@ def raced(m: Measurement) -> bool:
         return False
     answers = {tuple(sorted(a.ipv4 or a.ipv6 or "" for a in r.answers)) for r in m.responses
                if r.failure is None}  # fmt: skip
-    return len(m.responses) >= 2 and len(answers) >= 2
+    return len(answers) >= 2
 
 
 @dataclass
@@ -108,7 +105,9 @@ class Passive:
     #: Seconds a captured upstream query waits for its replies (a race's genuine reply
     #: comes within the round trip; Unbound gives up on a server after a few seconds).
     window: float = 3.0
-    #: Upstream queries seen in packets that drew only referrals, or no reply.
+    #: Queries seen in packets: measured (recorded, or counted on a record), and on the
+    #: upstream side those that drew only referrals, or no reply.
+    captured: int = 0
     referrals: int = 0
     unanswered: int = 0
     #: Seconds between writes of the open minutes' journal: the most a kill -9 loses.
@@ -147,33 +146,9 @@ class Passive:
             self._add(m, key)
 
     def offer(self, payload: bytes, converter: Converter) -> None:
-        """One dnstap frame: counted when its answer repeats one this minute already
-        holds, recorded otherwise. Why: the detector reads one answer per name, stream
-        and minute, and a busy resolver repeats its popular answers thousands of times a
-        minute; building a record for each is what would make it fall behind."""
-        fast = converter.fast(payload)
-        if fast is False:
-            return
-        if fast is True:
-            record = converter.measurement(payload)
-            if record is not None:
-                self.add(record)
-            return
-        minute, key, stream, rcode, ttl, ede = fast
-        with self._lock:
-            held = self.keys.get(minute)
-            entry = held.get(key) if held is not None else None
-            if entry is not None:
-                entry[1] += 1
-                self.answers += 1
-                tally = self._tallies.setdefault(minute, {})
-                slot = (stream, rcode, ttl, ede)
-                tally[slot] = tally.get(slot, 0) + 1
-                self._due()
-                return
-        record = converter.measurement(payload)
-        if record is not None:
-            self.add(record, key)
+        """One dnstap frame on its own (a writer's, handed over one at a time): through
+        the grouping loop as :meth:`take_frames` runs it."""
+        self.take_frames(len(payload).to_bytes(4, "big") + payload, converter)
 
     def read_dnstap(self, path: str | Path, converter: Converter,
                     errors: Callable[[InputError], None], chunk: int = 1 << 22) -> None:  # fmt: skip
@@ -266,10 +241,7 @@ class Passive:
             m = msgspec.structs.replace(m, annotations={**m.annotations, "minute": str(minute)})
         self.answers += 1
         if raced(m):
-            self.races[minute] += 1
-            first = m.responses[0].ip_ttl
-            if first is not None:
-                self.race_ttls[first] += 1
+            self._race(minute, m.responses[0].ip_ttl)
         if minute in self.watch.judged:
             self.late += 1  # written beside it, not judged: the minute's sums have moved on
             buffer = bytearray()
@@ -294,10 +266,6 @@ class Passive:
         newest = max(self.pending)
         for closed in sorted(k for k in self.pending if k <= newest - self.lag):
             self._judge(closed)
-
-    def add_all(self, measurements: Iterable[Measurement]) -> None:
-        for m in measurements:
-            self.add(m)
 
     def listen(self, capture: Capture, stop: Callable[[], bool], *, vantage: str,
                clients: ClientPolicy, hide: Callable[[str], str | None]) -> None:  # fmt: skip
@@ -331,8 +299,7 @@ class Passive:
         # Queries finish as the capture goes on (a file may hold hours): memory stays flat.
         matcher = Matcher(str(path), self.capture_summary, window=self.window)
         take = self._queries(matcher, vantage, clients, hide, upstream=False)
-        if native and fastwire.match_batch is not None and self._read_pcap_native(path, matcher, take, vantage,
-                                                                 clients, hide, errors):  # fmt: skip
+        if native and self._read_pcap_native(path, matcher, take, vantage, clients, hide, errors):
             return
         for item in read_queries(path, matcher):
             if isinstance(item, InputError):
@@ -346,7 +313,9 @@ class Passive:
                           errors: Callable[[InputError], None]) -> bool:  # fmt: skip
         """A classic pcap file matched and grouped in C (:func:`wallwatch.fastwire`'s
         ``match_batch``), IPv6 packets and odd names by ``matcher``; False when the file
-        is not classic pcap (pcapng: the Python reader's)."""
+        is not classic pcap (pcapng: the Python reader's) or the extension is not built."""
+        if fastwire.match_batch is None:
+            return False
         with open(path, "rb") as handle:
             try:
                 reader = open_capture(handle)
@@ -374,12 +343,12 @@ class Passive:
             final = cut or not packets
             before = counts[0]
             with self._lock:
-                assert fastwire.match_batch is not None
                 fresh, fallback = fastwire.match_batch(
                     packets, number, port, self.window, state, self.keys, self._tallies,
                     self.watch.judged, self.races, self.race_ttls, (0.0, 1.0, 0.0), keep,
                     counts, final)  # fmt: skip
                 self.answers += counts[0] - before
+                self.captured += counts[0] - before
                 self._due()
             finished: list[Query] = []
             for packet in fallback:  # IPv6 and odd names: the Python matcher's
@@ -411,6 +380,7 @@ class Passive:
                 query = Query(*q[:10])
                 query.replies = q[10]
                 m = private(matcher.record(query), vantage, clients, hide)
+                self.captured += 1
                 self.add(m, key)
             if cut:
                 errors(self.capture_summary.skip(
@@ -432,38 +402,32 @@ class Passive:
 
         def take(queries: Iterable[Query]) -> None:
             for q in queries:
-                reads = [r[7] for r in q.replies]
+                # The replies' summaries: a query is grouped only when every reply has one.
+                reads = [r[7] for r in q.replies if r[7] is not None]
                 key = None
-                if all(r is not None for r in reads):
-                    read = [r for r in reads if r is not None]
-                    if upstream and not read:
-                        self.unanswered += 1
-                        continue
-                    if upstream and all(r[5] == 0 and r[2] == 0 and not r[1] & _AA for r in read):
+                if reads and len(reads) == len(q.replies):
+                    if upstream and all(referral(r[1], r[2], r[5]) for r in reads):
                         self.referrals += 1
                         continue
                     minute = int(clock(q.t)) // 60
                     key = ("packets", stream, q.server, q.sport, q.qname, q.qtype,
                            q.client if clients != ClientPolicy.DROP else None,
-                           tuple((r[2], tuple(sorted(r[8])), r[1] & _AA) for r in read))  # fmt: skip
-                    if not read:
-                        key = None  # a timeout is recorded each time
-                    else:
-                        with self._lock:
-                            held = self.keys.get(minute)
-                            entry = held.get(key) if held is not None else None
-                            if entry is not None:  # a repeat: counted on its record
-                                entry[1] += 1
-                                self.answers += 1
-                                first = read[0]
-                                self.operator.observe(minute, stream, first[2], first[9], first[10])
-                                if len(read) > 1 and len({r[8] for r in read}) >= 2:
-                                    self.races[minute] += 1
-                                    first_ttl = q.replies[0][3]
-                                    if first_ttl is not None:
-                                        self.race_ttls[first_ttl] += 1
-                                self._due()
-                                continue
+                           tuple((r[2], tuple(sorted(r[8])), r[1] & AA) for r in reads))  # fmt: skip
+                    with self._lock:
+                        held = self.keys.get(minute)
+                        entry = held.get(key) if held is not None else None
+                        if entry is not None:  # a repeat: counted on its record
+                            entry[1] += 1
+                            self.answers += 1
+                            self.captured += 1
+                            first = reads[0]
+                            tally = self._tallies.setdefault(minute, {})
+                            slot = (stream, first[2], first[9], first[10])
+                            tally[slot] = tally.get(slot, 0) + 1
+                            if len(reads) > 1 and len({r[8] for r in reads}) >= 2:
+                                self._race(minute, q.replies[0][3])
+                            self._due()
+                            continue
                 m = matcher.record(q)
                 if upstream:
                     if not m.responses:
@@ -475,6 +439,7 @@ class Passive:
                 m = private(m, vantage, clients, hide)
                 if upstream:
                     m = msgspec.structs.replace(m, annotations={**m.annotations, "stream": stream})
+                self.captured += 1
                 self.add(m, key)
 
         return take
@@ -560,11 +525,15 @@ class Passive:
         """A restored record's share of the totals (its repeats included)."""
         self.answers += count
         if raced(m):
-            self.races[minute] += count
-            first = m.responses[0].ip_ttl
-            if first is not None:
-                self.race_ttls[first] += count
+            self._race(minute, m.responses[0].ip_ttl, count)
         self.operator.observe_measurement(minute, m, count)
+
+    def _race(self, minute: int, first_ttl: int | None, n: int = 1) -> None:
+        """``n`` raced queries in ``minute``, their first reply's IP TTL (the injector's when
+        it won: [holdon-2012])."""
+        self.races[minute] += n
+        if first_ttl is not None:
+            self.race_ttls[first_ttl] += n
 
     def _resume(self) -> tuple[int, int]:
         """Pick up after a crash: replay the judged minutes through the detector (its
@@ -636,7 +605,7 @@ class Passive:
             "raced_minutes": [minute_iso(m, tz, "minutes") for m in sorted(self.races)],
             "first_reply_ip_ttls": dict(self.race_ttls.most_common(5)),
             "captured_upstream_queries": {
-                "measured": self.capture_summary.measurements - self.referrals - self.unanswered,
+                "measured": self.captured,
                 "referrals_only": self.referrals,
                 "unanswered": self.unanswered,
             },

@@ -41,12 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from wallwatch import records
-from wallwatch.fastwire import (
-    CLIENT_RESPONSE,
-    FORWARDER_RESPONSE,
-    RESOLVER_RESPONSE,
-    dnstap_answer,
-)
+from wallwatch.fastwire import CLIENT_RESPONSE, FORWARDER_RESPONSE, RESOLVER_RESPONSE, referral
 from wallwatch.interop.summary import ImportSummary
 from wallwatch.probe.reply import make_response
 from wallwatch.records import InputError, Measurement
@@ -60,17 +55,10 @@ _ACCEPT, _START, _STOP, _READY, _FINISH = 1, 2, 3, 4, 5
 #: A data frame longer than this is not dnstap (a DNS message is at most 64 KiB).
 MAX_FRAME = 1 << 18
 
-#: dnstap Message.Type values that carry an answer, and what they mean here.
-_RESOLVER_RESPONSE, _CLIENT_RESPONSE, _FORWARDER_RESPONSE = (
-    RESOLVER_RESPONSE,
-    CLIENT_RESPONSE,
-    FORWARDER_RESPONSE,
-)
 _TCP_PROTOCOLS = {2: Engine.TCP, 3: Engine.DOT, 4: Engine.DOH}
-#: The header's Authoritative Answer flag.
-_AA = 0x0400
-_KINDS = {_RESOLVER_RESPONSE: "resolver_response", _CLIENT_RESPONSE: "client_response",
-          _FORWARDER_RESPONSE: "forwarder_response"}  # fmt: skip
+#: dnstap's message types that carry an answer, by the name records give them.
+_KINDS = {RESOLVER_RESPONSE: "resolver_response", CLIENT_RESPONSE: "client_response",
+          FORWARDER_RESPONSE: "forwarder_response"}  # fmt: skip
 
 
 class ClientPolicy(StrEnum):
@@ -229,11 +217,6 @@ def _second(at: int) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-#: (minute, key, stream, rcode, least address TTL, first EDE): an answer as the passive
-#: engine groups and counts it (:meth:`Converter.fast`).
-Fast = tuple[int, tuple[object, ...], str, int, int, int]
-
-
 class Converter:
     """dnstap messages to measurements, with the client policy applied."""
 
@@ -252,7 +235,6 @@ class Converter:
         self.source = source
         #: Real time to the time reported in (the scenario's clock, in the lab).
         self.clock = clock or (lambda t: t)
-        self._identity = clock is None
         self.count = 0
         #: Messages read that carry no answer (queries), and undecodable ones.
         self.queries = 0
@@ -271,36 +253,6 @@ class Converter:
             return hmac.new(self.key, address.encode(), hashlib.sha256).hexdigest()[:16]
         return None
 
-    def fast(self, payload: bytes) -> Fast | bool:
-        """What the passive engine groups an answer by, read without building its record
-        (:func:`wallwatch.fastwire.dnstap_answer`): False for a message that is not
-        measured (counted as :meth:`measurement` counts it), True when only
-        :meth:`measurement` can read it."""
-        got = dnstap_answer(payload)
-        if got is None:
-            return True
-        if isinstance(got, int):
-            if got == 0:
-                self.undecodable += 1
-            else:
-                self.queries += 1
-            return False
-        to_client = got[0] == _CLIENT_RESPONSE
-        if not to_client:
-            if not self.upstream:
-                self.upstream_in_packets += 1
-                return False
-            if got[11] == 0 and got[8] == 0 and not got[7] & _AA:
-                self.referrals += 1
-                return False
-        client = got[4] if to_client and self.clients != ClientPolicy.DROP and got[4] else None
-        # (type, server, port, protocol, qname, qtype, rcode, addresses, user)
-        addresses = got[14] if len(got[14]) < 2 else tuple(sorted(got[14]))  # round robin
-        key = (got[0], got[1], got[2], got[3], got[9], got[10], got[8], addresses, client)
-        start = got[5] if self._identity else self.clock(got[5])
-        return (int(start) // 60, key, "users" if to_client else "upstream",
-                got[8], got[15], got[16])  # fmt: skip
-
     def measurement(self, payload: bytes) -> Measurement | None:
         """One data frame; None for a message that carries no answer."""
         tap = self._tap  # one message object, parsed into again and again
@@ -311,19 +263,19 @@ class Converter:
             return None
         m = tap.message
         if (
-            m.type not in (_RESOLVER_RESPONSE, _CLIENT_RESPONSE, _FORWARDER_RESPONSE)
+            m.type not in (RESOLVER_RESPONSE, CLIENT_RESPONSE, FORWARDER_RESPONSE)
             or not m.response_message
         ):
             self.queries += 1
             return None
-        to_client = m.type == _CLIENT_RESPONSE
+        to_client = m.type == CLIENT_RESPONSE
         if not to_client and not self.upstream:
             self.upstream_in_packets += 1
             return None
         data = bytes(m.response_message)
         parsed = parse_reply(data)
-        if (not to_client and parsed.failure is None and parsed.ancount == 0
-                and parsed.rcode == 0 and not (parsed.flags or 0) & _AA):  # fmt: skip
+        if not to_client and parsed.failure is None and referral(
+                parsed.flags or 0, parsed.rcode or 0, parsed.ancount):  # fmt: skip
             # A referral (the root's or a TLD's NS records) answers no question; the
             # answer comes later from the domain's servers. Counted, not measured.
             self.referrals += 1

@@ -38,7 +38,7 @@ from wallwatch.interop.summary import ImportSummary
 from wallwatch.probe.reply import make_response
 from wallwatch.records import InputError, Measurement, Response
 from wallwatch.vocab import Engine, Failure, TargetKind
-from wallwatch.wire import parse_reply, qtype_text
+from wallwatch.wire import QR, parse_reply, qtype_text
 
 _SLL = 113
 _SLL2 = 276
@@ -321,7 +321,7 @@ class Matcher:
         read = fast_summary(payload)
         if read is not None:
             txid, qname, qtype = read[0], read[3], read[4] or 1
-            is_reply, has_question = bool(read[1] & 0x8000), True
+            is_reply, has_question = bool(read[1] & QR), True
         else:
             parsed = parse_reply(payload)
             txid, qtype = parsed.id or 0, parsed.qtype or 1
