@@ -22,14 +22,16 @@ names asked and the answers are, since they are what the detector reads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
 import struct
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +55,23 @@ from wallwatch.observatory.agent import Spool
 from wallwatch.records import InputError, Measurement
 from wallwatch.watch import Clock, Watch, WatchConfig, alert_ids, read_measurements
 from wallwatch.wire import AA
+
+
+@contextlib.contextmanager
+def collector(on: bool) -> Iterator[None]:
+    """The cyclic garbage collector on or off for a block, as it was after it.
+
+    Why: reading a file holds hundreds of thousands of open queries and minute keys,
+    none in a cycle, and each full collection walked them all (a quarter of a pcap
+    read, measured by bench/passive.py); the judging of a minute, which does make
+    cycles, runs with it on again (:meth:`Passive._judge`).
+    """
+    was = gc.isenabled()
+    (gc.enable if on else gc.disable)()
+    try:
+        yield
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -162,7 +181,7 @@ class Passive:
         clock = (0.0, 1.0, 0.0)  # a file's answers are dated as they were logged
         counts = [0, 0, 0, 0, 0]
         buf, pos, base, started, ended = b"", 0, 0, False, False
-        with open(path, "rb") as handle:
+        with open(path, "rb") as handle, collector(False):
             while True:
                 if started:
                     pos, control = self._group(buf, pos, converter, clock, counts)
@@ -299,13 +318,15 @@ class Passive:
         # Queries finish as the capture goes on (a file may hold hours): memory stays flat.
         matcher = Matcher(str(path), self.capture_summary, window=self.window)
         take = self._queries(matcher, vantage, clients, hide, upstream=False)
-        if native and self._read_pcap_native(path, matcher, take, vantage, clients, hide, errors):
-            return
-        for item in read_queries(path, matcher):
-            if isinstance(item, InputError):
-                errors(item)
-            else:
-                take((item,))
+        with collector(False):
+            if native and self._read_pcap_native(path, matcher, take, vantage, clients, hide,
+                                                 errors):  # fmt: skip
+                return
+            for item in read_queries(path, matcher):
+                if isinstance(item, InputError):
+                    errors(item)
+                else:
+                    take((item,))
 
     def _read_pcap_native(self, path: str | Path, matcher: Matcher,
                           take: Callable[[Iterable[Query]], None], vantage: str,
@@ -471,6 +492,10 @@ class Passive:
         self._unflushed = {m: b for m, b in self._unflushed.items() if m in self.pending}
 
     def _judge(self, minute: int) -> None:
+        with collector(True):
+            self._judge_minute(minute)
+
+    def _judge_minute(self, minute: int) -> None:
         ms = self.pending.pop(minute)
         self._unflushed.pop(minute, None)
         for index, count in (self.keys.pop(minute, None) or {}).values():

@@ -63,7 +63,10 @@ def stream_of(m: Measurement) -> str:
 def dnssec_failure(raw: str) -> bool:
     """Whether a SERVFAIL reply's (base64) first Extended DNS Error is a DNSSEC one."""
     try:
-        message = dns.message.from_wire(base64.b64decode(raw), ignore_trailing=True)
+        wire = base64.b64decode(raw)
+        if len(wire) < 12 or wire[10:12] == b"\0\0":
+            return False  # no additional records, so no OPT: not worth a full parse
+        message = dns.message.from_wire(wire, ignore_trailing=True)
     except (dns.exception.DNSException, ValueError):
         return False
     codes = [int(o.code) for o in message.options if isinstance(o, dns.edns.EDEOption)]

@@ -19,6 +19,7 @@ everything before it is kept.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import socket
 import struct
@@ -391,16 +392,28 @@ class Matcher:
         return _measurement(query, responses, self.source, first_t, self.dark, self.clock)
 
 
+@functools.lru_cache(maxsize=256)
+def _second(t: int) -> str:
+    """A UTC second as the store writes it (cached: a capture's queries share seconds)."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@functools.lru_cache(maxsize=64)
+def _report_id(source: str) -> str:
+    return f"pcap-{Path(source).stem}"
+
+
 def _measurement(q: Query, replies: tuple[Response, ...], source: str, t_first: float,
                  dark: frozenset[str],
                  clock: Callable[[float], float] | None = None) -> Measurement:  # fmt: skip
-    start = datetime.fromtimestamp(clock(q.t) if clock else q.t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    # The second as datetime would round it (to the microsecond first).
+    start = _second(round((clock(q.t) if clock else q.t) * 1e6) // 1_000_000)
     kind = TargetKind.DARK if q.server in dark else TargetKind.RESOLVER
     server = f"[{q.server}]" if ":" in q.server else q.server
     return Measurement(
         schema_version=records.SCHEMA_VERSION,
         measurement_uid=hashlib.blake2b(f"{source}|{q.index}".encode(), digest_size=8).hexdigest(),
-        report_id=f"pcap-{Path(source).stem}", measurement_start_time=start,
+        report_id=_report_id(source), measurement_start_time=start,
         vantage=f"pcap:{q.client}", hostname=q.qname, query_type=qtype_text(q.qtype),
         engine=Engine.UDP, resolver_address=f"{server}:{q.sport}", target_kind=kind,
         transaction_id=q.txid, source_port=q.cport, t0=q.t - t_first,
