@@ -114,3 +114,63 @@ def check_report_in_browser(html: Path, tmp_path: Path) -> None:
     assert dom.count("<svg") >= charts
     assert dom.count('class="check holds"') >= 4
     assert 'data-check="dark_destination"' in dom
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[object]:
+    """One real two-process Dask cluster on loopback for the session (started on first use)."""
+    from wallwatch.analysis import scale
+
+    with scale.client("local:2") as client:
+        yield client
+
+
+#: The tables a partitioned run writes that the embedded run has too.
+ANALYSIS_TABLES = ("reply_verdicts", "attributions", "window_attributions", "injector_families")
+
+
+def differences(db: Path, out: object) -> dict[str, tuple[int, int, int, int]]:
+    """Per analysis table: (embedded rows, partitioned rows, rows only embedded, rows only
+    partitioned), the run at ``out`` (a :class:`wallwatch.dataset.Dataset`) against ``db``."""
+    from wallwatch import store
+    from wallwatch.dataset import Dataset
+
+    assert isinstance(out, Dataset)
+    con = store.connect(db, read_only=True)
+    out.register(con)
+    found = {}
+    try:
+        for table in ANALYSIS_TABLES:
+            files = out.glob(table, "*", "*.parquet") or out.glob(table, "*.parquet")
+            assert files, f"{table}: no files under {out.root}"
+            other = ("read_parquet([" + ", ".join(store.sql_literal(f) for f in files)
+                     + "], hive_partitioning = false)")  # fmt: skip
+            a, b, only_a, only_b = (int(con.execute(sql).fetchone()[0]) for sql in (
+                f"SELECT count(*) FROM {table}", f"SELECT count(*) FROM {other}",
+                f"SELECT count(*) FROM (SELECT * FROM {table} EXCEPT ALL SELECT * FROM {other})",
+                f"SELECT count(*) FROM (SELECT * FROM {other} EXCEPT ALL SELECT * FROM {table})",
+            ))  # fmt: skip
+            found[table] = (a, b, only_a, only_b)
+    finally:
+        con.close()
+    return found
+
+
+def assert_dask_matches(files: Sequence[Path], db: Path, tmp_path: Path, client: object,
+                        buckets: int = 8) -> None:  # fmt: skip
+    """The same records as a dataset, analysed on the cluster: the embedded result of
+    ``db`` (already analysed), row for row, in every analysis table."""
+    from wallwatch import store
+    from wallwatch.analysis import scale
+    from wallwatch.dataset import Dataset, write
+
+    dataset, out = Dataset(str(tmp_path / "dataset")), Dataset(str(tmp_path / "analysis"))
+    con = store.connect()
+    try:
+        store.ingest_into(con, list(files))
+        write(con, dataset, buckets=buckets)
+    finally:
+        con.close()
+    scale.analyze_dataset(dataset, out, client)
+    for table, (a, b, only_a, only_b) in differences(db, out).items():
+        assert (a, only_a, only_b) == (b, 0, 0), (table, a, b, only_a, only_b)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from conftest import assert_dask_matches
 from wallwatch import records
 from wallwatch.lab import netns, scenario, topology, zones
 from wallwatch.records import Measurement
@@ -362,7 +363,20 @@ def test_root_leak_2010_collateral_damage(lab) -> None:  # noqa: ANN001
     assert dig("outside", "8.8.8.8", "www.example.cn") == [zones.genuine_address("www.example.cn")]
 
 
-def sweep_and_analyze(tmp_path, names: list[str], *runs: tuple[str, ...]) -> object:  # noqa: ANN001
+@pytest.fixture
+def sweep_and_analyze(dask_client):  # noqa: ANN001, ANN201
+    """Probe, ingest, analyze (:func:`_sweep_and_analyze`); and every time the same records
+    analysed on a Dask cluster as a dataset must give the embedded result row for row."""
+
+    def run(tmp_path, names: list[str], *runs: tuple[str, ...]) -> object:  # noqa: ANN001
+        db = _sweep_and_analyze(tmp_path, names, *runs)
+        assert_dask_matches([tmp_path / "m.jsonl"], db, tmp_path, dask_client)
+        return db
+
+    return run
+
+
+def _sweep_and_analyze(tmp_path, names: list[str], *runs: tuple[str, ...]) -> object:  # noqa: ANN001
     """Probe ``names`` once per (node, args...) run into one file, ingest, analyze; return the store."""
     from wallwatch import store
     from wallwatch.analysis.run import analyze
@@ -388,7 +402,7 @@ def attributions(db) -> dict[str, str]:  # noqa: ANN001
     return dict(store.query(db, "SELECT hostname, attribution FROM attributions"))
 
 
-def test_analysis_attributes_the_resolver_hijack(lab, tmp_path) -> None:  # noqa: ANN001
+def test_analysis_attributes_the_resolver_hijack(lab, tmp_path, sweep_and_analyze) -> None:  # noqa: ANN001
     s = lab("resolver-hijack")
     names = ["www.example.com", "www.example.net", "www.python.org", "www.debian.org"]
     db = sweep_and_analyze(
@@ -402,7 +416,7 @@ def test_analysis_attributes_the_resolver_hijack(lab, tmp_path) -> None:  # noqa
     }
 
 
-def test_analysis_attributes_the_nxdomain_rewrite(lab, tmp_path) -> None:  # noqa: ANN001
+def test_analysis_attributes_the_nxdomain_rewrite(lab, tmp_path, sweep_and_analyze) -> None:  # noqa: ANN001
     lab("isp-nxdomain-rewrite")
     names = ["www.example.com", "no-such-name.example.com", "nothing-here.example.org"]
     db = sweep_and_analyze(
@@ -415,7 +429,7 @@ def test_analysis_attributes_the_nxdomain_rewrite(lab, tmp_path) -> None:  # noq
     )
 
 
-def test_analysis_tells_forged_from_genuine_in_gfw_steady(lab, tmp_path) -> None:  # noqa: ANN001
+def test_analysis_tells_forged_from_genuine_in_gfw_steady(lab, tmp_path, sweep_and_analyze) -> None:  # noqa: ANN001
     from wallwatch import store
 
     lab("gfw-steady")
@@ -472,7 +486,7 @@ def test_locate_corrects_for_a_mirroring_injector(lab) -> None:  # noqa: ANN001
     assert found["hop"] == s.border_hops
 
 
-def test_injector_families_in_gfw_steady(lab, tmp_path) -> None:  # noqa: ANN001
+def test_injector_families_in_gfw_steady(lab, tmp_path, sweep_and_analyze) -> None:  # noqa: ANN001
     from wallwatch import store
 
     lab("gfw-steady")
@@ -490,7 +504,7 @@ def test_injector_families_in_gfw_steady(lab, tmp_path) -> None:  # noqa: ANN001
     assert {zero for p, _, zero in families if p == "injector3"} == {True}
 
 
-def test_analysis_attributes_the_root_leak(lab, tmp_path) -> None:  # noqa: ANN001
+def test_analysis_attributes_the_root_leak(lab, tmp_path, sweep_and_analyze) -> None:  # noqa: ANN001
     lab("root-leak-2010")
     names = ["www.facebook.com", "twitter.com", "www.example.com", "www.python.org"]
     # From abroad only: the public resolver's answers, its TCP answers, and a dark host.
@@ -501,7 +515,9 @@ def test_analysis_attributes_the_root_leak(lab, tmp_path) -> None:  # noqa: ANN0
     assert got["www.example.com"] == got["www.python.org"] == "none"
 
 
-def test_analysis_attributes_a_changed_authoritative_with_a_baseline(lab, tmp_path) -> None:  # noqa: ANN001
+def test_analysis_attributes_a_changed_authoritative_with_a_baseline(
+    lab, tmp_path, sweep_and_analyze
+) -> None:  # noqa: ANN001
     from wallwatch.analysis.run import analyze
 
     names = ["www.example.com", "www.example.org", "www.example.net", "www.python.org"]
@@ -523,7 +539,7 @@ def test_analysis_attributes_a_changed_authoritative_with_a_baseline(lab, tmp_pa
     }
 
 
-def test_analysis_attributes_the_2012_google_poisoning(lab, tmp_path) -> None:  # noqa: ANN001
+def test_analysis_attributes_the_2012_google_poisoning(lab, tmp_path, sweep_and_analyze) -> None:  # noqa: ANN001
     lab("gfw-2012-11-09")
     names = ["www.google.com", "mail.google.com", "www.example.com"]
     db = sweep_and_analyze(

@@ -420,21 +420,74 @@ def _wanted(record: Record, uids: tuple[str, ...], hostnames: tuple[str, ...]) -
     return True
 
 
+def _storage_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs for the dataset's fsspec filesystem (s3fs: endpoint_url, key,
+    secret, ...)."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r}: KEY=VALUE", param_hint="--storage-option")
+        options[key] = value
+    return options
+
+
+dataset_options = [
+    click.option("--dataset", default=None, metavar="DIR|URL",
+                 help="A partitioned Parquet dataset (a directory, or s3://bucket/prefix)."),
+    click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+                 help="For the dataset's object store (s3fs: endpoint_url, key, secret)."),
+]  # fmt: skip
+
+
+def with_dataset_options(f: Any) -> Any:
+    for option in reversed(dataset_options):
+        f = option(f)
+    return f
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--db", default="wallwatch.duckdb", show_default=True, help="DuckDB file.")
+@click.option("--db", default=None,
+              help="DuckDB file [default: wallwatch.duckdb; none with --dataset].")  # fmt: skip
 @click.option("--parquet", "parquet_dir", default=None, help="Also write tables as Parquet here.")
-def ingest(files: tuple[str, ...], db: str, parquet_dir: str | None) -> None:
-    """Load JSONL records into the DuckDB store (and Parquet)."""
+@with_dataset_options
+@click.option("--buckets", type=click.IntRange(1, 4096), default=None,
+              help="Name buckets of a new dataset [default: 64]; an existing one keeps its own.")  # fmt: skip
+def ingest(files: tuple[str, ...], db: str | None, parquet_dir: str | None, dataset: str | None,
+           storage_option: tuple[str, ...], buckets: int | None) -> None:  # fmt: skip
+    """Load JSONL records into the DuckDB store (and Parquet, or a partitioned dataset)."""
     from wallwatch import store
+    from wallwatch.dataset import Dataset, write
 
+    if dataset is None and (buckets is not None or storage_option):
+        raise click.UsageError("--buckets and --storage-option go with --dataset")
+    if dataset is None or db is not None:
+        db = db or "wallwatch.duckdb"
+        try:
+            report = store.ingest(list(files), db, parquet_dir=parquet_dir)
+        except (ValueError, RuntimeError) as exc:
+            raise click.ClickException(str(exc)) from None
+        err.print(
+            f"{db}: +{report.measurements} measurements, +{report.responses} replies "
+            f"from {report.records} records in {report.files} file(s)",
+            highlight=False,
+        )
+    if dataset is None:
+        return
+    target = Dataset(dataset, _storage_options(storage_option))
+    con = store.connect()
     try:
-        report = store.ingest(list(files), db, parquet_dir=parquet_dir)
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
+        report = store.ingest_into(con, list(files))
+        added = write(con, target, buckets=buckets)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise click.ClickException(f"{console_text(dataset)}: {exc}") from None
+    finally:
+        con.close()
     err.print(
-        f"{db}: +{report.measurements} measurements, +{report.responses} replies "
-        f"from {report.records} records in {report.files} file(s)",
+        f"{console_text(dataset)}: +{added.get('measurements', 0)} measurements, "
+        f"+{added.get('responses', 0)} replies from {report.records} records in "
+        f"{report.files} file(s)",
         highlight=False,
     )
 
@@ -458,23 +511,43 @@ def ingest(files: tuple[str, ...], db: str, parquet_dir: str | None) -> None:
     show_default=True,
     help="Seconds per time window of window_attributions.",
 )
+@click.option("--dask", "dask_spec", default=None, metavar="local[:N]|ADDRESS",
+              help="Run on a Dask cluster over --dataset: local:N worker processes here, or "
+                   "a scheduler's address (tcp://host:8786).")  # fmt: skip
+@with_dataset_options
+@click.option("--out", "out", default=None, metavar="DIR|URL",
+              help="Where --dask writes the analysis tables [default: DATASET/analysis].")  # fmt: skip
 def analyze(
-    db: str, as_json_out: bool, baseline: str | None, mmdb: str | None, window: int
-) -> None:
+    db: str, as_json_out: bool, baseline: str | None, mmdb: str | None, window: int,
+    dask_spec: str | None, dataset: str | None, storage_option: tuple[str, ...],
+    out: str | None,
+) -> None:  # fmt: skip
     """Judge every reply in the store and attribute each name (tables reply_verdicts, attributions)."""
     import json
 
     from wallwatch import store
+    from wallwatch.analysis.run import AnalysisSummary
     from wallwatch.analysis.run import analyze as run_analysis
 
-    if not Path(db).exists():
-        raise click.ClickException(
-            f"{db}: no such store; load records with 'wallwatch ingest' first"
-        )
-    try:
-        summary = run_analysis(db, baseline=baseline, mmdb=mmdb, window=window)
-    except Exception as exc:  # DuckDB raises its own types; name the store in the message
-        raise click.ClickException(f"{db}: analysis failed: {exc}") from None
+    if dask_spec is not None or dataset is not None:
+        summary, rows = _analyze_dask(dask_spec, dataset, storage_option, out, baseline, mmdb,
+                                      window, as_json_out)  # fmt: skip
+    else:
+        if not Path(db).exists():
+            raise click.ClickException(
+                f"{db}: no such store; load records with 'wallwatch ingest' first"
+            )
+        try:
+            summary = run_analysis(db, baseline=baseline, mmdb=mmdb, window=window)
+        except Exception as exc:  # DuckDB raises its own types; name the store in the message
+            raise click.ClickException(f"{db}: analysis failed: {exc}") from None
+        rows = []
+        if as_json_out:
+            sql = (
+                f"SELECT {', '.join(_JSON_COLUMNS)} FROM attributions ORDER BY hostname, query_type"
+            )
+            rows = store.query(db, sql)
+    assert isinstance(summary, AnalysisSummary)
     names = sum(summary.attributions.values())
     err.print(
         f"{summary.replies} reply verdicts (rules v{summary.rules_version}, pools "
@@ -483,11 +556,65 @@ def analyze(
         + ", ".join(f"{count} {name}" for name, count in sorted(summary.attributions.items())),
         highlight=False,
     )
+    for row in rows:
+        click.echo(json.dumps(dict(zip(_JSON_COLUMNS, row, strict=True))))
+
+
+_JSON_COLUMNS = ("hostname", "query_type", "attribution", "confidence", "reasons", "bad_answers")
+
+
+def _analyze_dask(spec: str | None, root: str | None, storage_option: tuple[str, ...],
+                  out: str | None, baseline: str | None, mmdb: str | None, window: int,
+                  as_json_out: bool) -> tuple[Any, list[tuple[Any, ...]]]:  # fmt: skip
+    """``analyze --dask``: the rules over a dataset on a cluster (:mod:`wallwatch.analysis.scale`)."""
+    from wallwatch import store
+    from wallwatch.analysis import scale
+    from wallwatch.dataset import Dataset
+
+    if spec is None or root is None:
+        raise click.UsageError("--dask and --dataset go together (the cluster reads the dataset)")
+    if baseline is not None:
+        raise click.UsageError("--baseline is not supported with --dask yet: run the embedded "
+                               "analysis for a changed-authoritative check")  # fmt: skip
+    try:
+        scale.parse_scheduler(spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--dask") from None
+    options = _storage_options(storage_option)
+    source = Dataset(root, options)
+    target = Dataset(out or source.path("analysis"), options)
+    steps: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        step = max(1, total // 10)
+        if done == total or done // step > steps.get(stage, 0):
+            steps[stage] = done // step
+            err.print(f"analyze: {stage} {done}/{total} buckets", highlight=False)
+
+    try:
+        source.buckets()
+        with scale.client(spec) as dask:
+            result = scale.analyze_dataset(source, target, dask, mmdb=mmdb, window=window,
+                                           progress=progress)  # fmt: skip
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"{console_text(root)}: {exc}") from None
+    except Exception as exc:  # a worker's DuckDB error, a lost scheduler: name the dataset
+        raise click.ClickException(f"{console_text(root)}: analysis failed: {exc}") from None
+    err.print(f"{console_text(target.root)}: {result.buckets} buckets on {result.workers} "
+              "workers, " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()),
+              highlight=False)  # fmt: skip
+    rows: list[tuple[Any, ...]] = []
     if as_json_out:
-        columns = ["hostname", "query_type", "attribution", "confidence", "reasons", "bad_answers"]
-        sql = f"SELECT {', '.join(columns)} FROM attributions ORDER BY hostname, query_type"
-        for row in store.query(db, sql):
-            click.echo(json.dumps(dict(zip(columns, row, strict=True))))
+        con = store.connect()
+        try:
+            target.register(con)
+            files = target.glob("attributions", "*", "*.parquet")
+            listed = "[" + ", ".join(store.sql_literal(f) for f in files) + "]"
+            rows = con.execute(f"SELECT {', '.join(_JSON_COLUMNS)} FROM read_parquet({listed}, "
+                               "hive_partitioning = false) ORDER BY hostname, query_type").fetchall()  # fmt: skip
+        finally:
+            con.close()
+    return result.analysis, rows
 
 
 @main.group(name="import")

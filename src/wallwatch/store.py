@@ -261,6 +261,15 @@ def ingest_into(con: Any, paths: Sequence[str | Path]) -> IngestReport:
     )
 
 
+def create_empty(con: Any, table: str) -> None:
+    """Create the store table ``table`` with no rows, typed as an ingest would make it
+    (a reader of a dataset whose files lack that table still finds its columns)."""
+    columns = ", ".join(f'"{k}" {v}' for k, v in COLUMNS.items())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE staged ({columns})")
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS {TABLES[table]}")
+    con.execute("DROP TABLE staged")
+
+
 def _add_key(con: Any, table: str, key: str) -> None:
     """Give a store made before content keys its key column, computed as new rows' is."""
     columns = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}

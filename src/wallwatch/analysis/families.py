@@ -45,19 +45,30 @@ SELECT measurement_uid, response_index,
 FROM ({INJECTED_SQL})
 """
 
-FAMILIES_SQL = f"""
-WITH injected AS ({INJECTED_SQL}),
-families AS (
-    SELECT (flags & 1024) <> 0 AS aa,
-           CASE WHEN pointer THEN 'pointer' ELSE 'full' END AS name_form,
-           edns, answer_ttl, df, ip_id_zero,
-           count(*) AS replies,
+#: Injected replies counted by fingerprint and IP TTL: what a part of the data says of the
+#: families, summed by :data:`FAMILIES_FROM_PARTS_SQL` (a partitioned run sums its buckets'
+#: parts; every aggregate below is exact from them).
+FAMILY_PARTS_SQL = f"""
+SELECT (flags & 1024) <> 0 AS aa,
+       CASE WHEN pointer THEN 'pointer' ELSE 'full' END AS name_form,
+       edns, answer_ttl, df, ip_id_zero, ip_ttl,
+       count(*) AS replies, min(measurement_uid) AS example_measurement_uid
+FROM ({INJECTED_SQL}) GROUP BY ALL
+"""
+
+#: The families from parts (``{parts}``: a relation of :data:`FAMILY_PARTS_SQL`'s rows).
+FAMILIES_FROM_PARTS_SQL = """
+WITH families AS (
+    SELECT aa, name_form, edns, answer_ttl, df, ip_id_zero,
+           CAST(sum(replies) AS BIGINT) AS replies,
            count(DISTINCT ip_ttl) AS distinct_ip_ttls,
            min(ip_ttl) AS min_ip_ttl, max(ip_ttl) AS max_ip_ttl,
-           min(measurement_uid) AS example_measurement_uid
-    FROM injected GROUP BY ALL
+           min(example_measurement_uid) AS example_measurement_uid
+    FROM {parts} GROUP BY ALL
 )
-SELECT 'F' || row_number() OVER (ORDER BY replies DESC, answer_ttl) AS family,
+-- Numbered by size; ties broken by every feature, so any run numbers them alike.
+SELECT 'F' || row_number() OVER (ORDER BY replies DESC, answer_ttl, example_measurement_uid,
+                                          aa, name_form, edns, df, ip_id_zero) AS family,
        CASE
          -- DF and IP ID count only when captured (--raw-capture); NULL means unknown.
          WHEN aa AND name_form = 'full' AND answer_ttl = 60 AND NOT edns
@@ -73,3 +84,5 @@ SELECT 'F' || row_number() OVER (ORDER BY replies DESC, answer_ttl) AS family,
        *
 FROM families
 """
+
+FAMILIES_SQL = FAMILIES_FROM_PARTS_SQL.replace("{parts}", f"({FAMILY_PARTS_SQL})")

@@ -21,7 +21,7 @@ import csv
 import json
 import tempfile
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
@@ -40,6 +40,9 @@ from wallwatch.analysis.families import FAMILIES_SQL
 from wallwatch.analysis.netinfo import Netinfo
 from wallwatch.analysis.rules import RULES_VERSION, rules_table, verdict_sql
 from wallwatch.store import MEMORY_LIMIT, sql_literal
+
+#: One row of ``ip_asn``: day, address, ASN, AS name, the dataset that said so.
+AsnRow = tuple[date, str, int | None, str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,31 +98,36 @@ def analyze_connection(
     window: int = 60,
     netinfo: Netinfo | None = None,
     injected_before: Iterable[tuple[str, str, int]] = (),
+    preset: Collection[str] = (),
+    own_asns: Sequence[AsnRow] | None = None,
+    families: bool = True,
 ) -> AnalysisSummary:
     """The analysis on an open DuckDB connection whose store tables are loaded.
 
     ``injected_before``: (hostname, query_type, epoch second) of names a monitor saw
     injected in earlier minutes, so a cache still serving the forgery reads as the
     path's cache tail rather than the resolver's own lie.
+
+    A partitioned run (:mod:`.scale`) runs this per bucket of names, with what needs
+    every bucket computed once beforehand: ``preset`` names the evidence steps whose
+    tables are already on the connection (the learned pools, the path baselines),
+    ``own_asns`` the sources' own per-answer ASNs of the whole dataset; ``families``
+    False leaves the injector families (summed over buckets) to the caller.
     """
-    version, known = pools.load()
-    _load_table(con, "known_addresses", ("address", "kind", "list_id"),
-                [(k.address, k.kind, k.list_id) for k in known])  # fmt: skip
-    _load_table(
-        con, "analysis_rules", ("rule_id", "outcome", "evidence", "rationale"), rules_table()
-    )
-    _load_platforms(con)
+    # A partitioned run's connection may hold the reference tables already (made once).
+    version = pools.load()[0] if "known_addresses" in preset else load_reference(con)
     own = netinfo is None
     if own:
         netinfo = open_netinfo(mmdb)
     try:
-        datasets = _load_asns(con, netinfo)
+        datasets = _load_asns(con, netinfo, own_asns)
     finally:
         if own and netinfo is not None:
             netinfo.close()
     *intermediate, (_, final) = signals.steps()
     for table, sql in intermediate:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
+        if table not in preset:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
     # The last step is not materialised on its own: the verdicts are computed in
     # the same pass and stored with the evidence columns (one table, one write).
     con.execute(
@@ -153,7 +161,8 @@ def analyze_connection(
         "CREATE OR REPLACE TABLE window_attributions AS "
         + WINDOW_ATTRIBUTION_SQL.replace("{window}", str(max(1, int(window))))
     )
-    con.execute(f"CREATE OR REPLACE TABLE injector_families AS {FAMILIES_SQL}")
+    if families:
+        con.execute(f"CREATE OR REPLACE TABLE injector_families AS {FAMILIES_SQL}")
     replies = int(con.execute("SELECT count(*) FROM reply_verdicts").fetchone()[0])
     counts = dict(
         con.execute("SELECT attribution, count(*) FROM attributions GROUP BY ALL").fetchall()
@@ -162,6 +171,19 @@ def analyze_connection(
         replies, {str(k): int(v) for k, v in counts.items()}, RULES_VERSION, version,
         tuple(datasets),
     )  # fmt: skip
+
+
+def load_reference(con: Any) -> str:
+    """The tables the rules read besides the store: the known pools, the rules, the
+    platforms; the pools' version."""
+    version, known = pools.load()
+    _load_table(con, "known_addresses", ("address", "kind", "list_id"),
+                [(k.address, k.kind, k.list_id) for k in known])  # fmt: skip
+    _load_table(
+        con, "analysis_rules", ("rule_id", "outcome", "evidence", "rationale"), rules_table()
+    )
+    _load_platforms(con)
+    return version
 
 
 def _load_platforms(con: Any) -> None:
@@ -187,15 +209,10 @@ def _load_table(
     con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM (VALUES {values}) v({names})")
 
 
-def _load_asns(con: Any, netinfo: Netinfo | None) -> list[str]:
-    """Table ``ip_asn``: one lookup per distinct (day, address) of the store; the datasets used."""
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE ip_asn "
-        "(day DATE, ip VARCHAR, asn INTEGER, as_org VARCHAR, dataset VARCHAR)"
-    )
-    # First what the source itself recorded (OONI's per-answer ASN, looked up by the probe
-    # on the day): the routing of the measurement's own day beats any later table.
-    own: dict[tuple[date, str], tuple[date, str, int | None, str | None, str | None]] = {}
+def own_asns(con: Any) -> list[AsnRow]:
+    """What the sources themselves recorded of their answers' ASNs (OONI's per-answer ASN,
+    looked up by the probe on the day), as ``ip_asn`` rows."""
+    own: dict[tuple[date, str], AsnRow] = {}
     for day, text in con.execute(
         "SELECT DISTINCT CAST(substr(measurement_start_time, 1, 10) AS DATE), "
         "annotations['answer_asns'] FROM measurements WHERE annotations['answer_asns'] IS NOT NULL"
@@ -216,6 +233,20 @@ def _load_asns(con: Any, netinfo: Netinfo | None) -> list[str]:
                 )
             except (TypeError, ValueError):
                 continue  # not the shape the importer writes: today's table answers instead
+    return list(own.values())
+
+
+def _load_asns(con: Any, netinfo: Netinfo | None,
+               given: Sequence[AsnRow] | None = None) -> list[str]:  # fmt: skip
+    """Table ``ip_asn``: one lookup per distinct (day, address) of the store; the datasets
+    used. ``given``: the sources' own lookups (:func:`own_asns`) when known already."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE ip_asn "
+        "(day DATE, ip VARCHAR, asn INTEGER, as_org VARCHAR, dataset VARCHAR)"
+    )
+    # First what the source itself recorded: the routing of the measurement's own day
+    # beats any later table.
+    own = {(row[0], row[1]): row for row in (own_asns(con) if given is None else given)}
     pairs = con.execute(
         "SELECT DISTINCT CAST(substr(m.measurement_start_time, 1, 10) AS DATE), "
         "lower(coalesce(a.ipv4, a.ipv6)) FROM answers a JOIN measurements m "

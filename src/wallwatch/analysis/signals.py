@@ -110,7 +110,11 @@ STEPS: tuple[tuple[str, str], ...] = (
                m.annotations['matched'] AS source_tags,
                r.response_index IS NOT NULL AS s_has_reply,
                coalesce(r.ancount = 0 AND r.nscount > 0 AND r.rcode = 0
-                        AND (r.flags & 1024) = 0, false) AS s_referral
+                        AND (r.flags & 1024) = 0, false) AS s_referral,
+               coalesce(len(c.ips) > 0 AND len(list_intersect(coalesce(ri.ips, []), c.ips)) > 0,
+                        false) AS s_control_match,
+               coalesce(len(c.ips) > 0 AND len(coalesce(ri.ips, [])) > 0
+                        AND len(list_intersect(ri.ips, c.ips)) = 0, false) AS s_control_mismatch
         FROM measurements m
         LEFT JOIN responses r ON r.measurement_uid = m.measurement_uid
         LEFT JOIN reply_ips ri ON ri.measurement_uid = r.measurement_uid
@@ -213,10 +217,6 @@ STEPS: tuple[tuple[str, str], ...] = (
         SELECT b.*,
                len(b.ips) > 0 AS s_has_answer,
                b.target_kind = 'dark' AS s_dark,
-               coalesce(len(b.control_ips) > 0 AND len(list_intersect(b.ips, b.control_ips)) > 0, false)
-                   AS s_control_match,
-               coalesce(len(b.control_ips) > 0 AND len(b.ips) > 0
-                        AND len(list_intersect(b.ips, b.control_ips)) = 0, false) AS s_control_mismatch,
                b.query_type NOT IN ('A', 'ANY') AND b.has_a AS s_type_mismatch,
                coalesce(b.edns_payload IS NOT NULL AND NOT b.edns AND b.parse_failure IS NULL
                         AND b.engine = 'udp', false) AS s_no_opt,
@@ -247,10 +247,28 @@ STEPS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        # The replies that teach each path's RTT and IP TTL: the control-matching ones.
+        "path_samples",
+        """
+        SELECT vantage, resolver_address, rtt, ip_ttl
+        FROM reply_base WHERE s_control_match AND engine = 'udp'
+        """,
+    ),
+    (
+        # The commonest IP TTL, the lowest on a tie: mode()'s pick among ties follows
+        # row order, and a partitioned run (:mod:`.scale`) must find the same baseline.
         "path_baseline",
         """
-        SELECT vantage, resolver_address, median(rtt) AS base_rtt, mode(ip_ttl) AS base_ttl
-        FROM reply_matched WHERE s_control_match AND engine = 'udp' GROUP BY ALL
+        SELECT r.vantage, r.resolver_address, r.base_rtt, t.ip_ttl AS base_ttl
+        FROM (SELECT vantage, resolver_address, median(rtt) AS base_rtt
+              FROM path_samples GROUP BY ALL) r
+        LEFT JOIN (SELECT vantage, resolver_address, ip_ttl
+                   FROM (SELECT vantage, resolver_address, ip_ttl, count(*) AS n
+                         FROM path_samples WHERE ip_ttl IS NOT NULL GROUP BY ALL)
+                   QUALIFY row_number() OVER (PARTITION BY vantage, resolver_address
+                                              ORDER BY n DESC, ip_ttl) = 1) t
+             ON t.vantage IS NOT DISTINCT FROM r.vantage
+             AND t.resolver_address IS NOT DISTINCT FROM r.resolver_address
         """,
     ),
     (
