@@ -275,3 +275,39 @@ def test_a_dataset_on_a_local_s3_server(tmp_path: Path, s3: dict[str, str],
     assert all(a == b and not x and not y for a, b, x, y in found.values()), found
     # Nothing written beside the store on the way: no staging files left in the bucket.
     assert not [p for p in dataset.fs().find("wallwatch") if not p.endswith((".parquet", ".json"))]
+
+
+def test_a_write_cut_short_is_not_read_and_the_next_one_adds_it_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dask_client: object) -> None:  # fmt: skip
+    """A disk that fills (or a kill) after some of a write's files are in place: none of
+    them is read, and the same ingest run again adds every measurement once, whole."""
+    import wallwatch.dataset as dataset_module
+
+    db = _mix_store(tmp_path, 3000)
+    analyze(db)
+    dataset = Dataset(str(tmp_path / "ds"))
+    publish = dataset_module._publish
+
+    def cut(target: Dataset, stage: Path) -> None:
+        files = sorted(stage.rglob("*.parquet"))
+        for file in files[: len(files) // 2]:  # half the files land, then the disk is full
+            target.put(file, file.relative_to(stage).as_posix())
+        raise OSError(28, "No space left on device")
+
+    con = store.connect(db, read_only=True)
+    try:
+        monkeypatch.setattr(dataset_module, "_publish", cut)
+        with pytest.raises(OSError, match="No space left"):
+            write(con, dataset, buckets=8)
+        assert dataset.glob("measurements", "*", "*", "*.parquet")  # files are there ...
+        assert dataset.files("measurements") == []  # ... and none is read
+        monkeypatch.setattr(dataset_module, "_publish", publish)
+        written = write(con, dataset, buckets=8)
+        assert written["measurements"] == 6900
+        assert write(con, dataset)["measurements"] == 0  # and once more: nothing doubled
+    finally:
+        con.close()
+    out = Dataset(str(tmp_path / "out"))
+    scale.analyze_dataset(dataset, out, dask_client)
+    found = differences(db, out)
+    assert all(a == b and not x and not y for a, b, x, y in found.values()), found

@@ -6,9 +6,10 @@ machines read at once (:mod:`wallwatch.analysis.scale` runs the analysis's rules
 on a Dask cluster). The layout::
 
     ROOT/_wallwatch.json                          what the dataset is, its bucket count
-    ROOT/<table>/day=YYYY-MM-DD/bucket=NN/part-<uuid>.parquet
+    ROOT/<table>/day=YYYY-MM-DD/bucket=NN/part-<batch>-<uuid>.parquet
                                                   measurements, responses, answers
-    ROOT/<table>/part-<uuid>.parquet              strays, input_errors
+    ROOT/<table>/part-<batch>-<uuid>.parquet      strays, input_errors
+    ROOT/_commits/<batch>.json                    one per finished write
 
 The tables are the embedded store's (:data:`wallwatch.store.TABLES`, docs/schema.md),
 column for column. ``day`` is the measurement's UTC day, ``bucket`` the first 32 bits of
@@ -19,9 +20,11 @@ bucket. Days let a reader skip what it does not need and a writer only ever add 
 
 ``ROOT`` is a directory or an fsspec URL (``s3://bucket/prefix``, with ``storage_options``
 as s3fs takes them: an S3-compatible endpoint, keys). Files are written whole, under
-new names, and never rewritten: a writer killed midway leaves files that a later write
-does not name again, and a reader sees each complete file or none (a partial upload to
-an object store is not visible; on local disk a file is renamed into place).
+new names, and never rewritten; each write ends with its commit mark, and a reader reads
+only committed files. A writer killed midway (or out of disk) leaves files that nothing
+reads, so the same ingest run again adds its measurements once, with all their replies;
+a file is seen whole or not at all (a partial upload to an object store is not visible;
+on local disk a file is renamed into place).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +49,10 @@ DEFAULT_BUCKETS = 64
 #: Tables partitioned by day and bucket (every row names its measurement's name and time).
 PARTITIONED = ("measurements", "responses", "answers")
 _META = "_wallwatch.json"
+#: One mark per finished write (``<batch>.json``); files of other batches are not read.
+_COMMITS = "_commits"
+#: The content keys of the tables without IDs (as the embedded store dedupes them).
+_CONTENT_KEYS = {"strays": "stray_id", "input_errors": "input_error_id"}
 _FORMAT = "wallwatch-dataset"
 
 
@@ -108,18 +116,23 @@ class Dataset:
 
     def present(self) -> list[int]:
         """The buckets that hold measurements, in order."""
-        fs = self.fs()
-        found: set[int] = set()
-        for path in fs.glob(self._strip(self.path("measurements", "*", "bucket=*"))):
-            found.add(int(str(path).rstrip("/").rsplit("bucket=", 1)[1]))
-        return sorted(found)
+        return sorted({int(f.rsplit("bucket=", 1)[1].split("/", 1)[0])
+                       for f in self.files("measurements")})  # fmt: skip
+
+    def committed(self) -> set[str]:
+        """The writes that finished (:func:`write`'s batches with their commit mark)."""
+        return {Path(p).stem for p in self.glob(_COMMITS, "*.json")}
 
     def files(self, table: str, bucket: int | None = None) -> list[str]:
-        """The Parquet files of ``table`` (of one bucket), as DuckDB reads them."""
+        """The committed Parquet files of ``table`` (of one bucket), as DuckDB reads them:
+        the files of a write that did not finish (killed, disk full) are not read."""
         if table in PARTITIONED:
-            return self.glob(table, "*", f"bucket={bucket}" if bucket is not None else "*",
-                             "*.parquet")  # fmt: skip
-        return self.glob(table, "*.parquet")
+            found = self.glob(table, "*", f"bucket={bucket}" if bucket is not None else "*",
+                              "*.parquet")  # fmt: skip
+        else:
+            found = self.glob(table, "*.parquet")
+        done = self.committed()
+        return [f for f in found if _batch_of(f) in done]
 
     def glob(self, *parts: str) -> list[str]:
         """The files matching a pattern under the root, in order, as DuckDB reads them."""
@@ -182,13 +195,13 @@ def write(con: Any, dataset: Dataset, *, buckets: int | None = None,
     dataset.register(con)
     relations = {t: (tables or {}).get(t, t) for t in TABLES}
     present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    existing = dataset.files("measurements")
     fresh = "SELECT measurement_uid FROM " + relations["measurements"]
+    existing = dataset.files("measurements")
     if existing:
-        files = "[" + ", ".join(sql_literal(f) for f in existing) + "]"
-        fresh += (f" WHERE measurement_uid NOT IN (SELECT measurement_uid FROM "
-                  f"read_parquet({files}))")  # fmt: skip
+        fresh += (" WHERE measurement_uid NOT IN (SELECT measurement_uid FROM "
+                  f"read_parquet({_listed(existing)}, hive_partitioning = false))")  # fmt: skip
     con.execute(f"CREATE OR REPLACE TEMP TABLE _ww_fresh AS {fresh}")
+    batch = uuid.uuid4().hex
     stage = Path(tempfile.mkdtemp(prefix="ww-dataset-"))
     written: dict[str, int] = {}
     try:
@@ -209,13 +222,17 @@ def write(con: Any, dataset: Dataset, *, buckets: int | None = None,
                     f"{BUCKET_SQL.format(buckets=buckets)} AS bucket FROM {source} "
                     "WHERE measurement_uid IN (SELECT measurement_uid FROM _ww_fresh)"
                 )  # fmt: skip
-                options = (
-                    "FORMAT parquet, PARTITION_BY (day, bucket), FILENAME_PATTERN 'part-{uuid}'"
-                )
+                options = ("FORMAT parquet, PARTITION_BY (day, bucket), "
+                           f"FILENAME_PATTERN 'part-{batch}-{{uuid}}'")  # fmt: skip
             else:
                 out.mkdir(parents=True)
-                out = out / f"part-{_uuid()}.parquet"
+                out = out / f"part-{batch}-{uuid.uuid4().hex}.parquet"
+                key = _CONTENT_KEYS[table]
                 query = f"SELECT * FROM {source}"
+                before = dataset.files(table)
+                if before:  # rows kept by content, as the embedded store keeps them
+                    query += (f" WHERE {key} NOT IN (SELECT {key} FROM "
+                              f"read_parquet({_listed(before)}))")  # fmt: skip
                 options = "FORMAT parquet"
             n = int(con.execute(f"SELECT count(*) FROM ({query})").fetchone()[0])
             written[table] = n
@@ -225,16 +242,23 @@ def write(con: Any, dataset: Dataset, *, buckets: int | None = None,
         _publish(dataset, stage)
         if meta is None:
             _write_meta(dataset, buckets)
+        # Last: the mark that makes this write's files part of the dataset.
+        with dataset.writing(f"{_COMMITS}/{batch}.json") as mark:
+            mark.write_text(json.dumps({"batch": batch, "rows": written}))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         con.execute("DROP TABLE IF EXISTS _ww_fresh")
     return written
 
 
-def _uuid() -> str:
-    import uuid
+def _batch_of(path: str) -> str:
+    """The write a data file belongs to (``part-<batch>-<uuid>.parquet``)."""
+    name = path.rsplit("/", 1)[-1]
+    return name.split("-", 2)[1] if name.count("-") >= 2 else ""
 
-    return str(uuid.uuid4())
+
+def _listed(files: list[str]) -> str:
+    return "[" + ", ".join(sql_literal(f) for f in files) + "]"
 
 
 def _publish(dataset: Dataset, stage: Path) -> None:
@@ -245,10 +269,6 @@ def _publish(dataset: Dataset, stage: Path) -> None:
 
 def _write_meta(dataset: Dataset, buckets: int) -> None:
     body = json.dumps({"format": _FORMAT, "buckets": buckets,
-                       "schema_version": SCHEMA_VERSION}, indent=1).encode()  # fmt: skip
-    fs = dataset.fs()
-    target = dataset._strip(dataset.path(_META))
-    if not dataset.remote:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-    with fs.open(target, "wb") as handle:
-        handle.write(body)
+                       "schema_version": SCHEMA_VERSION}, indent=1)  # fmt: skip
+    with dataset.writing(_META) as target:
+        target.write_text(body)
