@@ -27,12 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+# The embedded run holds its evidence tables in memory: under the default 3 GB it fails at
+# 10M replies of this mix ("failed to pin block"), so it gets most of the machine here;
+# the cluster's per-bucket connections stay far below any of these limits.
+os.environ.setdefault("WALLWATCH_MEMORY_LIMIT", "16GB")
 
 import mix  # noqa: E402
 from wallwatch import store  # noqa: E402
@@ -101,7 +106,8 @@ def main() -> None:
           f"dask1_per_s={n / full['dask1_s']:.0f} dask2_per_s={n / full['dask2_s']:.0f} "
           f"ratio={full['duckdb_s'] / full['dask2_s']:.2f} buckets={args.buckets} "
           f"bucket_s={per_bucket:.2f} task_overhead_ms={overhead:.1f} "
-          f"startup_s={full['startup2_s']:.1f} {curve}")  # fmt: skip
+          f"startup_s={full['startup2_s']:.1f} "
+          f"memory_limit={os.environ['WALLWATCH_MEMORY_LIMIT']} {curve}")  # fmt: skip
 
 
 if __name__ == "__main__":

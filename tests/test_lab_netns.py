@@ -585,3 +585,24 @@ def test_lab_commands(lab) -> None:  # noqa: ANN001
     assert again.returncode != 0 and "already up" in again.stderr
     down = subprocess.run([*wallwatch, "down"], capture_output=True, text=True, timeout=60)
     assert "removed 10 namespaces" in down.stderr and netns.ours() == []
+
+
+@pytest.mark.parametrize("name", ["clean", "authoritative-hijack", "gfw-2014-01-21"])
+def test_the_other_scenarios_on_the_cluster_too(lab, tmp_path, sweep_and_analyze, name) -> None:  # noqa: ANN001
+    """The scenarios no analysis test above sweeps, swept from inside and outside (2014
+    inside its injection window) and analysed both ways: the same tables, row for row."""
+    s = lab(name)
+    truth = {t.attribution: t for t in s.truth}
+    if "on_path_injector" in truth:
+        wait_clock(s.seconds(truth["on_path_injector"].start) + 5)
+    names = ["www.example.com", "www.example.net", "www.example.org", "www.example.cn"]
+    db = sweep_and_analyze(
+        tmp_path, names,
+        ("client1", "-t", "10.10.2.53", "-t", "8.8.8.8", "--control", "tcp:8.8.8.8"),
+        ("outside", "-t", "8.8.8.8", "-t", "dark:10.10.3.7"),
+    )  # fmt: skip
+    got = attributions(db)
+    assert set(got) == set(names)
+    if name == "gfw-2014-01-21":
+        assert got["www.example.com"] == "on_path_injector"
+        assert got["www.example.cn"] == "none"

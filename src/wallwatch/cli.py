@@ -33,7 +33,7 @@ from wallwatch.probe.sweep import SweepPlan, run_sweep
 from wallwatch.records import Measurement, Record
 from wallwatch.render import RENDERERS, Format
 from wallwatch.targets import Target, parse_target
-from wallwatch.vocab import Engine
+from wallwatch.vocab import Axis, Engine
 from wallwatch.wire import qtype_value
 
 err = Console(stderr=True, soft_wrap=True)
@@ -160,12 +160,13 @@ def _names(files: tuple[str, ...], names: tuple[str, ...]) -> tuple[list[QueryNa
     return good, bad
 
 
-def _annotations(values: tuple[str, ...]) -> dict[str, str]:
+def _pairs(values: tuple[str, ...], hint: str) -> dict[str, str]:
+    """``KEY=VALUE`` options (``-A``, ``--storage-option``) as a dict."""
     out = {}
     for value in values:
         key, sep, text = value.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="-A")
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint=hint)
         out[key] = text
     return out
 
@@ -315,7 +316,7 @@ def probe(
     config_args: dict[str, object] = dict(
         rate=rate or None, max_inflight=max_inflight, timeout=timeout, window=window,
         retries=retries, rd=rd, edns_payload=edns_payload or None, ports=ports,
-        tcp_fallback=tcp_fallback, annotations=_annotations(annotations), raw_capture=raw_capture,
+        tcp_fallback=tcp_fallback, annotations=_pairs(annotations, "-A"), raw_capture=raw_capture,
         stream_workers=max(1, stream_workers),
     )  # fmt: skip
     if vantage:
@@ -420,18 +421,6 @@ def _wanted(record: Record, uids: tuple[str, ...], hostnames: tuple[str, ...]) -
     return True
 
 
-def _storage_options(pairs: tuple[str, ...]) -> dict[str, str]:
-    """``KEY=VALUE`` pairs for the dataset's fsspec filesystem (s3fs: endpoint_url, key,
-    secret, ...)."""
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r}: KEY=VALUE", param_hint="--storage-option")
-        options[key] = value
-    return options
-
-
 dataset_options = [
     click.option("--dataset", default=None, metavar="DIR|URL",
                  help="A partitioned Parquet dataset (a directory, or s3://bucket/prefix)."),
@@ -475,7 +464,7 @@ def ingest(files: tuple[str, ...], db: str | None, parquet_dir: str | None, data
         )
     if dataset is None:
         return
-    target = Dataset(dataset, _storage_options(storage_option))
+    target = Dataset(dataset, _pairs(storage_option, "--storage-option"))
     con = store.connect()
     try:
         report = store.ingest_into(con, list(files))
@@ -560,6 +549,94 @@ def analyze(
         click.echo(json.dumps(dict(zip(_JSON_COLUMNS, row, strict=True))))
 
 
+@main.command()
+@click.option("--db", default="wallwatch.duckdb", show_default=True,
+              help="The analysed DuckDB store (see analyze).")  # fmt: skip
+@click.option("--axis", "axes", multiple=True, type=click.Choice([a.value for a in Axis]),
+              help="What to count by; once or twice [default: vantage].")  # fmt: skip
+@click.option("--grain", type=click.Choice(["minute", "hour", "day"]), default="hour",
+              show_default=True)  # fmt: skip
+@click.option("--since", default=None, help="From this time (UTC, e.g. 2014-01-21 07:00).")
+@click.option("--until", default=None, help="Before this time (UTC).")
+@click.option("--vantage", default=None, help="Only this vantage.")
+@click.option("--window", type=click.IntRange(1, 86400), default=60, show_default=True,
+              help="The analysis's --window (the attribution axis reads its windows).")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json",
+              show_default=True)  # fmt: skip
+@click.option(
+    "--dask",
+    "dask_spec",
+    default=None,
+    metavar="local[:N]|ADDRESS",
+    help="Count over --dataset on a Dask cluster (after analyze --dask).",
+)
+@with_dataset_options
+@click.option("--analysis", default=None, metavar="DIR|URL",
+              help="Where analyze --dask wrote its tables [default: DATASET/analysis].")  # fmt: skip
+def aggregate(db: str, axes: tuple[str, ...], grain: str, since: str | None, until: str | None,
+              vantage: str | None, window: int, fmt: str, dask_spec: str | None,
+              dataset: str | None, storage_option: tuple[str, ...],
+              analysis: str | None) -> None:  # fmt: skip
+    """Measurements (and replies) counted by one or two axes per time grain: the API's
+    aggregation over an analysed store, or over a dataset on a cluster."""
+    import csv
+    import json
+    from datetime import datetime
+
+    from wallwatch import store
+    from wallwatch.analysis.aggregate import aggregate_sql, check_axes
+
+    for value, name in ((since, "--since"), (until, "--until")):
+        if value is not None:
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise click.BadParameter(f"{value!r}: a time such as 2014-01-21 07:00",
+                                         param_hint=name) from None  # fmt: skip
+    chosen = check_axes([Axis(a) for a in axes])
+    sql = aggregate_sql(chosen, grain, since=since, until=until, vantage=vantage,  # type: ignore[arg-type]
+                        window=window)  # fmt: skip
+    names = ["t", *(a.value for a in chosen), "measurements", "replies"]
+    if dask_spec is not None or dataset is not None:
+        from wallwatch.analysis import scale
+        from wallwatch.dataset import Dataset
+
+        if dask_spec is None or dataset is None:
+            raise click.UsageError(
+                "--dask and --dataset go together (the cluster reads the dataset)"
+            )
+        try:
+            scale.parse_scheduler(dask_spec)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--dask") from None
+        options = _pairs(storage_option, "--storage-option")
+        source = Dataset(dataset, options)
+        tables = Dataset(analysis or source.path("analysis"), options)
+        try:
+            source.buckets()
+            if not tables.glob("reply_verdicts", "*", "*.parquet"):
+                raise ValueError(f"{tables.root}: no analysis here; run analyze --dask first")
+            with scale.client(dask_spec) as dask:
+                rows = scale.aggregate(source, tables, dask, sql, [a.value for a in chosen])
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(f"{console_text(dataset)}: {exc}") from None
+    else:
+        if not Path(db).exists():
+            raise click.ClickException(f"{db}: no such store; ingest and analyze first")
+        try:
+            rows = store.query(db, sql)
+        except Exception as exc:  # DuckDB's own types: a store not analysed yet, say
+            raise click.ClickException(f"{db}: aggregation failed (analyzed yet?): {exc}") from None
+    records = [dict(zip(names, (str(r[0]), *r[1:]), strict=True)) for r in rows]
+    if fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=names, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+    else:
+        for record in records:
+            click.echo(json.dumps(record))
+
+
 _JSON_COLUMNS = ("hostname", "query_type", "attribution", "confidence", "reasons", "bad_answers")
 
 
@@ -580,7 +657,7 @@ def _analyze_dask(spec: str | None, root: str | None, storage_option: tuple[str,
         scale.parse_scheduler(spec)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--dask") from None
-    options = _storage_options(storage_option)
+    options = _pairs(storage_option, "--storage-option")
     source = Dataset(root, options)
     target = Dataset(out or source.path("analysis"), options)
     steps: dict[str, int] = {}

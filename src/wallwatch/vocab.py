@@ -243,3 +243,20 @@ class Attribution(StrEnum):
     NONE = "none"
     #: The evidence does not support any of the above.
     UNKNOWN = "unknown"
+
+
+class Axis(StrEnum):
+    """What an aggregation counts measurements by (the API's ``/aggregation``,
+    ``wallwatch aggregate``)."""
+
+    VANTAGE = "vantage"
+    TARGET = "target"
+    TLD = "tld"
+    QTYPE = "qtype"
+    HOSTNAME = "hostname"
+    #: The analysis's outcome for the measurement's first reply.
+    VERDICT = "verdict"
+    #: Who tampered with the name, from that vantage, in that minute.
+    ATTRIBUTION = "attribution"
+    #: The addresses in the first reply (a measurement counts once per address).
+    ANSWER = "answer"

@@ -182,6 +182,53 @@ def analyze_dataset(
                         len(buckets), workers, seconds)  # fmt: skip
 
 
+def aggregate(dataset: Dataset, analysis: Dataset, dask: Any, sql: str,
+              axes: Sequence[str]) -> list[tuple[Any, ...]]:  # fmt: skip
+    """:func:`wallwatch.analysis.aggregate.aggregate_sql`'s rows over ``dataset`` and the
+    tables ``analyze_dataset`` wrote to ``analysis``: each bucket counted by a worker, the
+    counts summed (a measurement is in one bucket, so the sums are exact)."""
+    buckets = dataset.present()
+    futures = dask.map(count_bucket, [dataset] * len(buckets), buckets,
+                       [analysis] * len(buckets), [sql] * len(buckets), pure=False)  # fmt: skip
+    rows = [row for part in dask.gather(futures) for row in part]
+    names = ["t", *axes, "measurements", "replies"]
+    con = connect()
+    try:
+        _load(con, "parts", [("t", "TIMESTAMP"), *((a, "VARCHAR") for a in axes),
+                             ("measurements", "BIGINT"), ("replies", "BIGINT")], rows)  # fmt: skip
+        keys = ", ".join(names[:-2])
+        result: list[tuple[Any, ...]] = con.execute(
+            f"SELECT {keys}, sum(measurements) AS measurements, sum(replies) AS replies "
+            "FROM parts GROUP BY ALL ORDER BY ALL").fetchall()  # fmt: skip
+        return result
+    finally:
+        con.close()
+
+
+def count_bucket(dataset: Dataset, bucket: int, analysis: Dataset,
+                 sql: str) -> list[tuple[Any, ...]]:  # fmt: skip
+    """One bucket's counts (:func:`aggregate`), with its analysis tables beside it."""
+    con = open_bucket(dataset, bucket)
+    try:
+        analysis.register(con)
+        for table in ("reply_verdicts", "window_attributions"):
+            files = analysis.glob(table, f"bucket={bucket}", "*.parquet")
+            if not files:  # a bucket the analysis has not seen: its tables, empty
+                files = analysis.glob(table, "*", "*.parquet")[:1]
+                if not files:
+                    continue
+                listed = "[" + ", ".join(sql_literal(f) for f in files) + "]"
+                con.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet({listed}, "
+                            "hive_partitioning = false) LIMIT 0")  # fmt: skip
+                continue
+            listed = "[" + ", ".join(sql_literal(f) for f in files) + "]"
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({listed}, "
+                        "hive_partitioning = false)")  # fmt: skip
+        return [tuple(r) for r in con.execute(sql).fetchall()]
+    finally:
+        con.close()
+
+
 # --- the rounds (run in the workers) --------------------------------------------------
 
 
@@ -311,18 +358,10 @@ def judge(run: str, dataset: Dataset, bucket: int, out: Dataset,
 def path_baselines(samples: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The path baselines from every bucket's samples (vantage, resolver, rtt, IP TTL,
     count): the samples expanded and the embedded step's own query run over them."""
-    import pyarrow as pa
-
     con = connect()
     try:
-        table = pa.table({
-            "vantage": pa.array([s[0] for s in samples], pa.string()),
-            "resolver_address": pa.array([s[1] for s in samples], pa.string()),
-            "rtt": pa.array([s[2] for s in samples], pa.float64()),
-            "ip_ttl": pa.array([s[3] for s in samples], pa.int32()),
-            "n": pa.array([s[4] for s in samples], pa.int64()),
-        })  # fmt: skip
-        con.register("grouped", table)
+        _load(con, "grouped", [*_PATH, ("rtt", "DOUBLE"), ("ip_ttl", "INTEGER"), ("n", "BIGINT")],
+              samples)  # fmt: skip
         con.execute("CREATE TABLE path_samples AS SELECT vantage, resolver_address, rtt, ip_ttl "
                     "FROM (SELECT *, unnest(range(n)) FROM grouped)")  # fmt: skip
         _steps(con, ("path_baseline",))
@@ -333,17 +372,9 @@ def path_baselines(samples: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 def _write_reduced(out: Dataset, parts: Sequence[tuple[Any, ...]]) -> None:
     """The families from every bucket's parts, and the rules and pools the verdicts used."""
-    import pyarrow as pa
-
     con = connect()
     try:
-        columns = ("aa", "name_form", "edns", "answer_ttl", "df", "ip_id_zero", "ip_ttl",
-                   "replies", "example_measurement_uid")  # fmt: skip
-        types = (pa.bool_(), pa.string(), pa.bool_(), pa.int64(), pa.bool_(), pa.bool_(),
-                 pa.int32(), pa.int64(), pa.string())  # fmt: skip
-        table = pa.table({c: pa.array([p[i] for p in parts], t)
-                          for i, (c, t) in enumerate(zip(columns, types, strict=True))})  # fmt: skip
-        con.register("parts", table)
+        _load(con, "parts", _FAMILY_PARTS, parts)
         con.execute("CREATE TABLE injector_families AS "
                     + FAMILIES_FROM_PARTS_SQL.replace("{parts}", "parts"))  # fmt: skip
         load_reference(con)
@@ -385,26 +416,35 @@ def _steps(con: Any, names: Sequence[str], made: set[str] | None = None) -> None
                 made.add(table)
 
 
-def _addresses(con: Any, table: str, addresses: Sequence[str]) -> None:
+#: Column names and types of the tables handed between the rounds.
+_PATH = (("vantage", "VARCHAR"), ("resolver_address", "VARCHAR"))
+_FAMILY_PARTS = (("aa", "BOOLEAN"), ("name_form", "VARCHAR"), ("edns", "BOOLEAN"),
+                 ("answer_ttl", "BIGINT"), ("df", "BOOLEAN"), ("ip_id_zero", "BOOLEAN"),
+                 ("ip_ttl", "INTEGER"), ("replies", "BIGINT"),
+                 ("example_measurement_uid", "VARCHAR"))  # fmt: skip
+
+
+def _load(con: Any, table: str, columns: Sequence[tuple[str, str]],
+          rows: Sequence[Sequence[Any]]) -> None:  # fmt: skip
+    """``rows`` as the temporary table ``table`` of the given (name, DuckDB type) columns
+    (through Arrow: one call, not a statement per row)."""
     import pyarrow as pa
 
-    con.register("_ww_addresses", pa.table({"address": pa.array(list(addresses), pa.string())}))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT address FROM _ww_addresses")
-    con.unregister("_ww_addresses")
+    types = {"VARCHAR": pa.string(), "DOUBLE": pa.float64(), "INTEGER": pa.int32(),
+             "BIGINT": pa.int64(), "BOOLEAN": pa.bool_(), "TIMESTAMP": pa.timestamp("us")}  # fmt: skip
+    arrays = {name: pa.array([row[i] for row in rows], types[kind])
+              for i, (name, kind) in enumerate(columns)}  # fmt: skip
+    con.register("_ww_rows", pa.table(arrays))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM _ww_rows")
+    con.unregister("_ww_rows")
+
+
+def _addresses(con: Any, table: str, addresses: Sequence[str]) -> None:
+    _load(con, table, [("address", "VARCHAR")], [(a,) for a in addresses])
 
 
 def _baselines(con: Any, rows: Sequence[tuple[Any, ...]]) -> None:
-    import pyarrow as pa
-
-    table = pa.table({
-        "vantage": pa.array([r[0] for r in rows], pa.string()),
-        "resolver_address": pa.array([r[1] for r in rows], pa.string()),
-        "base_rtt": pa.array([r[2] for r in rows], pa.float64()),
-        "base_ttl": pa.array([r[3] for r in rows], pa.int32()),
-    })  # fmt: skip
-    con.register("_ww_baselines", table)
-    con.execute("CREATE OR REPLACE TEMP TABLE path_baseline AS SELECT * FROM _ww_baselines")
-    con.unregister("_ww_baselines")
+    _load(con, "path_baseline", [*_PATH, ("base_rtt", "DOUBLE"), ("base_ttl", "INTEGER")], rows)
 
 
 def _write(con: Any, out: Dataset, targets: dict[str, str]) -> None:

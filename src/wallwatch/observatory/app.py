@@ -18,7 +18,6 @@ import tempfile
 import time
 import zlib
 from collections.abc import AsyncIterator
-from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,42 +27,17 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from wallwatch import __version__
+from wallwatch.analysis.aggregate import axis_sql
 from wallwatch.escape import json_for_html
 from wallwatch.events.detector import minute_iso
 from wallwatch.journal import json_lines
 from wallwatch.observatory.collector import MAX_BODY, MAX_DECOMPRESSED, Collector, UploadError
 from wallwatch.observatory.tokens import Tokens
 from wallwatch.store import sql_literal
-from wallwatch.vocab import Attribution, Outcome
+from wallwatch.vocab import Attribution, Axis, Outcome
 
 _FILTERS = {"vantage": "vantage", "hostname": "hostname", "target": "resolver_address",
             "qtype": "query_type"}  # fmt: skip
-
-
-class Axis(StrEnum):
-    """What the aggregation counts by."""
-
-    VANTAGE = "vantage"
-    TARGET = "target"
-    TLD = "tld"
-    QTYPE = "qtype"
-    HOSTNAME = "hostname"
-    #: The analysis's outcome for the measurement's first reply (as judged by the collector).
-    VERDICT = "verdict"
-    #: Who tampered with the name, from that vantage, in that minute.
-    ATTRIBUTION = "attribution"
-    #: The addresses in the first reply (a measurement counts once per address).
-    ANSWER = "answer"
-
-
-#: Each axis as a SQL expression over ``m`` (measurements, or the judgements, which carry the
-#: same axes) and answers ``a``.
-_AXES = {
-    Axis.VANTAGE: "m.vantage", Axis.TARGET: "m.resolver_address", Axis.QTYPE: "m.query_type",
-    Axis.HOSTNAME: "m.hostname", Axis.TLD: "regexp_extract(m.hostname, '[^.]+$')",
-    Axis.VERDICT: "m.outcome", Axis.ATTRIBUTION: "m.attribution",
-    Axis.ANSWER: "coalesce(a.ipv4, a.ipv6)",
-}  # fmt: skip
 
 
 def _answer(rows: list[dict[str, Any]], started: float, read: int, **extra: Any) -> JSONResponse:
@@ -296,7 +270,8 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
             if value is not None:
                 where.append(clause)
                 params.append(value)
-        selected = ", ".join(f"{_AXES[a]} AS {a.value}" for a in axes)
+        # The collector's judgements carry the verdict and attribution of their minute.
+        selected = ", ".join(f"{axis_sql(a, judged='m')} AS {a.value}" for a in axes)
         # A measurement is one row unless joined to its answers (then once per address).
         counted = "count(DISTINCT m.measurement_uid)" if Axis.ANSWER in axes else "count(*)"
         replies = "sum(m.response_count)" if source.startswith("measurements") else "NULL"
