@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from test_watch import loopback_2014  # noqa: F401  (the 2014 loopback lab fixture)
+from wallwatch import store
 from wallwatch.journal import Journal
 from wallwatch.lab.loopback import LoopbackServer, authoritative
 from wallwatch.observatory.agent import Spool, send
@@ -241,6 +242,48 @@ def test_the_store_is_loaded_from_the_log_once_whatever_a_crash_left(tmp_path: P
     assert c.caught_up(30)
     assert c.con.execute("SELECT count(*) FROM measurements").fetchone()[0] == 320
     c.close()
+
+
+def test_the_collector_writes_its_log_to_a_dataset_once_whatever_a_crash_left(
+    tmp_path: Path,
+) -> None:
+    """``serve --dataset``: the minute log also goes to a partitioned dataset, behind its
+    own watermark. A crash after a write's commit but before the watermark was saved
+    writes those lines again, and the dataset keeps each measurement once."""
+    from wallwatch.dataset import Dataset
+    from wallwatch.observatory.collector import Collector
+
+    data, root = tmp_path / "collector", Dataset(str(tmp_path / "dataset"))
+
+    def stored() -> tuple[int, int]:
+        con = store.connect()
+        files = "[" + ", ".join(store.sql_literal(f) for f in root.files("measurements")) + "]"
+        row = con.execute("SELECT count(*), count(DISTINCT measurement_uid) FROM "
+                          f"read_parquet({files}, hive_partitioning = false)").fetchone()  # fmt: skip
+        con.close()
+        return int(row[0]), int(row[1])
+
+    c = Collector(data, grace=3600, dataset=root, export_every=3600)
+    assert (
+        c.upload("here", _measurements(tmp_path / "m.jsonl", "here", 300).read_bytes()).stored
+        == 300
+    )
+    assert c.caught_up(30)
+    c.export(force=True)  # (the loader's thread may have written it already)
+    assert stored() == (300, 300)
+    c.close()
+    assert stored() == (300, 300)
+    (data / "exported.json").unlink()  # killed after the commit, before the watermark
+    c = Collector(data, grace=3600, dataset=root, export_every=3600)
+    more = _measurements(tmp_path / "n.jsonl", "here", 320).read_bytes()
+    assert c.upload("here", more).stored == 20
+    c.close()  # writes what the log holds beyond its (lost) watermark: the 20 are new
+    assert stored() == (320, 320)
+    responses = root.files("responses")
+    con = store.connect()
+    listed = "[" + ", ".join(store.sql_literal(f) for f in responses) + "]"
+    assert con.execute(f"SELECT count(*) FROM read_parquet({listed})").fetchone()[0] == 320
+    con.close()
 
 
 def test_an_agent_killed_mid_spool_loses_and_doubles_nothing(server, tmp_path: Path) -> None:  # noqa: ANN001

@@ -393,3 +393,14 @@ def test_aggregations_on_the_cluster_are_the_embedded_ones(tmp_path: Path,
     # Each measurement counted once: the day totals are the store's.
     total = sum(r[2] for r in store.query(db, aggregate_sql([Axis.VANTAGE], "day")))
     assert total == 3000 + 3000 + 3000 * 3 // 10
+
+
+def test_serve_refuses_a_dataset_that_is_not_one(tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "_wallwatch.json").write_text('{"format": "something else"}')
+    got = CliRunner().invoke(main, ["serve", "--data", str(tmp_path / "c"), "--dataset",
+                                    str(tmp_path / "other")])  # fmt: skip
+    assert got.exit_code != 0 and "does not describe a wallwatch dataset" in got.output
+    got = CliRunner().invoke(main, ["serve", "--data", str(tmp_path / "c"), "--storage-option",
+                                    "key=x"])  # fmt: skip
+    assert got.exit_code != 0 and "--storage-option goes with --dataset" in got.output

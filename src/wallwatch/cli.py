@@ -1036,9 +1036,11 @@ def netinfo(
               help="A vantage's own address, for the evidence pcap (repeatable).")  # fmt: skip
 @click.option("--public-url", default=None, type=_Url(), metavar="URL",
               help="Where readers reach this collector (alerts' permalinks); default: --listen.")  # fmt: skip
+@with_dataset_options
 def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...], private: bool,
           grace: float, budget: float, panel: str | None, locals_: tuple[str, ...],
-          public_url: str | None) -> None:  # fmt: skip
+          public_url: str | None, dataset: str | None,
+          storage_option: tuple[str, ...]) -> None:  # fmt: skip
     """The observatory: collector, API and live dashboard in one process."""
     import uvicorn
 
@@ -1057,9 +1059,21 @@ def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...]
             raise click.BadParameter(f"{item!r}: VANTAGE=ADDRESS", param_hint="--local")
         local[name] = address
     where = f"unix:{uds}" if uds else f"http://{listen}/"
+    target = None
+    if dataset is not None:
+        from wallwatch.dataset import Dataset
+
+        target = Dataset(dataset, _pairs(storage_option, "--storage-option"))
+        try:
+            target.meta()  # reachable, and a wallwatch dataset if anything is there
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(f"{console_text(dataset)}: {exc}") from None
+    elif storage_option:
+        raise click.UsageError("--storage-option goes with --dataset")
     collector = Collector(data, webhooks=list(webhooks), grace=grace,
                           panel=Path(panel) if panel else None, local=local,
-                          public_url=public_url or (None if uds else where))  # fmt: skip
+                          public_url=public_url or (None if uds else where),
+                          dataset=target)  # fmt: skip
     app = create_app(collector, Tokens(data), private=private, budget=budget)
     err.print(f"wallwatch serve: {data} on {where}", highlight=False)
     # uvicorn re-raises the SIGTERM it caught once it has stopped; as an exception here,

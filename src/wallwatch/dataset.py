@@ -196,7 +196,12 @@ def write(con: Any, dataset: Dataset, *, buckets: int | None = None,
     relations = {t: (tables or {}).get(t, t) for t in TABLES}
     present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     fresh = "SELECT measurement_uid FROM " + relations["measurements"]
-    existing = dataset.files("measurements")
+    # A measurement's day is fixed by its start time, so a repeat can only be in the
+    # same day's partitions: only those are read (the check grows with a day, not the data).
+    days = {f"day={r[0]}" for r in con.execute(
+        f"SELECT DISTINCT substr(measurement_start_time, 1, 10) FROM {relations['measurements']}"
+    ).fetchall()}  # fmt: skip
+    existing = [f for f in dataset.files("measurements") if f.split("/")[-3] in days]
     if existing:
         fresh += (" WHERE measurement_uid NOT IN (SELECT measurement_uid FROM "
                   f"read_parquet({_listed(existing)}, hive_partitioning = false))")  # fmt: skip

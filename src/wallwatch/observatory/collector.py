@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 
 from wallwatch import records, store
+from wallwatch.dataset import Dataset, write
 from wallwatch.delivery import Deliverer
 from wallwatch.events.detector import Change
 from wallwatch.events.minute import FirstReply
@@ -100,6 +101,11 @@ class Collector:
     public_url: str | None = None
     #: Seconds without late data before the judgement is rebuilt with it.
     settle: float = 5.0
+    #: A partitioned dataset the minute log is also written to (docs/scale-out.md: the
+    #: system of record of a deployment that analyses on a cluster), and the seconds
+    #: between its writes (each write is one commit, so not one per upload).
+    dataset: Dataset | None = None
+    export_every: float = 10.0
 
     def __post_init__(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
@@ -156,6 +162,12 @@ class Collector:
         self._load_wake = threading.Event()
         mark = self.data / "loaded.json"
         self.watermark: dict[str, int] = json.loads(mark.read_text()) if mark.exists() else {}
+        #: Bytes of each log file written to the dataset (saved after the write's commit).
+        exported = self.data / "exported.json"
+        self.exported: dict[str, int] = (json.loads(exported.read_text())
+                                         if exported.exists() else {})  # fmt: skip
+        self._exported_at = 0.0
+        self._export_lock = threading.Lock()
         self.load_pending()
         self._timestamps(self.con)
         self._replay()
@@ -261,6 +273,7 @@ class Collector:
             self._load_wake.clear()
             try:
                 self.load_pending()
+                self.export()
             except Exception as exc:  # shown; the log keeps the data, retried next wake
                 self.publish("error", {"load": f"{type(exc).__name__}: {exc}"})
                 time.sleep(1.0)
@@ -316,6 +329,48 @@ class Collector:
                 self.loaded_seq = max(self.loaded_seq, seq)
                 self.loaded.notify_all()
             return loaded
+
+    def export(self, *, force: bool = False) -> int:
+        """Write the minute log beyond the dataset's watermark to the dataset (at most
+        every ``export_every`` seconds unless ``force``); measurements added.
+
+        The watermark (``exported.json``) is saved after the write's commit: a crash
+        between the two writes those lines again, and the dataset keeps each measurement
+        once (by its ID, :func:`wallwatch.dataset.write`); a line torn by a crash is never
+        written (only whole lines are)."""
+        if self.dataset is None:
+            return 0
+        with self._export_lock:
+            if not force and time.monotonic() - self._exported_at < self.export_every:
+                return 0
+            self._exported_at = time.monotonic()
+            todo: dict[str, tuple[int, int]] = {}
+            with tempfile.TemporaryDirectory(prefix="ww-export-") as tmp:
+                path = Path(tmp) / "batch.jsonl"
+                with open(path, "wb") as out:
+                    for log in sorted((self.data / "minutes").glob("*.jsonl")):
+                        first = self.exported.get(log.name, 0)
+                        with open(log, "rb") as handle:
+                            handle.seek(first)
+                            chunk = handle.read()
+                        whole = chunk[: chunk.rfind(b"\n") + 1]
+                        if whole:
+                            todo[log.name] = (first, first + len(whole))
+                            out.write(whole)
+                if not todo:
+                    return 0
+                con = store.connect()
+                try:
+                    store.ingest_into(con, [path])
+                    added = write(con, self.dataset).get("measurements", 0)
+                finally:
+                    con.close()
+            for name, (_, end) in todo.items():
+                self.exported[name] = end
+            tmp_mark = self.data / "exported.json.tmp"
+            tmp_mark.write_text(json.dumps(self.exported))
+            tmp_mark.replace(self.data / "exported.json")
+            return added
 
     def _known(self, uids: list[str]) -> set[str]:
         if not uids or not self.has("measurements"):
@@ -593,6 +648,10 @@ class Collector:
         self._judge_thread.join(10.0)
         self._load_thread.join(60.0)
         self.load_pending()
+        try:
+            self.export(force=True)
+        except Exception as exc:  # the log keeps it: the next start writes it
+            self.publish("error", {"dataset": f"{type(exc).__name__}: {exc}"})
         self.close_minutes(force=True)
         self.rejudge(force=True)
         with self.judge_lock, self.lock:
