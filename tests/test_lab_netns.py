@@ -516,7 +516,7 @@ def test_analysis_attributes_the_root_leak(lab, tmp_path, sweep_and_analyze) -> 
 
 
 def test_analysis_attributes_a_changed_authoritative_with_a_baseline(
-    lab, tmp_path, sweep_and_analyze
+    lab, tmp_path, sweep_and_analyze, dask_client
 ) -> None:  # noqa: ANN001
     from wallwatch.analysis.run import analyze
 
@@ -537,6 +537,16 @@ def test_analysis_attributes_a_changed_authoritative_with_a_baseline(
     assert {n: got[n] for n in names} == {
         n: ("hijacked_authoritative" if n in s.authoritative_override else "none") for n in names
     }
+    # The same with the baseline on the cluster: the embedded result, row for row.
+    from conftest import differences
+    from wallwatch.analysis import scale
+    from wallwatch.dataset import Dataset
+
+    out = Dataset(str(tmp_path / "after" / "with-baseline"))
+    scale.analyze_dataset(Dataset(str(tmp_path / "after" / "dataset")), out, dask_client,
+                          baseline=before)  # fmt: skip
+    found = differences(after, out)
+    assert all(a == b and not x and not y for a, b, x, y in found.values()), found
 
 
 def test_analysis_attributes_the_2012_google_poisoning(lab, tmp_path, sweep_and_analyze) -> None:  # noqa: ANN001

@@ -226,7 +226,6 @@ def test_cli_ingest_dataset_then_analyze_dask(tmp_path: Path) -> None:
     (["--dask", "local:0", "--dataset", "DS"], "local:N with N a number of workers"),
     (["--dask", "nonsense", "--dataset", "DS"], "a scheduler's address"),
     (["--dask", "local:2"], "--dask and --dataset go together"),
-    (["--dask", "local:2", "--dataset", "DS", "--baseline", "BASE"], "--baseline is not supported"),
     (["--dask", "local:1", "--dataset", "EMPTY"], "not a wallwatch dataset"),
 ])  # fmt: skip
 def test_analyze_dask_refuses_bad_options(tmp_path: Path, args: list[str], message: str) -> None:

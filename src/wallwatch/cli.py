@@ -650,9 +650,6 @@ def _analyze_dask(spec: str | None, root: str | None, storage_option: tuple[str,
 
     if spec is None or root is None:
         raise click.UsageError("--dask and --dataset go together (the cluster reads the dataset)")
-    if baseline is not None:
-        raise click.UsageError("--baseline is not supported with --dask yet: run the embedded "
-                               "analysis for a changed-authoritative check")  # fmt: skip
     try:
         scale.parse_scheduler(spec)
     except ValueError as exc:
@@ -671,8 +668,9 @@ def _analyze_dask(spec: str | None, root: str | None, storage_option: tuple[str,
     try:
         source.buckets()
         with scale.client(spec) as dask:
-            result = scale.analyze_dataset(source, target, dask, mmdb=mmdb, window=window,
-                                           progress=progress)  # fmt: skip
+            result = scale.analyze_dataset(
+                source, target, dask, mmdb=Path(mmdb).resolve() if mmdb else None, window=window,
+                baseline=Path(baseline).resolve() if baseline else None, progress=progress)  # fmt: skip
     except (ValueError, OSError) as exc:
         raise click.ClickException(f"{console_text(root)}: {exc}") from None
     except Exception as exc:  # a worker's DuckDB error, a lost scheduler: name the dataset

@@ -113,10 +113,12 @@ def analyze_dataset(
     *,
     mmdb: str | Path | None = None,
     window: int = 60,
+    baseline: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ScaleSummary:
     """Run the analysis over ``dataset`` on the Dask client ``dask``; write the tables to
-    ``out`` (a directory or URL; its analysis tables are replaced)."""
+    ``out`` (a directory or URL; its analysis tables are replaced). ``mmdb`` and
+    ``baseline`` (an earlier embedded store) are paths every worker reads."""
     import time
 
     from distributed import as_completed
@@ -164,7 +166,8 @@ def analyze_dataset(
     baselines = path_baselines([s for _, samples in raced_parts for s in samples])
     shared = dask.scatter([(learned, raced, list(own.values()), baselines)], broadcast=True)[0]
     try:
-        judged = run("judge", judge, out, shared, str(mmdb) if mmdb else None, window)
+        judged = run("judge", judge, out, shared, str(mmdb) if mmdb else None, window,
+                     str(baseline) if baseline else None)  # fmt: skip
     finally:
         dask.run(release, run_id)
     start = time.perf_counter()
@@ -326,10 +329,11 @@ def race(run: str, dataset: Dataset, bucket: int,
 
 def judge(run: str, dataset: Dataset, bucket: int, out: Dataset,
           shared: tuple[Sequence[str], Sequence[str], Sequence[AsnRow], Sequence[tuple[Any, ...]]],
-          mmdb: str | None,
-          window: int) -> tuple[str, tuple[int, dict[str, int], list[tuple[Any, ...]]]]:  # fmt: skip
+          mmdb: str | None, window: int, baseline: str | None = None,
+          ) -> tuple[str, tuple[int, dict[str, int], list[tuple[Any, ...]]]]:  # fmt: skip
     """Round 3: every rule over the bucket, the whole dataset's tables preset; the
-    bucket's tables written; (replies, attributions counted, family parts)."""
+    bucket's tables written; (replies, attributions counted, family parts). ``baseline``:
+    an earlier embedded store (a path every worker reads), as the embedded run takes it."""
     learned, raced, own, baselines = shared
     con, made = _hold(run, dataset, bucket)
     try:
@@ -341,8 +345,8 @@ def judge(run: str, dataset: Dataset, bucket: int, out: Dataset,
         _addresses(con, "raced_forged", raced)
         _baselines(con, baselines)
         summary = analyze_connection(con, mmdb=mmdb, window=window, netinfo=_netinfo(mmdb),
-                                     preset=_GLOBAL_STEPS | made, own_asns=own,
-                                     families=False)  # fmt: skip
+                                     baseline=baseline, preset=_GLOBAL_STEPS | made,
+                                     own_asns=own, families=False)  # fmt: skip
         parts = [tuple(r) for r in con.execute(FAMILY_PARTS_SQL).fetchall()]
         _write(con, out, {t: f"{t}/bucket={bucket}/part-0.parquet"
                           for t in ("reply_verdicts", "attributions", "window_attributions")})  # fmt: skip
