@@ -133,7 +133,7 @@ def differences(db: Path, out: object) -> dict[str, tuple[int, int, int, int]]:
     """Per analysis table: (embedded rows, partitioned rows, rows only embedded, rows only
     partitioned), the run at ``out`` (a :class:`wallwatch.dataset.Dataset`) against ``db``."""
     from wallwatch import store
-    from wallwatch.dataset import Dataset
+    from wallwatch.dataset import Dataset, parquet_sql
 
     assert isinstance(out, Dataset)
     con = store.connect(db, read_only=True)
@@ -143,8 +143,7 @@ def differences(db: Path, out: object) -> dict[str, tuple[int, int, int, int]]:
         for table in ANALYSIS_TABLES:
             files = out.glob(table, "*", "*.parquet") or out.glob(table, "*.parquet")
             assert files, f"{table}: no files under {out.root}"
-            other = ("read_parquet([" + ", ".join(store.sql_literal(f) for f in files)
-                     + "], hive_partitioning = false)")  # fmt: skip
+            other = parquet_sql(files)
             a, b, only_a, only_b = (int(con.execute(sql).fetchone()[0]) for sql in (
                 f"SELECT count(*) FROM {table}", f"SELECT count(*) FROM {other}",
                 f"SELECT count(*) FROM (SELECT * FROM {table} EXCEPT ALL SELECT * FROM {other})",
@@ -172,5 +171,11 @@ def assert_dask_matches(files: Sequence[Path], db: Path, tmp_path: Path, client:
     finally:
         con.close()
     scale.analyze_dataset(dataset, out, client)
-    for table, (a, b, only_a, only_b) in differences(db, out).items():
-        assert (a, only_a, only_b) == (b, 0, 0), (table, a, b, only_a, only_b)
+    assert_same(db, out)
+
+
+def assert_same(db: Path, out: object) -> None:
+    """Every analysis table of the run at ``out`` is the embedded one of ``db``, row for row."""
+    found = differences(db, out)
+    for table, (a, b, only_a, only_b) in found.items():
+        assert (a, only_a, only_b) == (b, 0, 0), (table, found)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import assert_dask_matches
+from conftest import assert_dask_matches, assert_same
 from wallwatch import records
 from wallwatch.lab import netns, scenario, topology, zones
 from wallwatch.records import Measurement
@@ -538,15 +538,13 @@ def test_analysis_attributes_a_changed_authoritative_with_a_baseline(
         n: ("hijacked_authoritative" if n in s.authoritative_override else "none") for n in names
     }
     # The same with the baseline on the cluster: the embedded result, row for row.
-    from conftest import differences
     from wallwatch.analysis import scale
     from wallwatch.dataset import Dataset
 
     out = Dataset(str(tmp_path / "after" / "with-baseline"))
     scale.analyze_dataset(Dataset(str(tmp_path / "after" / "dataset")), out, dask_client,
                           baseline=before)  # fmt: skip
-    found = differences(after, out)
-    assert all(a == b and not x and not y for a, b, x, y in found.values()), found
+    assert_same(after, out)
 
 
 def test_analysis_attributes_the_2012_google_poisoning(lab, tmp_path, sweep_and_analyze) -> None:  # noqa: ANN001

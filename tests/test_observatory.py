@@ -250,16 +250,15 @@ def test_the_collector_writes_its_log_to_a_dataset_once_whatever_a_crash_left(
     """``serve --dataset``: the minute log also goes to a partitioned dataset, behind its
     own watermark. A crash after a write's commit but before the watermark was saved
     writes those lines again, and the dataset keeps each measurement once."""
-    from wallwatch.dataset import Dataset
+    from wallwatch.dataset import Dataset, parquet_sql
     from wallwatch.observatory.collector import Collector
 
     data, root = tmp_path / "collector", Dataset(str(tmp_path / "dataset"))
 
     def stored() -> tuple[int, int]:
         con = store.connect()
-        files = "[" + ", ".join(store.sql_literal(f) for f in root.files("measurements")) + "]"
         row = con.execute("SELECT count(*), count(DISTINCT measurement_uid) FROM "
-                          f"read_parquet({files}, hive_partitioning = false)").fetchone()  # fmt: skip
+                          f"{parquet_sql(root.files('measurements'))}").fetchone()  # fmt: skip
         con.close()
         return int(row[0]), int(row[1])
 
@@ -281,8 +280,7 @@ def test_the_collector_writes_its_log_to_a_dataset_once_whatever_a_crash_left(
     assert stored() == (320, 320)
     responses = root.files("responses")
     con = store.connect()
-    listed = "[" + ", ".join(store.sql_literal(f) for f in responses) + "]"
-    assert con.execute(f"SELECT count(*) FROM read_parquet({listed})").fetchone()[0] == 320
+    assert con.execute(f"SELECT count(*) FROM {parquet_sql(responses)}").fetchone()[0] == 320
     con.close()
 
 

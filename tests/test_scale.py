@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import SHARED, assert_dask_matches, differences
+from conftest import SHARED, assert_dask_matches, assert_same
 from wallwatch import store
 from wallwatch.analysis import scale
 from wallwatch.analysis.run import analyze
 from wallwatch.cli import main
-from wallwatch.dataset import BUCKET_SQL, Dataset, bucket_of, write
+from wallwatch.dataset import BUCKET_SQL, Dataset, bucket_of, parquet_sql, write
 from wallwatch.journal import Journal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -45,6 +45,19 @@ def _mix_store(tmp_path: Path, names: int) -> Path:
     finally:
         con.close()
     return db
+
+
+def _mix_dataset(tmp_path: Path, names: int, buckets: int) -> tuple[Path, Dataset]:
+    """The mix, analysed in its embedded store, and written as a dataset."""
+    db = _mix_store(tmp_path, names)
+    analyze(db)
+    dataset = Dataset(str(tmp_path / "ds"))
+    con = store.connect(db, read_only=True)
+    try:
+        write(con, dataset, buckets=buckets)
+    finally:
+        con.close()
+    return db, dataset
 
 
 def test_bucket_in_sql_is_bucket_in_python() -> None:
@@ -73,8 +86,7 @@ def test_a_generated_mix_on_two_workers_is_the_embedded_result(tmp_path: Path,
     assert len(dataset.present()) == 16
     one = dataset.files("responses", bucket_of("n7.example.com", 16))
     con = store.connect()
-    listed = "[" + ", ".join(store.sql_literal(f) for f in one) + "]"
-    assert con.execute(f"SELECT count(*) FROM read_parquet({listed}) "
+    assert con.execute(f"SELECT count(*) FROM {parquet_sql(one)} "
                        "WHERE hostname = 'n7.example.com'").fetchone()[0] == 2  # fmt: skip
     con.close()
 
@@ -83,9 +95,7 @@ def test_a_generated_mix_on_two_workers_is_the_embedded_result(tmp_path: Path,
     assert result.analysis.attributions == embedded.attributions
     assert result.analysis.pools_version == embedded.pools_version
     assert result.buckets == 16 and result.workers == 2
-    found = differences(db, out)
-    for table, (a, b, only_a, only_b) in found.items():
-        assert (a, only_a, only_b) == (b, 0, 0), (table, found)
+    assert_same(db, out)
     # The cross-bucket cases did happen: a name judged by a pool learned in another
     # bucket, and baselines over every bucket's samples.
     con = store.connect(db, read_only=True)
@@ -198,8 +208,7 @@ def test_cli_ingest_dataset_then_analyze_dask(tmp_path: Path) -> None:
     assert len(lines) == 1500
     assert "analyze: judge 8/8 buckets" in cluster.output
     assert "8 buckets on 2 workers" in cluster.output
-    found = differences(db, Dataset(str(root / "analysis")))
-    assert all(a == b and not x and not y for a, b, x, y in found.values()), found
+    assert_same(db, Dataset(str(root / "analysis")))
     # The counts the API serves, from the embedded store and from the cluster: the same.
     counts = [
         "aggregate",
@@ -290,8 +299,7 @@ def test_a_dataset_on_a_local_s3_server(tmp_path: Path, s3: dict[str, str],
     )
     out = Dataset("s3://wallwatch/analysis", s3)
     scale.analyze_dataset(dataset, out, dask_client)
-    found = differences(db, out)
-    assert all(a == b and not x and not y for a, b, x, y in found.values()), found
+    assert_same(db, out)
     # Nothing written beside the store on the way: no staging files left in the bucket.
     assert not [p for p in dataset.fs().find("wallwatch") if not p.endswith((".parquet", ".json"))]
 
@@ -328,21 +336,14 @@ def test_a_write_cut_short_is_not_read_and_the_next_one_adds_it_once(
         con.close()
     out = Dataset(str(tmp_path / "out"))
     scale.analyze_dataset(dataset, out, dask_client)
-    found = differences(db, out)
-    assert all(a == b and not x and not y for a, b, x, y in found.values()), found
+    assert_same(db, out)
 
 
 def test_a_worker_killed_mid_run_changes_nothing(tmp_path: Path) -> None:
     """SIGKILL to a worker process as the first bucket is judged: Dask reruns its tasks
     elsewhere, buckets it held are opened again, and the result is the embedded one."""
-    db = _mix_store(tmp_path, 4000)
-    analyze(db)
-    dataset, out = Dataset(str(tmp_path / "ds")), Dataset(str(tmp_path / "out"))
-    con = store.connect(db, read_only=True)
-    try:
-        write(con, dataset, buckets=12)
-    finally:
-        con.close()
+    db, dataset = _mix_dataset(tmp_path, 4000, 12)
+    out = Dataset(str(tmp_path / "out"))
     killed: list[int] = []
     with scale.client("local:2") as dask:
         pids = dask.run(os.getpid)
@@ -357,8 +358,7 @@ def test_a_worker_killed_mid_run_changes_nothing(tmp_path: Path) -> None:
         after = dask.run(os.getpid)
     assert killed and killed[0] not in after.values()  # the nanny started a new worker
     assert result.buckets == 12
-    found = differences(db, out)
-    assert all(a == b and not x and not y for a, b, x, y in found.values()), found
+    assert_same(db, out)
 
 
 def test_aggregations_on_the_cluster_are_the_embedded_ones(tmp_path: Path,
@@ -366,14 +366,8 @@ def test_aggregations_on_the_cluster_are_the_embedded_ones(tmp_path: Path,
     from wallwatch.analysis.aggregate import aggregate_sql
     from wallwatch.vocab import Axis
 
-    db = _mix_store(tmp_path, 3000)
-    analyze(db)
-    dataset, out = Dataset(str(tmp_path / "ds")), Dataset(str(tmp_path / "out"))
-    con = store.connect(db, read_only=True)
-    try:
-        write(con, dataset, buckets=8)
-    finally:
-        con.close()
+    db, dataset = _mix_dataset(tmp_path, 3000, 8)
+    out = Dataset(str(tmp_path / "out"))
     scale.analyze_dataset(dataset, out, dask_client)
     cases = [([Axis.VANTAGE], "hour", {}), ([Axis.TLD, Axis.VERDICT], "day", {}),
              ([Axis.ATTRIBUTION], "minute", {"vantage": "v1"}),

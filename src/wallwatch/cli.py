@@ -15,13 +15,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from wallwatch import __version__
+from wallwatch.dataset import Dataset
 from wallwatch.escape import console as console_text
 from wallwatch.escape import terminal
 from wallwatch.interop.dnstap import ClientPolicy
@@ -447,7 +448,7 @@ def ingest(files: tuple[str, ...], db: str | None, parquet_dir: str | None, data
            storage_option: tuple[str, ...], buckets: int | None) -> None:  # fmt: skip
     """Load JSONL records into the DuckDB store (and Parquet, or a partitioned dataset)."""
     from wallwatch import store
-    from wallwatch.dataset import Dataset, write
+    from wallwatch.dataset import write
 
     if dataset is None and (buckets is not None or storage_option):
         raise click.UsageError("--buckets and --storage-option go with --dataset")
@@ -584,7 +585,7 @@ def aggregate(db: str, axes: tuple[str, ...], grain: str, since: str | None, unt
     from datetime import datetime
 
     from wallwatch import store
-    from wallwatch.analysis.aggregate import aggregate_sql, check_axes
+    from wallwatch.analysis.aggregate import Grain, aggregate_sql, check_axes
 
     for value, name in ((since, "--since"), (until, "--until")):
         if value is not None:
@@ -594,32 +595,21 @@ def aggregate(db: str, axes: tuple[str, ...], grain: str, since: str | None, unt
                 raise click.BadParameter(f"{value!r}: a time such as 2014-01-21 07:00",
                                          param_hint=name) from None  # fmt: skip
     chosen = check_axes([Axis(a) for a in axes])
-    sql = aggregate_sql(chosen, grain, since=since, until=until, vantage=vantage,  # type: ignore[arg-type]
+    sql = aggregate_sql(chosen, cast(Grain, grain), since=since, until=until, vantage=vantage,
                         window=window)  # fmt: skip
     names = ["t", *(a.value for a in chosen), "measurements", "replies"]
     if dask_spec is not None or dataset is not None:
         from wallwatch.analysis import scale
-        from wallwatch.dataset import Dataset
 
-        if dask_spec is None or dataset is None:
-            raise click.UsageError(
-                "--dask and --dataset go together (the cluster reads the dataset)"
-            )
-        try:
-            scale.parse_scheduler(dask_spec)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--dask") from None
-        options = _pairs(storage_option, "--storage-option")
-        source = Dataset(dataset, options)
-        tables = Dataset(analysis or source.path("analysis"), options)
+        spec, source, tables = _on_cluster(dask_spec, dataset, storage_option, analysis)
         try:
             source.buckets()
             if not tables.glob("reply_verdicts", "*", "*.parquet"):
                 raise ValueError(f"{tables.root}: no analysis here; run analyze --dask first")
-            with scale.client(dask_spec) as dask:
+            with scale.client(spec) as dask:
                 rows = scale.aggregate(source, tables, dask, sql, [a.value for a in chosen])
         except (ValueError, OSError) as exc:
-            raise click.ClickException(f"{console_text(dataset)}: {exc}") from None
+            raise click.ClickException(f"{console_text(source.root)}: {exc}") from None
     else:
         if not Path(db).exists():
             raise click.ClickException(f"{db}: no such store; ingest and analyze first")
@@ -640,13 +630,11 @@ def aggregate(db: str, axes: tuple[str, ...], grain: str, since: str | None, unt
 _JSON_COLUMNS = ("hostname", "query_type", "attribution", "confidence", "reasons", "bad_answers")
 
 
-def _analyze_dask(spec: str | None, root: str | None, storage_option: tuple[str, ...],
-                  out: str | None, baseline: str | None, mmdb: str | None, window: int,
-                  as_json_out: bool) -> tuple[Any, list[tuple[Any, ...]]]:  # fmt: skip
-    """``analyze --dask``: the rules over a dataset on a cluster (:mod:`wallwatch.analysis.scale`)."""
-    from wallwatch import store
+def _on_cluster(spec: str | None, root: str | None, storage_option: tuple[str, ...],
+                analysis: str | None) -> tuple[str, Dataset, Dataset]:  # fmt: skip
+    """``--dask`` with ``--dataset`` checked; (the scheduler, the dataset, where its
+    analysis tables are: ``analysis``, or DATASET/analysis)."""
     from wallwatch.analysis import scale
-    from wallwatch.dataset import Dataset
 
     if spec is None or root is None:
         raise click.UsageError("--dask and --dataset go together (the cluster reads the dataset)")
@@ -656,7 +644,18 @@ def _analyze_dask(spec: str | None, root: str | None, storage_option: tuple[str,
         raise click.BadParameter(str(exc), param_hint="--dask") from None
     options = _pairs(storage_option, "--storage-option")
     source = Dataset(root, options)
-    target = Dataset(out or source.path("analysis"), options)
+    return spec, source, Dataset(analysis or source.path("analysis"), options)
+
+
+def _analyze_dask(spec: str | None, root: str | None, storage_option: tuple[str, ...],
+                  out: str | None, baseline: str | None, mmdb: str | None, window: int,
+                  as_json_out: bool) -> tuple[Any, list[tuple[Any, ...]]]:  # fmt: skip
+    """``analyze --dask``: the rules over a dataset on a cluster (:mod:`wallwatch.analysis.scale`)."""
+    from wallwatch import store
+    from wallwatch.analysis import scale
+    from wallwatch.dataset import parquet_sql
+
+    scheduler, source, target = _on_cluster(spec, root, storage_option, out)
     steps: dict[str, int] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -667,14 +666,14 @@ def _analyze_dask(spec: str | None, root: str | None, storage_option: tuple[str,
 
     try:
         source.buckets()
-        with scale.client(spec) as dask:
+        with scale.client(scheduler) as dask:
             result = scale.analyze_dataset(
                 source, target, dask, mmdb=Path(mmdb).resolve() if mmdb else None, window=window,
                 baseline=Path(baseline).resolve() if baseline else None, progress=progress)  # fmt: skip
     except (ValueError, OSError) as exc:
-        raise click.ClickException(f"{console_text(root)}: {exc}") from None
+        raise click.ClickException(f"{console_text(source.root)}: {exc}") from None
     except Exception as exc:  # a worker's DuckDB error, a lost scheduler: name the dataset
-        raise click.ClickException(f"{console_text(root)}: analysis failed: {exc}") from None
+        raise click.ClickException(f"{console_text(source.root)}: analysis failed: {exc}") from None
     err.print(f"{console_text(target.root)}: {result.buckets} buckets on {result.workers} "
               "workers, " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()),
               highlight=False)  # fmt: skip
@@ -684,9 +683,8 @@ def _analyze_dask(spec: str | None, root: str | None, storage_option: tuple[str,
         try:
             target.register(con)
             files = target.glob("attributions", "*", "*.parquet")
-            listed = "[" + ", ".join(store.sql_literal(f) for f in files) + "]"
-            rows = con.execute(f"SELECT {', '.join(_JSON_COLUMNS)} FROM read_parquet({listed}, "
-                               "hive_partitioning = false) ORDER BY hostname, query_type").fetchall()  # fmt: skip
+            rows = con.execute(f"SELECT {', '.join(_JSON_COLUMNS)} FROM {parquet_sql(files)} "
+                               "ORDER BY hostname, query_type").fetchall()  # fmt: skip
         finally:
             con.close()
     return result.analysis, rows
@@ -1059,8 +1057,6 @@ def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...]
     where = f"unix:{uds}" if uds else f"http://{listen}/"
     target = None
     if dataset is not None:
-        from wallwatch.dataset import Dataset
-
         target = Dataset(dataset, _pairs(storage_option, "--storage-option"))
         try:
             target.meta()  # reachable, and a wallwatch dataset if anything is there

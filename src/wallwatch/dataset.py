@@ -35,13 +35,13 @@ import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wallwatch.records import SCHEMA_VERSION
-from wallwatch.store import TABLES, sql_literal
+from wallwatch.store import CONTENT_KEYS, TABLES, sql_literal
 
 #: Buckets of a new dataset: enough for 64 workers to share the work, few enough that
 #: a small dataset is not thousands of tiny files (docs/scale-out.md: how many for how much).
@@ -51,8 +51,6 @@ PARTITIONED = ("measurements", "responses", "answers")
 _META = "_wallwatch.json"
 #: One mark per finished write (``<batch>.json``); files of other batches are not read.
 _COMMITS = "_commits"
-#: The content keys of the tables without IDs (as the embedded store dedupes them).
-_CONTENT_KEYS = {"strays": "stray_id", "input_errors": "input_error_id"}
 _FORMAT = "wallwatch-dataset"
 
 
@@ -134,6 +132,12 @@ class Dataset:
         done = self.committed()
         return [f for f in found if _batch_of(f) in done]
 
+    def remove(self, *parts: str) -> None:
+        """Delete a directory (or file) under the root, if it is there."""
+        fs, target = self.fs(), self._strip(self.path(*parts))
+        if fs.exists(target):
+            fs.rm(target, recursive=True)
+
     def glob(self, *parts: str) -> list[str]:
         """The files matching a pattern under the root, in order, as DuckDB reads them."""
         found = sorted(self.fs().glob(self._strip(self.path(*parts))))
@@ -175,13 +179,11 @@ class Dataset:
         return path.split("://", 1)[1] if self.remote else path
 
 
-def write(con: Any, dataset: Dataset, *, buckets: int | None = None,
-          tables: Mapping[str, str] | None = None) -> dict[str, int]:  # fmt: skip
+def write(con: Any, dataset: Dataset, *, buckets: int | None = None) -> dict[str, int]:
     """Add the rows of the store tables open on ``con`` to ``dataset``; rows per table.
 
     Measurements already in the dataset (same ``measurement_uid``) are not added again,
     with their replies and answers: an ingest repeated after a crash adds nothing twice.
-    ``tables`` maps a store table to the relation to read it from (default: the table).
     """
     meta = dataset.meta()
     if meta is not None:
@@ -193,51 +195,44 @@ def write(con: Any, dataset: Dataset, *, buckets: int | None = None,
     if not 1 <= buckets <= 4096:
         raise ValueError(f"--buckets {buckets}: between 1 and 4096")
     dataset.register(con)
-    relations = {t: (tables or {}).get(t, t) for t in TABLES}
     present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    fresh = "SELECT measurement_uid FROM " + relations["measurements"]
+    fresh = "SELECT measurement_uid FROM measurements"
     # A measurement's day is fixed by its start time, so a repeat can only be in the
     # same day's partitions: only those are read (the check grows with a day, not the data).
     days = {f"day={r[0]}" for r in con.execute(
-        f"SELECT DISTINCT substr(measurement_start_time, 1, 10) FROM {relations['measurements']}"
-    ).fetchall()}  # fmt: skip
+        "SELECT DISTINCT substr(measurement_start_time, 1, 10) FROM measurements").fetchall()}  # fmt: skip
     existing = [f for f in dataset.files("measurements") if f.split("/")[-3] in days]
     if existing:
-        fresh += (" WHERE measurement_uid NOT IN (SELECT measurement_uid FROM "
-                  f"read_parquet({_listed(existing)}, hive_partitioning = false))")  # fmt: skip
+        fresh += (
+            f" WHERE measurement_uid NOT IN (SELECT measurement_uid FROM {parquet_sql(existing)})"
+        )
     con.execute(f"CREATE OR REPLACE TEMP TABLE _ww_fresh AS {fresh}")
     batch = uuid.uuid4().hex
     stage = Path(tempfile.mkdtemp(prefix="ww-dataset-"))
     written: dict[str, int] = {}
     try:
         for table in TABLES:
-            source = relations[table]
-            if source == table and table not in present:
+            if table not in present:
                 continue
             out = stage / table
-            if table in PARTITIONED:
+            if table in PARTITIONED:  # each row with its measurement's day and name bucket
                 query = (
-                    f"SELECT t.*, CAST(substr(m.measurement_start_time, 1, 10) AS VARCHAR) AS day, "
+                    "SELECT t.*, substr(m.measurement_start_time, 1, 10) AS day, "
                     f"{BUCKET_SQL.format(buckets=buckets).replace('hostname', 't.hostname')} AS bucket "
-                    f"FROM {source} t JOIN (SELECT measurement_uid, measurement_start_time FROM "
-                    f"{relations['measurements']}) m USING (measurement_uid) "
+                    f"FROM {table} t JOIN (SELECT measurement_uid, measurement_start_time FROM "
+                    "measurements) m USING (measurement_uid) "
                     "WHERE t.measurement_uid IN (SELECT measurement_uid FROM _ww_fresh)"
-                ) if table != "measurements" else (
-                    f"SELECT *, CAST(substr(measurement_start_time, 1, 10) AS VARCHAR) AS day, "
-                    f"{BUCKET_SQL.format(buckets=buckets)} AS bucket FROM {source} "
-                    "WHERE measurement_uid IN (SELECT measurement_uid FROM _ww_fresh)"
                 )  # fmt: skip
                 options = ("FORMAT parquet, PARTITION_BY (day, bucket), "
                            f"FILENAME_PATTERN 'part-{batch}-{{uuid}}'")  # fmt: skip
             else:
                 out.mkdir(parents=True)
                 out = out / f"part-{batch}-{uuid.uuid4().hex}.parquet"
-                key = _CONTENT_KEYS[table]
-                query = f"SELECT * FROM {source}"
+                key = CONTENT_KEYS[table]
+                query = f"SELECT * FROM {table}"
                 before = dataset.files(table)
                 if before:  # rows kept by content, as the embedded store keeps them
-                    query += (f" WHERE {key} NOT IN (SELECT {key} FROM "
-                              f"read_parquet({_listed(before)}))")  # fmt: skip
+                    query += f" WHERE {key} NOT IN (SELECT {key} FROM {parquet_sql(before)})"
                 options = "FORMAT parquet"
             n = int(con.execute(f"SELECT count(*) FROM ({query})").fetchone()[0])
             written[table] = n
@@ -256,14 +251,17 @@ def write(con: Any, dataset: Dataset, *, buckets: int | None = None,
     return written
 
 
+def parquet_sql(files: Sequence[str]) -> str:
+    """A DuckDB relation over the Parquet ``files`` (their columns only: the partition
+    values in their paths are not added)."""
+    listed = ", ".join(sql_literal(f) for f in files)
+    return f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
+
+
 def _batch_of(path: str) -> str:
     """The write a data file belongs to (``part-<batch>-<uuid>.parquet``)."""
     name = path.rsplit("/", 1)[-1]
     return name.split("-", 2)[1] if name.count("-") >= 2 else ""
-
-
-def _listed(files: list[str]) -> str:
-    return "[" + ", ".join(sql_literal(f) for f in files) + "]"
 
 
 def _publish(dataset: Dataset, stage: Path) -> None:

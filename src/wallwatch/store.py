@@ -123,7 +123,7 @@ TABLES: dict[str, str] = {
 
 #: Tables whose rows have no ID in the records: a content hash keeps each row once, so
 #: ingesting the same file again (or a file and its copy) adds nothing.
-_CONTENT_KEYS = {"strays": "stray_id", "input_errors": "input_error_id"}
+CONTENT_KEYS = {"strays": "stray_id", "input_errors": "input_error_id"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +241,7 @@ def ingest_into(con: Any, paths: Sequence[str | Path]) -> IngestReport:
     )
     present = _tables(con)
     for table, query in TABLES.items():
-        key = _CONTENT_KEYS.get(table)
+        key = CONTENT_KEYS.get(table)
         if key is not None:
             query = f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
             if table in present:

@@ -31,8 +31,8 @@ midway costs a rerun of its tasks elsewhere (Dask's own retry), nothing doubled.
 
 from __future__ import annotations
 
-import sys
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,8 +52,8 @@ from wallwatch.analysis.run import (
     open_netinfo,
     own_asns,
 )
-from wallwatch.dataset import PARTITIONED, Dataset
-from wallwatch.store import MEMORY_LIMIT, connect, create_empty, sql_literal
+from wallwatch.dataset import PARTITIONED, Dataset, parquet_sql
+from wallwatch.store import connect, create_empty, sql_literal
 
 #: The tables a run writes under its output root (as the embedded run's, docs/schema.md).
 OUTPUTS = ("reply_verdicts", "attributions", "window_attributions", "injector_families",
@@ -126,11 +126,8 @@ def analyze_dataset(
     buckets = dataset.present()
     if not buckets:
         raise ValueError(f"{dataset.root}: the dataset holds no measurements")
-    fs = out.fs()
     for table in OUTPUTS:
-        target = out._strip(out.path(table))
-        if fs.exists(target):
-            fs.rm(target, recursive=True)
+        out.remove(table)
     seconds: dict[str, float] = {}
     run_id = uuid.uuid4().hex
     placed: dict[int, str] = {}  # bucket -> the worker holding its tables
@@ -171,18 +168,17 @@ def analyze_dataset(
     finally:
         dask.run(release, run_id)
     start = time.perf_counter()
-    parts = [row for _, _, rows in judged for row in rows]
-    _write_reduced(out, parts)
+    _write_reduced(out, [row for _, rows in judged for row in rows])
     seconds["families"] = time.perf_counter() - start
-    replies = sum(r for r, _, _ in judged)
-    counts: dict[str, int] = {}
-    for _, per, _ in judged:
-        for k, v in per.items():
-            counts[k] = counts.get(k, 0) + v
-    meta = _versions(out)
+    counts: Counter[str] = Counter()
+    for summary, _ in judged:
+        counts.update(summary.attributions)
+    first = judged[0][0]  # every bucket's verdicts carry the same versions
     workers = len(dask.scheduler_info().get("workers", {}))
-    return ScaleSummary(AnalysisSummary(replies, counts, RULES_VERSION, meta[0], meta[1]),
-                        len(buckets), workers, seconds)  # fmt: skip
+    return ScaleSummary(
+        AnalysisSummary(sum(summary.replies for summary, _ in judged), dict(counts),
+                        RULES_VERSION, first.pools_version, first.netinfo_versions),
+        len(buckets), workers, seconds)  # fmt: skip
 
 
 def aggregate(dataset: Dataset, analysis: Dataset, dask: Any, sql: str,
@@ -216,17 +212,11 @@ def count_bucket(dataset: Dataset, bucket: int, analysis: Dataset,
         analysis.register(con)
         for table in ("reply_verdicts", "window_attributions"):
             files = analysis.glob(table, f"bucket={bucket}", "*.parquet")
-            if not files:  # a bucket the analysis has not seen: its tables, empty
-                files = analysis.glob(table, "*", "*.parquet")[:1]
-                if not files:
-                    continue
-                listed = "[" + ", ".join(sql_literal(f) for f in files) + "]"
-                con.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet({listed}, "
-                            "hive_partitioning = false) LIMIT 0")  # fmt: skip
-                continue
-            listed = "[" + ", ".join(sql_literal(f) for f in files) + "]"
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({listed}, "
-                        "hive_partitioning = false)")  # fmt: skip
+            # A bucket the analysis has not seen: its tables, empty (any bucket's columns).
+            empty = "" if files else " LIMIT 0"
+            files = files or analysis.glob(table, "*", "*.parquet")[:1]
+            if files:
+                con.execute(f"CREATE VIEW {table} AS SELECT * FROM {parquet_sql(files)}{empty}")
         return [tuple(r) for r in con.execute(sql).fetchall()]
     finally:
         con.close()
@@ -240,19 +230,16 @@ def open_bucket(dataset: Dataset, bucket: int) -> Any:
     many tasks at once as it has threads). On local disk the tables are views of the
     Parquet files, each step reading only its columns (measured faster than loading
     them); from an object store they are loaded once, not fetched again at every step."""
-    con = connect()
+    con = connect()  # (memory-capped as every wallwatch connection)
     con.execute("SET threads = 1")
-    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     dataset.register(con)
     for table in PARTITIONED:
         files = dataset.files(table, bucket)
         if not files:
             create_empty(con, table)
             continue
-        listed = "[" + ", ".join(sql_literal(f) for f in files) + "]"
         kind = "TABLE" if dataset.remote else "VIEW"
-        con.execute(f"CREATE {kind} {table} AS SELECT * FROM read_parquet({listed}, "
-                    "hive_partitioning = false, union_by_name = true)")  # fmt: skip
+        con.execute(f"CREATE {kind} {table} AS SELECT * FROM {parquet_sql(files)}")
     return con
 
 
@@ -271,10 +258,16 @@ def _hold(run: str, dataset: Dataset, bucket: int) -> tuple[Any, set[str]]:
     return held
 
 
-def _reference(con: Any, made: set[str]) -> None:
+def _race_steps(con: Any, made: set[str], learned: Sequence[str]) -> None:
+    """The race round's steps, over the dataset's learned pool (the reference tables
+    loaded once per connection)."""
     if "known_addresses" not in made:
         load_reference(con)
         made.add("known_addresses")
+    _addresses(con, "learned_forged", learned)
+    made.add("learned_forged")
+    _steps(con, _RACE_STEPS, made)
+    made.add(_RACED)
 
 
 #: In a worker process: the origin-AS source per ``--mmdb``, opened once (a bucket's
@@ -316,11 +309,7 @@ def race(run: str, dataset: Dataset, bucket: int,
          learned: Sequence[str]) -> tuple[str, tuple[list[str], list[tuple[Any, ...]]]]:  # fmt: skip
     """Round 2: the bucket's raced addresses, and its path samples as value counts."""
     con, made = _hold(run, dataset, bucket)
-    _reference(con, made)
-    _addresses(con, "learned_forged", learned)
-    made.add("learned_forged")
-    _steps(con, _RACE_STEPS, made)
-    made.add(_RACED)
+    _race_steps(con, made, learned)
     raced = [str(r[0]) for r in con.execute("SELECT address FROM raced_forged").fetchall()]
     samples = con.execute("SELECT vantage, resolver_address, rtt, ip_ttl, count(*) "
                           "FROM path_samples GROUP BY ALL").fetchall()  # fmt: skip
@@ -330,18 +319,15 @@ def race(run: str, dataset: Dataset, bucket: int,
 def judge(run: str, dataset: Dataset, bucket: int, out: Dataset,
           shared: tuple[Sequence[str], Sequence[str], Sequence[AsnRow], Sequence[tuple[Any, ...]]],
           mmdb: str | None, window: int, baseline: str | None = None,
-          ) -> tuple[str, tuple[int, dict[str, int], list[tuple[Any, ...]]]]:  # fmt: skip
+          ) -> tuple[str, tuple[AnalysisSummary, list[tuple[Any, ...]]]]:  # fmt: skip
     """Round 3: every rule over the bucket, the whole dataset's tables preset; the
-    bucket's tables written; (replies, attributions counted, family parts). ``baseline``:
+    bucket's tables written; (its summary, its family parts). ``baseline``:
     an earlier embedded store (a path every worker reads), as the embedded run takes it."""
     learned, raced, own, baselines = shared
     con, made = _hold(run, dataset, bucket)
     try:
         if _RACED not in made:  # not where the race round ran: its steps again
-            _reference(con, made)
-            _addresses(con, "learned_forged", learned)
-            made.add("learned_forged")
-            _steps(con, _RACE_STEPS, made)
+            _race_steps(con, made, learned)
         _addresses(con, "raced_forged", raced)
         _baselines(con, baselines)
         summary = analyze_connection(con, mmdb=mmdb, window=window, netinfo=_netinfo(mmdb),
@@ -350,7 +336,7 @@ def judge(run: str, dataset: Dataset, bucket: int, out: Dataset,
         parts = [tuple(r) for r in con.execute(FAMILY_PARTS_SQL).fetchall()]
         _write(con, out, {t: f"{t}/bucket={bucket}/part-0.parquet"
                           for t in ("reply_verdicts", "attributions", "window_attributions")})  # fmt: skip
-        return _here(), (summary.replies, summary.attributions, parts)
+        return _here(), (summary, parts)
     finally:
         _HELD.pop((run, bucket), None)
         con.close()
@@ -384,24 +370,6 @@ def _write_reduced(out: Dataset, parts: Sequence[tuple[Any, ...]]) -> None:
         load_reference(con)
         _write(con, out, {t: f"{t}/part-0.parquet"
                           for t in ("injector_families", "analysis_rules", "known_addresses")})  # fmt: skip
-    finally:
-        con.close()
-
-
-def _versions(out: Dataset) -> tuple[str, tuple[str, ...]]:
-    """The pools' and netinfo's versions the verdicts carry (from the written verdicts)."""
-    con = connect()
-    try:
-        out.register(con)
-        files = out.glob("reply_verdicts", "*", "*.parquet")
-        if not files:
-            return "", ()
-        listed = "[" + ", ".join(sql_literal(f) for f in files) + "]"
-        row = con.execute(f"SELECT pools_version, netinfo_version FROM read_parquet({listed}) "
-                          "LIMIT 1").fetchone()  # fmt: skip
-        if row is None:
-            return "", ()
-        return str(row[0]), tuple(str(row[1]).split("; ")) if row[1] != "none" else ()
     finally:
         con.close()
 
@@ -456,7 +424,3 @@ def _write(con: Any, out: Dataset, targets: dict[str, str]) -> None:
     for table, relative in targets.items():
         with out.writing(relative) as local:
             con.execute(f"COPY {table} TO {sql_literal(str(local))} (FORMAT parquet)")
-
-
-def _say(stage: str, done: int, total: int) -> None:
-    print(f"analyze: {stage} {done}/{total} buckets", file=sys.stderr, flush=True)

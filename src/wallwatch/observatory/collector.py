@@ -70,6 +70,33 @@ class UploadResult:
     minutes: list[int]
 
 
+def _tail(logs: Path, sizes: dict[str, int], marks: dict[str, int],
+          out: Path) -> dict[str, int]:  # fmt: skip
+    """Write to ``out`` each log file's whole lines from its mark up to its size (a line
+    torn by a crash is never read); each file's new mark, for those that had any."""
+    ends: dict[str, int] = {}
+    with open(out, "wb") as handle:
+        for name, size in sorted(sizes.items()):
+            first = marks.get(name, 0)
+            if size <= first:
+                continue
+            with open(logs / name, "rb") as log:
+                log.seek(first)
+                chunk = log.read(size - first)
+            whole = chunk[: chunk.rfind(b"\n") + 1]
+            if whole:
+                ends[name] = first + len(whole)
+                handle.write(whole)
+    return ends
+
+
+def _save_marks(path: Path, marks: dict[str, int]) -> None:
+    """Bytes read of each log file, replaced whole (a crash leaves the old or the new)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(marks))
+    tmp.replace(path)
+
+
 def minute_of(m: Measurement) -> int:
     """The minute a measurement belongs to: the watch's own (``annotations['minute']``, on
     the scenario clock in the lab), else its start time's."""
@@ -295,33 +322,20 @@ class Collector:
                 sizes = {name: (self.data / "minutes" / name).stat().st_size for name in names}
                 done = [uids for at, uids in self.inflight if at <= seq]
                 self.inflight = [(at, uids) for at, uids in self.inflight if at > seq]
-            todo = {name: (self.watermark.get(name, 0), size) for name, size in sizes.items()
-                    if size > self.watermark.get(name, 0)}  # fmt: skip
             loaded = 0
-            if todo:
+            if any(size > self.watermark.get(name, 0) for name, size in sizes.items()):
                 with tempfile.TemporaryDirectory(prefix="ww-load-") as tmp:
                     path = Path(tmp) / "batch.jsonl"
-                    with open(path, "wb") as out:
-                        for name, (first, last) in sorted(todo.items()):
-                            with open(self.data / "minutes" / name, "rb") as handle:
-                                handle.seek(first)
-                                chunk = handle.read(last - first)
-                            # Only whole lines: a line torn by a crash is never loaded.
-                            whole = chunk[: chunk.rfind(b"\n") + 1]
-                            todo[name] = (first, first + len(whole))
-                            out.write(whole)
-                    if any(b for b in todo.values() if b[1] > b[0]):
+                    ends = _tail(self.data / "minutes", sizes, self.watermark, path)
+                    if ends:
                         cursor = self.con.cursor()
                         try:
                             loaded = store.ingest_into(cursor, [path]).measurements
                             self._timestamps(cursor)
                         finally:
                             cursor.close()
-                for name, (_, end) in todo.items():
-                    self.watermark[name] = end
-                tmp_mark = self.data / "loaded.json.tmp"
-                tmp_mark.write_text(json.dumps(self.watermark))
-                tmp_mark.replace(self.data / "loaded.json")
+                self.watermark.update(ends)
+                _save_marks(self.data / "loaded.json", self.watermark)
             with self.lock:
                 for uids in done:
                     self.unloaded.difference_update(uids)
@@ -344,20 +358,11 @@ class Collector:
             if not force and time.monotonic() - self._exported_at < self.export_every:
                 return 0
             self._exported_at = time.monotonic()
-            todo: dict[str, tuple[int, int]] = {}
+            sizes = {p.name: p.stat().st_size for p in (self.data / "minutes").glob("*.jsonl")}
             with tempfile.TemporaryDirectory(prefix="ww-export-") as tmp:
                 path = Path(tmp) / "batch.jsonl"
-                with open(path, "wb") as out:
-                    for log in sorted((self.data / "minutes").glob("*.jsonl")):
-                        first = self.exported.get(log.name, 0)
-                        with open(log, "rb") as handle:
-                            handle.seek(first)
-                            chunk = handle.read()
-                        whole = chunk[: chunk.rfind(b"\n") + 1]
-                        if whole:
-                            todo[log.name] = (first, first + len(whole))
-                            out.write(whole)
-                if not todo:
+                ends = _tail(self.data / "minutes", sizes, self.exported, path)
+                if not ends:
                     return 0
                 con = store.connect()
                 try:
@@ -365,11 +370,8 @@ class Collector:
                     added = write(con, self.dataset).get("measurements", 0)
                 finally:
                     con.close()
-            for name, (_, end) in todo.items():
-                self.exported[name] = end
-            tmp_mark = self.data / "exported.json.tmp"
-            tmp_mark.write_text(json.dumps(self.exported))
-            tmp_mark.replace(self.data / "exported.json")
+            self.exported.update(ends)
+            _save_marks(self.data / "exported.json", self.exported)
             return added
 
     def _known(self, uids: list[str]) -> set[str]:
