@@ -1382,3 +1382,102 @@ def lab_exec(node: str, command: tuple[str, ...]) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:53", show_default=True, metavar="ADDR:PORT",
+              help="Where users' queries come in, over UDP and TCP (loopback by default).")  # fmt: skip
+@click.option("--upstream", required=True, metavar="ADDR[:PORT]",
+              help="The resolver asked over UDP (e.g. 8.8.8.8).")  # fmt: skip
+@click.option("--secure", default=None, metavar="doh:URL|dot:ADDR",
+              help="A channel an injector cannot race, asked when no UDP reply passes.")  # fmt: skip
+@click.option("--race", is_flag=True,
+              help="Ask the secure channel at once, beside UDP (costs it on every lookup).")  # fmt: skip
+@click.option("--allow", "allow", multiple=True, metavar="CIDR",
+              help="Networks allowed to use the shield besides loopback (repeatable); "
+                   "required to listen off loopback.")  # fmt: skip
+@click.option("--cache-size", type=click.IntRange(min=0), default=10000, show_default=True,
+              help="Answers kept (0: no cache).")  # fmt: skip
+@click.option("--max-pending", type=click.IntRange(min=1), default=10000, show_default=True,
+              help="Upstream queries in flight at once; beyond it users get SERVFAIL.")  # fmt: skip
+@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Write every upstream query as a measurement, every decision, and the "
+                   "learned state here.")  # fmt: skip
+@click.option("--vantage", default="shield", show_default=True,
+              help="The name the measurements carry (a collector token's vantage).")  # fmt: skip
+@click.option("--duration", type=POSITIVE, default=None,
+              help="Seconds to serve (default: until interrupted).")  # fmt: skip
+@click.option("--upload", "upload_url", default=None, metavar="URL",
+              help="Ship the measurements to this collector as they close.")  # fmt: skip
+@click.option("--token", "upload_token", default=None, envvar="WALLWATCH_TOKEN",
+              help="The vantage's upload token (or $WALLWATCH_TOKEN).")  # fmt: skip
+def shield(listen: str, upstream: str, secure: str | None, race: bool, allow: tuple[str, ...],
+           cache_size: int, max_pending: int, out_dir: str | None, vantage: str,
+           duration: float | None, upload_url: str | None,
+           upload_token: str | None) -> None:  # fmt: skip
+    """A stub resolver that waits out the injector: only replies that pass the checks."""
+    import asyncio
+    import ipaddress
+
+    from wallwatch.probe.stream import parse_stream_server
+    from wallwatch.shield import Shield, ShieldConfig
+    from wallwatch.targets import parse_target
+
+    try:
+        bind = parse_target(listen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    try:
+        up = parse_target(upstream)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--upstream") from None
+    try:
+        channel = parse_stream_server(secure) if secure else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--secure") from None
+    try:
+        nets = tuple(ipaddress.ip_network(a, strict=False) for a in allow)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow") from None
+    if bool(upload_url) != bool(upload_token):
+        raise click.UsageError("--upload and --token go together")
+    out = Path(out_dir) if out_dir else None
+    if upload_url and out is None:
+        raise click.UsageError("--upload needs --out (the spool is kept there)")
+    config = ShieldConfig(upstream=(up.address, up.port), listen=(bind.address, bind.port),
+                          secure=channel, race=race, allow=nets, cache_size=cache_size,
+                          max_pending=max_pending, out=out, vantage=vantage)  # fmt: skip
+    spool = None
+    if upload_url and upload_token and out is not None:
+        from wallwatch.observatory.agent import Spool
+
+        spool = Spool(out / "spool", upload_url, upload_token).start()
+    try:
+        server = Shield(config, log=lambda text: err.print(console_text(text), highlight=False),
+                        spool=spool)  # fmt: skip
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.stop)
+        if duration is not None:
+            loop.call_later(duration, server.stop)
+
+        def ready(where: tuple[str, int]) -> None:
+            state = server.state()["path"]
+            err.print(f"shield: listening on {where[0]}:{where[1]} (UDP, TCP), upstream "
+                      f"{up.address}:{up.port}; learned path {state}", highlight=False)  # fmt: skip
+
+        await server.serve(ready)
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        raise click.ClickException(f"--listen {listen}: {exc.strerror or exc}") from None
+    if spool is not None:
+        spool.close()
+    state = server.state()
+    err.print(f"shield: {state['queries']} queries; {state['decisions']}; drops {state['drops']}",
+              highlight=False)  # fmt: skip

@@ -260,3 +260,44 @@ class Axis(StrEnum):
     ATTRIBUTION = "attribution"
     #: The addresses in the first reply (a measurement counts once per address).
     ANSWER = "answer"
+
+
+class Decision(StrEnum):
+    """What the shield (:mod:`wallwatch.shield`) did with one query from a user."""
+
+    #: A UDP reply from the upstream passed every check and was given.
+    ACCEPTED = "accepted"
+    #: Answered from the cache (an answer accepted earlier, its TTLs counted down).
+    CACHED = "cached"
+    #: Answered by the secure channel (DoT/DoH): no UDP reply passed within the hold,
+    #: or the secure channel won a race.
+    SECURE = "secure"
+    #: Answered over TCP to the upstream, after an accepted UDP reply was truncated.
+    TCP = "tcp"
+    #: Nothing acceptable came within the hold and no secure channel answered: SERVFAIL.
+    FAILED = "failed"
+    #: The query was malformed: FORMERR, or dropped when not even its header was there.
+    FORMERR = "formerr"
+    #: The source is not in the networks allowed to use the shield.
+    REFUSED = "refused"
+    #: Too many queries were pending: SERVFAIL rather than unbounded memory.
+    OVERLOADED = "overloaded"
+
+
+class Drop(StrEnum):
+    """Why the shield did not accept one UDP reply (each check that held is recorded)."""
+
+    #: Not a DNS message, or its question is not the query's.
+    QUESTION_MISMATCH = "question_mismatch"
+    #: An answer in a known or learned forged pool, or in Teredo 2001::/32.
+    FORGED_POOL = "forged_pool"
+    #: The header fits a published injector's fingerprint (``families.SIGNS``).
+    INJECTOR_PROFILE = "injector_profile"
+    #: No OPT, from an upstream whose genuine replies carry it (injectors drop it).
+    NO_OPT = "no_opt"
+    #: An A record answering a non-A query.
+    TYPE_MISMATCH = "type_mismatch"
+    #: The IP TTL is more than ``signals.TTL_SLACK`` off the upstream's learned one.
+    IP_TTL_OFF = "ip_ttl_off"
+    #: Faster than ``signals.FAST_SHARE`` of the upstream's least learned RTT.
+    TOO_FAST = "too_fast"

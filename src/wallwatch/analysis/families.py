@@ -11,8 +11,80 @@ reported as ``unknown`` (Triplet's "Injector X") rather than forced into a label
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from wallwatch.analysis.attribution import sql_set
 from wallwatch.vocab import Reading, outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class Sign:
+    """What one published injector's replies look like on the wire.
+
+    One definition, read two ways: the analysis names a family of forged replies by
+    it (:data:`FAMILIES_FROM_PARTS_SQL`), and the shield (:mod:`wallwatch.shield`) drops
+    a single reply that fits it. Every published injector drops the query's OPT
+    record, so a reply with OPT fits none. DF and IP ID count only where they were
+    captured (``--raw-capture``); unknown, they do not decide.
+    """
+
+    profile: str
+    aa: bool | None = None
+    #: ``pointer`` (the answer's owner is the ``c0 0c`` pointer) or ``full``.
+    name_form: str | None = None
+    answer_ttls: tuple[int, ...] = ()
+    df: bool | None = None
+    ip_id_zero: bool | None = None
+    #: Needs a family's IP TTL spread (randomised per reply): one reply cannot show it.
+    spread: bool = False
+
+    def sql(self) -> str:
+        """The condition over a family row (``aa``, ``name_form``, ``answer_ttl``, ...)."""
+        parts = ["NOT edns"]
+        if self.aa is not None:
+            parts.append("aa" if self.aa else "NOT aa")
+        if self.name_form is not None:
+            parts.append(f"name_form = '{self.name_form}'")
+        if self.answer_ttls:
+            parts.append(f"answer_ttl IN ({', '.join(map(str, self.answer_ttls))})")
+        if self.df is not None:
+            parts.append("coalesce(df, true)" if self.df else "coalesce(NOT df, true)")
+        if self.ip_id_zero is not None:
+            parts.append("coalesce(ip_id_zero, true)" if self.ip_id_zero
+                         else "coalesce(NOT ip_id_zero, true)")  # fmt: skip
+        if self.spread:
+            parts.append("distinct_ip_ttls >= 5 AND max_ip_ttl - min_ip_ttl >= 32")
+        return " AND ".join(parts)
+
+    def fits(self, *, aa: bool, name_form: str, answer_ttl: int | None, edns: bool,
+             df: bool | None = None, ip_id_zero: bool | None = None) -> bool:  # fmt: skip
+        """Whether one reply fits (never for a sign that needs a family's spread)."""
+        return (
+            not self.spread and not edns
+            and (self.aa is None or aa == self.aa)
+            and (self.name_form is None or name_form == self.name_form)
+            and (not self.answer_ttls or answer_ttl in self.answer_ttls)
+            and (self.df is None or df is None or df == self.df)
+            and (self.ip_id_zero is None or ip_id_zero is None or ip_id_zero == self.ip_id_zero)
+        )  # fmt: skip
+
+
+#: The published injectors, tried in order ([triplet-2021] Table 3; [gfwrev-2009]).
+SIGNS: tuple[Sign, ...] = (
+    Sign("injector1", aa=True, name_form="full", answer_ttls=(60,), df=False),
+    Sign("injector3", aa=False, name_form="pointer", answer_ttls=(130, 234, 236), df=False,
+         ip_id_zero=True),
+    Sign("type1-2009", name_form="pointer", answer_ttls=(300,)),
+    Sign("type2-2009", name_form="full", answer_ttls=(86400,)),
+    Sign("injector2", aa=False, name_form="pointer", df=True, spread=True),
+)  # fmt: skip
+
+
+def profile_case() -> str:
+    """The SQL that names a family by the first sign it fits, ``unknown`` otherwise."""
+    whens = " ".join(f"WHEN {sign.sql()} THEN '{sign.profile}'" for sign in SIGNS)
+    return f"CASE {whens} ELSE 'unknown' END"
+
 
 #: Per injected reply, the header features that tell its maker apart (one definition:
 #: the families below and the watch's per-minute fingerprint counts both read it).
@@ -69,20 +141,11 @@ WITH families AS (
 -- Numbered by size; ties broken by every feature, so any run numbers them alike.
 SELECT 'F' || row_number() OVER (ORDER BY replies DESC, answer_ttl, example_measurement_uid,
                                           aa, name_form, edns, df, ip_id_zero) AS family,
-       CASE
-         -- DF and IP ID count only when captured (--raw-capture); NULL means unknown.
-         WHEN aa AND name_form = 'full' AND answer_ttl = 60 AND NOT edns
-              AND coalesce(NOT df, true) THEN 'injector1'
-         WHEN NOT aa AND name_form = 'pointer' AND answer_ttl IN (130, 234, 236) AND NOT edns
-              AND coalesce(NOT df, true) AND coalesce(ip_id_zero, true) THEN 'injector3'
-         WHEN name_form = 'pointer' AND answer_ttl = 300 AND NOT edns THEN 'type1-2009'
-         WHEN name_form = 'full' AND answer_ttl = 86400 AND NOT edns THEN 'type2-2009'
-         WHEN NOT aa AND name_form = 'pointer' AND NOT edns AND coalesce(df, true)
-              AND distinct_ip_ttls >= 5 AND max_ip_ttl - min_ip_ttl >= 32 THEN 'injector2'
-         ELSE 'unknown'
-       END AS profile,
+       {profile_case} AS profile,
        *
 FROM families
 """
+
+FAMILIES_FROM_PARTS_SQL = FAMILIES_FROM_PARTS_SQL.replace("{profile_case}", profile_case())
 
 FAMILIES_SQL = FAMILIES_FROM_PARTS_SQL.replace("{parts}", f"({FAMILY_PARTS_SQL})")

@@ -47,6 +47,13 @@ BOGON_V4 = (
 BOGON_V6 = r"^(::1?$|fe[89ab][0-9a-f]:|f[cd][0-9a-f]{2}:|ff[0-9a-f]{2}:)"
 TEREDO = r"^2001:(0{1,4})?:"
 
+#: Hold-On's two path tests ([holdon-2012]), one definition for the analysis and the
+#: shield (:mod:`wallwatch.shield`): a reply faster than this share of the path's RTT
+#: came from nearer than the server, and one whose IP TTL is more than this many hops
+#: off the path's did not travel the server's path.
+FAST_SHARE = 0.5
+TTL_SLACK = 1
+
 STEPS: tuple[tuple[str, str], ...] = (
     (
         "reply_ips",
@@ -282,8 +289,8 @@ STEPS: tuple[tuple[str, str], ...] = (
                coalesce(m.s_has_answer AND m.response_index < max(
                    CASE WHEN m.s_referral THEN m.response_index END)
                    OVER (PARTITION BY m.measurement_uid), false) AS s_later_referral,
-               coalesce(m.rtt < 0.5 * p.base_rtt, false) AS s_fast,
-               coalesce(abs(m.ip_ttl - p.base_ttl) > 1, false) AS s_ttl_off
+               coalesce(m.rtt < {fast_share} * p.base_rtt, false) AS s_fast,
+               coalesce(abs(m.ip_ttl - p.base_ttl) > {ttl_slack}, false) AS s_ttl_off
         FROM reply_matched m
         LEFT JOIN path_baseline p ON p.vantage = m.vantage AND p.resolver_address = m.resolver_address
         """,
@@ -298,7 +305,9 @@ def steps() -> list[tuple[str, str]]:
             table,
             sql.replace("{teredo}", TEREDO)
             .replace("{bogon4}", BOGON_V4)
-            .replace("{bogon6}", BOGON_V6),
+            .replace("{bogon6}", BOGON_V6)
+            .replace("{fast_share}", repr(FAST_SHARE))
+            .replace("{ttl_slack}", str(TTL_SLACK)),
         )
         for table, sql in STEPS
     ]

@@ -1,0 +1,688 @@
+"""The shield's resolver loop: users' queries in, checked answers out, every decision kept.
+
+One asyncio loop owns everything: the listening UDP socket and TCP server, one
+capturing upstream socket (:class:`wallwatch.probe.udp.UdpChannel`, for each reply's IP
+TTL and kernel receive time, which asyncio's own datagram transport cannot give),
+the hold timers, the cache. The secure channel and TCP retries are blocking lookups
+(:func:`wallwatch.probe.stream.exchange`) in a small thread pool: they are the rare
+path. A query in flight is asked upstream once, whoever else asks the same question
+meanwhile waits for the same answer. The query stays open after it is answered, until
+its hold ends, so a late reply is recorded with it: each upstream query becomes a
+measurement in the prober's own schema (:mod:`wallwatch.records`) with every reply and
+why each was accepted or dropped, and a collector judges it as any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from wallwatch import records
+from wallwatch.observatory.agent import Spool
+from wallwatch.probe.engine import make_report_id
+from wallwatch.probe.reply import make_response, type_text
+from wallwatch.probe.stream import StreamError, StreamReply, StreamServer, exchange
+from wallwatch.probe.udp import UdpChannel
+from wallwatch.records import Measurement, Response
+from wallwatch.shield.cache import Cache, strip_opt, truncated
+from wallwatch.shield.checks import ForgedPool, PathModel, Seen, judge
+from wallwatch.vocab import Decision, Drop, Engine, TargetKind
+from wallwatch.wire import AA, parse_reply
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Send = Callable[[bytes], None]
+
+_HEADER = struct.Struct("!HHHHHH")
+#: Largest query the shield reads: a question and an OPT fit in far less.
+MAX_QUERY = 4096
+#: Reasons that say a reply came from the path, not the server: its addresses are
+#: learned as forged when a later reply that passed every check disagrees with it.
+_PATH_SIGNS = frozenset({Drop.INJECTOR_PROFILE, Drop.NO_OPT, Drop.TOO_FAST, Drop.IP_TTL_OFF,
+                         Drop.FORGED_POOL})  # fmt: skip
+_RCODE_SERVFAIL, _RCODE_FORMERR, _RCODE_REFUSED = 2, 1, 5
+
+
+class ShieldDecision(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One user query and what the shield did with it (no user address is kept)."""
+
+    #: Unix time the query arrived.
+    t: float
+    hostname: str
+    query_type: str
+    decision: Decision
+    #: Milliseconds between the query's arrival and the shield's answer.
+    added_ms: float
+    #: The upstream measurement the answer came from (its replies, each judged).
+    measurement_uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShieldConfig:
+    upstream: tuple[str, int]
+    listen: tuple[str, int] = ("127.0.0.1", 53)
+    #: DoT/DoH server asked when no UDP reply passes within the hold.
+    secure: StreamServer | None = None
+    #: Ask the secure channel at once, beside UDP, and give whichever passes first.
+    race: bool = False
+    #: Networks allowed to use the shield besides loopback (needed off loopback).
+    allow: tuple[Network, ...] = ()
+    cache_size: int = 10000
+    max_pending: int = 10000
+    max_tcp: int = 256
+    #: Where records, decisions and the state are written (None: counters only).
+    out: Path | None = None
+    vantage: str = "shield"
+    #: Seconds between calibration lookups of the root (Hold-On relearned every ~5 min).
+    calibrate_every: float = 300.0
+
+    def check(self) -> None:
+        """Refuse what would make an open resolver or cannot work, naming the option."""
+        listen = ipaddress.ip_address(self.listen[0])
+        if not listen.is_loopback and not self.allow:
+            raise ValueError(
+                f"--listen {self.listen[0]}: not a loopback address; the shield is no open "
+                "resolver, name the networks it serves with --allow CIDR"
+            )
+        if self.cache_size < 0 or self.max_pending < 1 or self.max_tcp < 1:
+            raise ValueError("--cache-size must be >= 0, --max-pending >= 1")
+        if self.race and self.secure is None:
+            raise ValueError("--race needs --secure doh:URL or dot:ADDR")
+
+
+class BadQuery(Exception):
+    """A user query the shield will not forward; ``txid`` None: not even a header."""
+
+    def __init__(self, txid: bytes | None, detail: str) -> None:
+        super().__init__(detail)
+        self.txid = txid
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    txid: bytes
+    flags: int
+    #: The question name in wire form, case as the user wrote it.
+    qname_wire: bytes
+    qtype: int
+    qclass: int
+    #: Header-less question as the user wrote it (name, type, class).
+    question: bytes
+    #: The user's EDNS payload size, or None when the query had no OPT.
+    edns: int | None
+    do: bool
+
+    def key(self) -> tuple[bytes, int, int, bool]:
+        return (self.qname_wire.lower(), self.qtype, self.qclass, self.do)
+
+    def hostname(self) -> str:
+        labels, off = [], 0
+        name = self.qname_wire
+        while off < len(name) and name[off]:
+            labels.append(name[off + 1 : off + 1 + name[off]].decode("ascii", "backslashreplace"))
+            off += 1 + name[off]
+        return ".".join(labels) or "."
+
+
+def parse_query(data: bytes) -> Query:
+    """A user's query, strictly: one question, uncompressed name, at most one OPT."""
+    if len(data) < 12:
+        raise BadQuery(None, f"{len(data)} bytes: shorter than a DNS header")
+    if len(data) > MAX_QUERY:
+        raise BadQuery(None, f"{len(data)} bytes: longer than any query")
+    txid = data[:2]
+    _id, flags, qd, an, ns, ar = _HEADER.unpack_from(data)
+    if flags & 0x8000:
+        raise BadQuery(None, "a response, not a query")  # never answered: no reply loops
+    if (flags >> 11) & 0xF or qd != 1 or an or ns or ar > 1:
+        raise BadQuery(txid, "not a standard query with one question")
+    n, off = len(data), 12
+    while True:
+        if off >= n:
+            raise BadQuery(txid, "the question name runs past the message")
+        length = data[off]
+        if length == 0:
+            off += 1
+            break
+        if length > 63:
+            raise BadQuery(txid, "a compressed or invalid label in the question")
+        off += 1 + length
+    if off - 12 > 255 or off + 4 > n:
+        raise BadQuery(txid, "the question is longer than 255 bytes or cut short")
+    qtype, qclass = struct.unpack_from("!HH", data, off)
+    end = off + 4
+    edns, do = None, False
+    if ar:
+        if end + 11 > n or data[end] != 0:
+            raise BadQuery(txid, "the additional record is not an OPT")
+        rtype, payload, ttl, rdlen = struct.unpack_from("!HHIH", data, end + 1)
+        if rtype != 41 or end + 11 + rdlen != n:
+            raise BadQuery(txid, "the additional record is not an OPT")
+        edns, do = max(512, payload), bool(ttl & 0x8000)
+    elif end != n:
+        raise BadQuery(txid, "bytes after the question")
+    return Query(txid, flags, data[12:off], qtype, qclass, data[12:end], edns, do)
+
+
+def error_reply(txid: bytes, flags: int, question: bytes | None, rcode: int) -> bytes:
+    """A header (and the question, when there is one) with ``rcode``, RA and RD kept."""
+    out_flags = 0x8000 | (flags & 0x0100) | 0x0080 | rcode
+    head = txid + struct.pack("!HHHHH", out_flags, 1 if question else 0, 0, 0, 0)
+    return head + (question or b"")
+
+
+@dataclass(slots=True)
+class _Waiter:
+    query: Query
+    send: Send
+    limit: int
+    arrived: float
+
+
+@dataclass(slots=True)
+class _Pending:
+    query: Query
+    txid: int
+    wire: bytes
+    sent_ns: int
+    waiters: list[_Waiter]
+    calibration: bool = False
+    answered: Decision | None = None
+    accepted: int | None = None
+    responses: list[Response] = field(default_factory=list)
+    dropped: list[tuple[int, tuple[Drop, ...], tuple[str, ...]]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+    uid: str = ""
+    expired: bool = False
+    secure_done: bool = False
+
+
+class Shield:
+    """The stub resolver. ``await serve()`` runs it until :meth:`stop`."""
+
+    def __init__(self, config: ShieldConfig, *, log: Callable[[str], None] = lambda _t: None,
+                 spool: Spool | None = None) -> None:  # fmt: skip
+        config.check()
+        self.config = config
+        self.log = log
+        #: Where each second's measurements are also queued for a collector.
+        self.spool = spool
+        self.path = PathModel()
+        self.forged = ForgedPool()
+        self.cache = Cache(config.cache_size)
+        self.decisions: Counter[Decision] = Counter()
+        self.drops: Counter[Drop] = Counter()
+        self.strays = 0
+        self.queries = 0
+        self._pending: dict[int, _Pending] = {}
+        self._inflight: dict[tuple[bytes, int, int, bool], _Pending] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="shield-secure"
+        )
+        self._stop = asyncio.Event()
+        self._tcp_open = 0
+        self._tcp_tasks: set[asyncio.Task[None]] = set()
+        self._records = bytearray()
+        self._decision_log = bytearray()
+        self._uid = 0
+        self._start_ns = time.time_ns()
+        self._report_id = make_report_id(config.vantage, self._start_ns)
+        self._start_time = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self._start_ns / 1e9))
+        self._recalibrated = 0.0
+        self._encoder = msgspec.json.Encoder()
+        self.listening: tuple[str, int] | None = None
+        family = socket.AF_INET6 if ":" in config.upstream[0] else socket.AF_INET
+        self.upstream = UdpChannel(family)
+        self._upstream_addr = (str(ipaddress.ip_address(config.upstream[0])), config.upstream[1])
+
+    # -- running ------------------------------------------------------------------------
+
+    async def serve(self, ready: Callable[[tuple[str, int]], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        loop.add_reader(self.upstream.fileno(), self._on_upstream)
+        await self.calibrate(wait=2.0)
+        host, port = self.config.listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        udp.bind((host, port))
+        udp.setblocking(False)
+        self._udp = udp
+        port = udp.getsockname()[1]
+        tcp = await asyncio.start_server(self._on_tcp, host, port, reuse_address=True)
+        loop.add_reader(udp.fileno(), self._on_udp)
+        self.listening = (host, port)
+        if ready is not None:
+            ready(self.listening)
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            await self._stop.wait()
+        finally:
+            ticker.cancel()
+            loop.remove_reader(udp.fileno())
+            loop.remove_reader(self.upstream.fileno())
+            tcp.close()
+            for task in list(self._tcp_tasks):
+                task.cancel()
+            await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
+            udp.close()
+            for pending in list(self._pending.values()):
+                self._expire(pending, final=True)
+            self._flush()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self.upstream.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _tick(self) -> None:
+        next_calibration = time.monotonic() + self.config.calibrate_every
+        while True:
+            await asyncio.sleep(1.0)
+            self._flush()
+            if time.monotonic() >= next_calibration:
+                next_calibration = time.monotonic() + self.config.calibrate_every
+                await self.calibrate()
+
+    async def calibrate(self, wait: float = 0.0, count: int = 3) -> None:
+        """Ask the upstream for the root's NS (a name no blocklist holds) to learn the
+        path's RTT and IP TTL ([holdon-2012]: learned from names not censored)."""
+        for _ in range(count):
+            query = Query(b"\0\0", 0x0100, b"\x00", 2, 1, b"\x00\x00\x02\x00\x01", 1232, False)
+            self._ask(query, calibration=True)
+        deadline = time.monotonic() + wait
+        while wait and time.monotonic() < deadline and not self.path.rtts:
+            await asyncio.sleep(0.02)
+
+    # -- users' side ----------------------------------------------------------------------
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if ip.is_loopback:
+            return True
+        return any(ip in net for net in self.config.allow)
+
+    def _on_udp(self) -> None:
+        sock = self._udp
+        for _ in range(256):
+            try:
+                data, addr = sock.recvfrom(MAX_QUERY + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+
+            def send(payload: bytes, addr: tuple[str, int] = addr) -> None:
+                with contextlib.suppress(OSError):
+                    sock.sendto(payload, addr)
+
+            self.take(data, addr[0], send, tcp=False)
+
+    async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if self._tcp_open >= self.config.max_tcp or not self._allowed(peer[0] if peer else ""):
+            writer.close()
+            return
+        self._tcp_open += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tcp_tasks.add(task)
+
+        def send(payload: bytes) -> None:
+            if not writer.is_closing():
+                writer.write(len(payload).to_bytes(2, "big") + payload)
+
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), timeout=10.0)
+                data = await asyncio.wait_for(
+                    reader.readexactly(int.from_bytes(head, "big")), timeout=10.0
+                )
+                self.take(data, peer[0], send, tcp=True)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
+            pass
+        finally:
+            self._tcp_open -= 1
+            if task is not None:
+                self._tcp_tasks.discard(task)
+            writer.close()
+
+    def take(self, data: bytes, source: str, send: Send, *, tcp: bool) -> None:
+        """One query from a user."""
+        arrived = time.monotonic()
+        self.queries += 1
+        if not self._allowed(source):
+            self._decide(None, Decision.REFUSED, arrived)
+            if len(data) >= 12 and not data[2] & 0x80:
+                send(error_reply(data[:2], int.from_bytes(data[2:4], "big"), None,
+                                 _RCODE_REFUSED))  # fmt: skip
+            return
+        try:
+            query = parse_query(data)
+        except BadQuery as exc:
+            self._decide(None, Decision.FORMERR, arrived)
+            if exc.txid is not None:
+                send(error_reply(exc.txid, int.from_bytes(data[2:4], "big"), None,
+                                 _RCODE_FORMERR))  # fmt: skip
+            return
+        limit = 65535 if tcp else (query.edns or 512)
+        waiter = _Waiter(query, send, limit, arrived)
+        hit = self.cache.get(query.key(), query.txid, query.question, time.monotonic())
+        if hit is not None:
+            self._answer(waiter, hit, Decision.CACHED, None)
+            return
+        inflight = self._inflight.get(query.key())
+        if inflight is not None and inflight.answered is None:
+            inflight.waiters.append(waiter)
+            return
+        if len(self._pending) >= self.config.max_pending:
+            self._decide(query, Decision.OVERLOADED, arrived)
+            send(error_reply(query.txid, query.flags, query.question, _RCODE_SERVFAIL))
+            return
+        self._ask(query, waiter=waiter)
+
+    def _answer(self, waiter: _Waiter, reply: bytes, decision: Decision, uid: str | None) -> None:
+        query = waiter.query
+        out = bytearray(reply)
+        out[0:2] = query.txid
+        question_end = 12 + len(query.question)
+        if out[12:question_end].lower() == query.question.lower():
+            out[12:question_end] = query.question
+        body = bytes(out)
+        if query.edns is None:
+            body = strip_opt(body)
+        if len(body) > waiter.limit:
+            body = truncated(body, question_end)
+        self._decide(query, decision, waiter.arrived, uid)
+        waiter.send(body)
+
+    def _decide(self, query: Query | None, decision: Decision, arrived: float,
+                uid: str | None = None) -> None:  # fmt: skip
+        self.decisions[decision] += 1
+        if self.config.out is None or query is None:
+            return
+        record = ShieldDecision(
+            time.time(),
+            query.hostname(),
+            type_text(query.qtype),
+            decision,
+            round((time.monotonic() - arrived) * 1000, 3),
+            uid,
+        )
+        self._decision_log += self._encoder.encode(record) + b"\n"
+
+    # -- upstream side --------------------------------------------------------------------
+
+    def _ask(self, query: Query, *, waiter: _Waiter | None = None,
+             calibration: bool = False) -> None:  # fmt: skip
+        txid = secrets.randbits(16)
+        while txid in self._pending:
+            txid = secrets.randbits(16)
+        opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0x8000 if query.do else 0, 0)
+        wire = struct.pack("!HHHHHH", txid, 0x0100, 1, 0, 0, 1) + query.question + opt
+        pending = _Pending(query, txid, wire, time.time_ns(), [waiter] if waiter else [],
+                           calibration=calibration)  # fmt: skip
+        self._pending[txid] = pending
+        if not calibration:
+            self._inflight[query.key()] = pending
+        try:
+            self.upstream.send(wire, self._upstream_addr)
+        except OSError as exc:
+            self.log(f"shield: upstream {self._upstream_addr[0]}: {exc}")
+        loop = self._loop
+        pending.timer = loop.call_later(self.path.hold(), self._expire, pending)
+        if self.config.race and not calibration:
+            self._secure(pending)
+
+    def _on_upstream(self) -> None:
+        self.upstream.drain(self._on_reply, lambda *_a: None)
+
+    def _on_reply(self, data: bytes, src: tuple[str, int], ip_ttl: int | None, stamp: int) -> None:
+        pending = self._pending.get(int.from_bytes(data[:2], "big")) if len(data) >= 2 else None
+        if pending is None or src != self._upstream_addr:
+            self.strays += 1
+            return
+        received = stamp or time.time_ns()
+        rtt = max(0.0, (received - pending.sent_ns) / 1e9)
+        parsed = parse_reply(data)
+        query = pending.query
+        addresses = tuple(a.data for a in parsed.answers if a.rtype in (1, 28))
+        question_end = 12 + len(query.question)
+        seen = Seen(
+            qtype=query.qtype,
+            question_ok=parsed.failure is None and parsed.qname_wire == query.qname_wire
+            and parsed.qtype == query.qtype and parsed.qclass == query.qclass,
+            rtt=rtt, ip_ttl=ip_ttl, edns=parsed.edns, aa=bool((parsed.flags or 0) & AA),
+            name_form="pointer" if data[question_end : question_end + 2] == b"\xc0\x0c" else "full",
+            answer_ttl=parsed.answers[0].ttl if parsed.answers else None,
+            addresses=addresses, has_a=any(a.rtype == 1 for a in parsed.answers),
+        )  # fmt: skip
+        reasons = judge(seen, self.path, self.forged)
+        if pending.calibration:
+            self._calibrated(seen, reasons)
+            return
+        index = len(pending.responses)
+        if self.config.out is not None:
+            pending.responses.append(make_response(
+                data, parsed, src=src[0], sport=src[1], ip_ttl=ip_ttl,
+                t=(received - self._start_ns) / 1e9, rtt=rtt,
+                mismatch=not seen.question_ok,
+            ))  # fmt: skip
+        if reasons:
+            self.drops.update(reasons)
+            pending.dropped.append((index, reasons, addresses))
+            if reasons == (Drop.IP_TTL_OFF,) and time.monotonic() - self._recalibrated > 10:
+                # Only the TTL is off: the path may have changed; calibration says.
+                self._recalibrated = time.monotonic()
+                asyncio.ensure_future(self.calibrate())
+            return
+        if pending.answered is not None:
+            return
+        self.path.learn(rtt, ip_ttl, seen.edns)
+        for _i, why, forged in pending.dropped:
+            if _PATH_SIGNS.intersection(why) and not set(forged) & set(addresses):
+                self.forged.learn(forged)
+        pending.accepted = index
+        if (parsed.flags or 0) & 0x0200:
+            pending.answered = Decision.TCP
+            self._retry_tcp(pending)
+            return
+        self._deliver(pending, data, Decision.ACCEPTED)
+
+    def _calibrated(self, seen: Seen, reasons: tuple[Drop, ...]) -> None:
+        path_tests = {Drop.IP_TTL_OFF, Drop.TOO_FAST}
+        if any(r not in path_tests for r in reasons):
+            return
+        if Drop.IP_TTL_OFF in reasons:
+            self.log(f"shield: the upstream's IP TTL is now {seen.ip_ttl} "
+                     f"(was {self.path.ttl}): relearning the path")  # fmt: skip
+            self.path.relearn()
+        self.path.learn(seen.rtt, seen.ip_ttl, seen.edns)
+
+    def _deliver(self, pending: _Pending, reply: bytes, decision: Decision) -> None:
+        pending.answered = decision
+        self.cache.put(pending.query.key(), reply, time.monotonic())
+        self._inflight.pop(pending.query.key(), None)
+        for waiter in pending.waiters:
+            self._answer(waiter, reply, decision, pending.uid or self._next_uid(pending))
+        pending.waiters.clear()
+
+    def _next_uid(self, pending: _Pending) -> str:
+        self._uid += 1
+        pending.uid = f"{self._report_id}_{self._uid:08x}"
+        return pending.uid
+
+    def _expire(self, pending: _Pending, final: bool = False) -> None:
+        """The hold ended: close the query, after the secure channel's answer if it is
+        to give one."""
+        pending.expired = True
+        if pending.answered is None and not pending.calibration and not final:
+            if self.config.secure is not None and not self.config.race:
+                self._secure(pending)
+                return
+            if self.config.race and not pending.secure_done:
+                return  # the racing secure lookup answers or fails it
+        if pending.answered is None and not pending.calibration:
+            self._fail(pending)
+        self._close(pending)
+
+    def _fail(self, pending: _Pending) -> None:
+        pending.answered = Decision.FAILED
+        self._inflight.pop(pending.query.key(), None)
+        uid = pending.uid or self._next_uid(pending)
+        for waiter in pending.waiters:
+            q = waiter.query
+            self._decide(q, Decision.FAILED, waiter.arrived, uid)
+            waiter.send(error_reply(q.txid, q.flags, q.question, _RCODE_SERVFAIL))
+        pending.waiters.clear()
+
+    def _close(self, pending: _Pending) -> None:
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if self._pending.get(pending.txid) is pending:
+            del self._pending[pending.txid]
+        if self._inflight.get(pending.query.key()) is pending:
+            del self._inflight[pending.query.key()]
+        if pending.calibration or self.config.out is None:
+            return
+        self._record(pending)
+
+    def _record(self, pending: _Pending) -> None:
+        query = pending.query
+        dropped = ";".join(
+            f"{i}:{'+'.join(r.value for r in why)}" for i, why, _a in pending.dropped
+        )
+        annotations = {"shield": (pending.answered or Decision.FAILED).value}
+        if pending.accepted is not None:
+            annotations["shield_accepted"] = str(pending.accepted)
+        if dropped:
+            annotations["shield_dropped"] = dropped
+        host, port = self._upstream_addr
+        m = Measurement(
+            schema_version=records.SCHEMA_VERSION,
+            measurement_uid=pending.uid or self._next_uid(pending),
+            report_id=self._report_id,
+            measurement_start_time=self._start_time,
+            vantage=self.config.vantage,
+            hostname=query.hostname().rstrip(".") or ".",
+            query_type=type_text(query.qtype),
+            engine=Engine.UDP,
+            resolver_address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            target_kind=TargetKind.RESOLVER,
+            transaction_id=pending.txid,
+            source_port=self.upstream.port,
+            t0=(pending.sent_ns - self._start_ns) / 1e9,
+            t=(time.time_ns() - self._start_ns) / 1e9,
+            edns_payload=1232,
+            responses=tuple(pending.responses),
+            annotations=annotations,
+        )
+        records.encode_into(m, self._records)
+
+    # -- the rare paths, in threads -------------------------------------------------------
+
+    def _secure(self, pending: _Pending) -> None:
+        """Ask the secure channel (at once when racing, else when the hold ends)."""
+        server = self.config.secure
+        assert server is not None
+        wire = pending.wire
+        future = self._loop.run_in_executor(self._pool, exchange, server, wire, 5.0)
+
+        def done(f: asyncio.Future[StreamReply]) -> None:
+            pending.secure_done = True
+            reply = None
+            with contextlib.suppress(StreamError, OSError, concurrent.futures.CancelledError,
+                                     asyncio.CancelledError):  # fmt: skip
+                reply = f.result()
+            payload = getattr(reply, "payload", None)
+            ok = isinstance(payload, bytes) and len(payload) >= 12 and payload[:2] == wire[:2]
+            if ok and isinstance(payload, bytes):
+                addresses = tuple(a.data for a in parse_reply(payload).answers
+                                  if a.rtype in (1, 28))  # fmt: skip
+                # A secure channel can serve a poisoned cache too (dnscrypt-proxy#1315).
+                ok = not any(self.forged(a) for a in addresses)
+            if pending.answered is None and pending.waiters:
+                if ok and isinstance(payload, bytes):
+                    self._deliver(pending, payload, Decision.SECURE)
+                elif pending.expired:
+                    self._fail(pending)
+            if pending.expired:
+                self._close(pending)
+
+        future.add_done_callback(done)
+
+    def _retry_tcp(self, pending: _Pending) -> None:
+        host, port = self._upstream_addr
+        server = StreamServer(Engine.TCP, host, port)
+        future = self._loop.run_in_executor(self._pool, exchange, server, pending.wire, 5.0)
+
+        def done(f: asyncio.Future[StreamReply]) -> None:
+            reply = None
+            with contextlib.suppress(StreamError, OSError, concurrent.futures.CancelledError,
+                                     asyncio.CancelledError):  # fmt: skip
+                reply = f.result()
+            payload = getattr(reply, "payload", None)
+            if isinstance(payload, bytes) and payload[:2] == pending.wire[:2] and pending.waiters:
+                self._deliver(pending, payload, Decision.TCP)
+            elif pending.waiters:
+                self._fail(pending)
+
+        future.add_done_callback(done)
+
+    # -- what it writes -------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        out = self.config.out
+        if out is None:
+            self._records.clear()
+            self._decision_log.clear()
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        for name, buf in (("measurements.jsonl", self._records),
+                          ("decisions.jsonl", self._decision_log)):  # fmt: skip
+            if buf:
+                with open(out / name, "ab") as handle:
+                    handle.write(buf)
+                if self.spool is not None and buf is self._records:
+                    self.spool.add(bytes(buf).splitlines(keepends=True))
+                buf.clear()
+        state = out / "shield.json"
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=1))
+        os.replace(tmp, state)
+
+    def state(self) -> dict[str, object]:
+        """Counters and what was learned of the path (``shield.json``)."""
+        return {
+            "upstream": f"{self._upstream_addr[0]}:{self._upstream_addr[1]}",
+            "listening": list(self.listening) if self.listening else None,
+            "queries": self.queries,
+            "decisions": {d.value: self.decisions[d] for d in Decision},
+            "drops": {d.value: self.drops[d] for d in Drop},
+            "strays": self.strays,
+            "pending": len(self._pending),
+            "cache": {"entries": len(self.cache), "hits": self.cache.hits},
+            "path": {"least_rtt_ms": None if self.path.least_rtt is None
+                     else round(self.path.least_rtt * 1000, 3),
+                     "ip_ttl": self.path.ttl, "echoes_opt": self.path.echoes_opt,
+                     "hold_ms": round(self.path.hold() * 1000, 1),
+                     "samples": len(self.path.rtts)},
+            "learned_forged": len(self.forged.learned),
+        }  # fmt: skip
