@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -614,3 +615,164 @@ def test_the_other_scenarios_on_the_cluster_too(lab, tmp_path, sweep_and_analyze
     if name == "gfw-2014-01-21":
         assert got["www.example.com"] == "on_path_injector"
         assert got["www.example.cn"] == "none"
+
+
+def _spawn(node: str, log: object, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns.ns_name(node), sys.executable, "-m", *args],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _shield(node: str, out: object, port: int, *args: str) -> subprocess.Popen[bytes]:
+    from pathlib import Path
+
+    folder = Path(str(out))
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "shield.log", "wb") as log:  # the child keeps its own descriptor
+        proc = _spawn(node, log, "wallwatch", "shield", "--listen", f"127.0.0.1:{port}",
+                      "-o", str(folder), *args)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not (folder / "shield.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            folder / "shield.log"
+        ).read_text()
+        time.sleep(0.1)
+    return proc
+
+
+def _users(node: str, out: object, *args: str) -> list[dict[str, object]]:
+    from pathlib import Path
+
+    path = Path(str(out))
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns.ns_name(node), sys.executable, "-m", "wallwatch.lab.users",
+         "--out", str(path), *args], capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _genuine_share(lookups: list[dict[str, object]]) -> float:
+    return sum(1 for r in lookups if r["answer"] == zones.genuine_address(str(r["name"]))) / max(
+        1, len(lookups)
+    )
+
+
+def test_shield_in_the_2014_replay(lab, tmp_path) -> None:  # noqa: ANN001
+    s = lab("gfw-2014-01-21")
+    truth = {t.attribution: t for t in s.truth}
+    forged = truth["on_path_injector"].answer
+    start = s.seconds(truth["on_path_injector"].start)
+    shields = [
+        _shield("client1", tmp_path / "shield", 5353, "--upstream", "8.8.8.8"),
+        _shield("client1", tmp_path / "isp", 5355, "--upstream", "10.10.2.53"),
+        _shield("client1", tmp_path / "isp-dot", 5354, "--upstream", "10.10.2.53",
+                "--secure", "dot:8.8.8.8"),
+    ]  # fmt: skip
+    try:
+        wait_clock(start + 60)
+        # The issue's own check: through the shield the genuine address, plain the forgery.
+        assert dig("client1", "127.0.0.1", "www.example.com", "-p", "5353") == [
+            zones.genuine_address("www.example.com")
+        ]
+        assert dig("client1", "8.8.8.8", "www.example.com") == [forged]
+        # The same users, with and without the shield, in the injection window.
+        common = ("--users", "40", "--think", "0.1", "--duration", "8", "--tlds", "com,net,org")
+        with_shield: list[dict[str, object]] = []
+        plain: list[dict[str, object]] = []
+        runners = [
+            threading.Thread(target=lambda: with_shield.extend(_users(
+                "client1", tmp_path / "users-shield.jsonl", "--resolver", "127.0.0.1:5353", *common))),
+            threading.Thread(target=lambda: plain.extend(_users(
+                "client2", tmp_path / "users-plain.jsonl", "--resolver", "8.8.8.8", *common))),
+        ]  # fmt: skip
+        for runner in runners:
+            runner.start()
+        for runner in runners:
+            runner.join()
+        assert wait_clock_now() < s.seconds(truth["on_path_injector"].end)
+        assert len(with_shield) >= 500 and len(plain) >= 500
+        assert _genuine_share(with_shield) >= 0.999, _genuine_share(with_shield)
+        assert _genuine_share(plain) <= 0.01
+        assert all(r["connected"] for r in with_shield)
+        # The flood, measured at the sink: the plain users' connections to the forged host.
+        time.sleep(1.0)
+        sink = json.loads((topology.state_dir() / "sink-connections.json").read_text())
+        to_forged = sum(c.get(forged, 0) for c in sink.values())
+        to_genuine = sum(n for c in sink.values() for a, n in c.items() if a != forged)
+        assert to_forged >= 0.99 * len(plain)
+        assert to_genuine >= len(with_shield)
+        # The ISP's poisoned cache: waiting cannot fix it (SERVFAIL, never the forgery);
+        # the secure channel can.
+        assert dig("client1", "10.10.2.53", "www.example.org") == [forged]
+        assert dig("client1", "127.0.0.1", "www.example.org", "-p", "5355", "+time=4") == []
+        assert dig("client1", "127.0.0.1", "www.example.org", "-p", "5354", "+time=4") == [
+            zones.genuine_address("www.example.org")
+        ]
+    finally:
+        for proc in shields:
+            proc.terminate()
+            proc.wait(timeout=30)
+    state = json.loads((tmp_path / "isp-dot" / "shield.json").read_text())
+    assert state["decisions"]["secure"] >= 1 and state["drops"]["forged_pool"] >= 1
+    state = json.loads((tmp_path / "shield" / "shield.json").read_text())
+    assert state["decisions"]["accepted"] >= 1 and state["path"]["echoes_opt"] is True
+
+
+def wait_clock_now() -> float:
+    return float(json.loads((topology.state_dir() / "border-stats.json").read_text())["clock"])
+
+
+def test_shield_against_three_injectors(lab, tmp_path) -> None:  # noqa: ANN001
+    lab("gfw-steady")
+    shield = _shield("client1", tmp_path / "shield", 5353, "--upstream", "8.8.8.8",
+                     "--cache-size", "0")  # fmt: skip
+    try:
+        lookups = _users("client1", tmp_path / "load.jsonl", "--resolver", "127.0.0.1:5353",
+                         "--users", "250", "--think", "0", "--duration", "12", "--zipf", "0.3",
+                         "--no-connect")  # fmt: skip
+    finally:
+        shield.terminate()
+        shield.wait(timeout=30)
+    assert len(lookups) >= 10_000, len(lookups)
+    forged = [
+        r
+        for r in lookups
+        if r["answer"] is not None and r["answer"] != zones.genuine_address(str(r["name"]))
+    ]
+    assert forged == []  # 0 forged accepted
+    measured = [r for line in (tmp_path / "shield" / "measurements.jsonl").read_bytes().splitlines()
+                if isinstance(r := records.decode(line), Measurement)]  # fmt: skip
+    # A lookup left unanswered is one whose resolver itself serves the forgery: 8.8.8.8
+    # recursing to the .cn servers inside crosses the border and caches the injector's
+    # answer (collateral damage, [ccr-2012]). Waiting cannot fix that (docs/shield.md).
+    poisoned = {m.hostname for m in measured if m.annotations["shield"] == "failed"
+                and any(r.edns and "forged_pool" in part
+                        for r, part in zip(m.responses, _reasons(m), strict=True))}  # fmt: skip
+    failed = {str(r["name"]) for r in lookups if r["answer"] is None}
+    assert failed <= poisoned and all(n.endswith(".cn") for n in poisoned)
+    assert len([r for r in lookups if r["answer"] is None]) <= 0.01 * len(lookups)
+    censored = [m for m in measured if "shield_dropped" in m.annotations]
+    assert len(censored) >= 1000
+    genuine_dropped = 0
+    for m in measured:
+        genuine = zones.genuine_address(m.hostname)
+        for part in m.annotations.get("shield_dropped", "").split(";"):
+            if part:
+                index = int(part.split(":")[0])
+                genuine_dropped += any(a.ipv4 == genuine for a in m.responses[index].answers)
+    assert genuine_dropped == 0
+    state = json.loads((tmp_path / "shield" / "shield.json").read_text())
+    # Every injector was there: pointer forgeries with and without AA, no OPT throughout.
+    assert state["drops"]["no_opt"] >= len(censored) and state["drops"]["injector_profile"] >= 1
+
+
+def _reasons(m: Measurement) -> list[str]:
+    """Each response's drop reasons ('' for the accepted one)."""
+    out = [""] * len(m.responses)
+    for part in m.annotations.get("shield_dropped", "").split(";"):
+        if part:
+            index, _, why = part.partition(":")
+            out[int(index)] = why
+    return out

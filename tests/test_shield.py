@@ -153,7 +153,7 @@ def test_no_genuine_reply_means_servfail_or_the_secure_channel(serve, shield_on,
     )
     upstream = serve(poisoned)
     shield, port = shield_on(upstream.address)
-    shield.path.rtts.extend([0.001] * 8)  # a short hold for the test
+    shield.path.rtts.extend([0.001] * 8)  # the shortest hold, for the test
     reply = ask(port, "www.example.com")
     assert reply.rcode() == dns.rcode.SERVFAIL and not reply.answer
     assert addresses(ask(port, "www.example.net")) == ["93.184.216.35"]

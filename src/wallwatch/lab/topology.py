@@ -69,8 +69,28 @@ def nodes(scenario: Scenario) -> list[Node]:
              "authoritative root/com/net/org/zones (BIND9)"),
         Node("pubdns", "outside", ("8.8.8.8",), "public resolver (Unbound)"),
         Node("outside", "outside", ("100.64.0.10",), "outside vantage"),
-        Node("sink", "outside", sink, "hosts at the forged addresses (counting)"),
+        Node("sink", "outside", (*sink, *(h for h in genuine_hosts() if h not in sink)),
+             "hosts at the forged and the genuine addresses (counting connections)"),
     ]  # fmt: skip
+
+
+def _certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed key and certificate for a lab server's TLS (the lab's own CA-less
+    world: a shield checks it by pinning nothing, ``dot:8.8.8.8`` without a name)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key, cert = directory / "tls.key", directory / "tls.pem"
+    netns.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+               "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj",
+               f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"])  # fmt: skip
+    return key, cert
+
+
+def genuine_hosts() -> tuple[str, ...]:
+    """The genuine addresses of the lab's names: the sink holds them too, so a user who
+    got the genuine answer reaches a host (and is counted apart from the forged ones)."""
+    names = lab_names()
+    return tuple(sorted({zones.genuine_address(n) for n in
+                         [*names, *(zones.registered_domain(n) for n in names)]}))  # fmt: skip
 
 
 def state_dir() -> Path:
@@ -270,8 +290,9 @@ def _start_processes(
             cache_max = max(1, round(scenario.resolver_cache_max / scenario.time_scale))
         # The ISP's resolver logs dnstap for its operator (``wallwatch passive --lab``).
         tap = dnstap_socket() if node == "isp" else None
+        tls = _certificate(directory / node, "dns.google") if node == "pubdns" else None
         conf.write_text(zones.unbound_conf(directory / node, address, hijack, port=port, root=root,
-                                           cache_max_ttl=cache_max, dnstap=tap))  # fmt: skip
+                                           cache_max_ttl=cache_max, dnstap=tap, tls=tls))  # fmt: skip
         netns.spawn(
             by_name[node].ns, ["unbound", "-d", "-c", str(conf)], str(directory / f"{node}.log")
         )

@@ -116,8 +116,12 @@ def unbound_conf(
     root: str = ROOT_IP,
     cache_max_ttl: int | None = None,
     dnstap: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> str:
     """An Unbound recursive resolver on ``address`` whose root hint is ``root``.
+
+    ``tls``: (key, certificate) to also answer DNS over TLS on port 853 (RFC 7858), the
+    secure channel a user's shield falls back to (the injector reacts to UDP only).
 
     ``dnstap``: a Unix socket its dnstap goes to (the answers to users and from upstream
     servers, for ``wallwatch passive``); Unbound connects when a receiver listens there.
@@ -151,6 +155,9 @@ def unbound_conf(
         # connections, would queue a minute's round behind the path delay).
         "    incoming-num-tcp: 128",
     ]
+    if tls is not None:
+        lines += [f"    interface: {address}@853", "    tls-port: 853",
+                  f'    tls-service-key: "{tls[0]}"', f'    tls-service-pem: "{tls[1]}"']  # fmt: skip
     if cache_max_ttl is not None:
         lines.append(f"    cache-max-ttl: {cache_max_ttl}")
     for name, answer in (hijack or {}).items():

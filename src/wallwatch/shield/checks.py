@@ -36,9 +36,12 @@ _TEREDO = re.compile(TEREDO)
 #: that a changed path is relearned within minutes.
 SAMPLES = 64
 #: The hold before any RTT is learned, and its bounds once learned (seconds). Hold-On
-#: ran 5/10/15 s timers; GFWatch held 364 ms inside China ([gfwatch-2021]).
+#: ran 5/10/15 s timers; GFWatch held every answer 364 ms inside China ([gfwatch-2021]).
+#: The shield gives the first reply that passes at once, so the hold only bounds the
+#: wait when none does: too short turns a slow genuine answer (a resolver recursing
+#: across the border) into a failure, too long only delays a failure. So it is generous.
 DEFAULT_HOLD = 2.0
-MIN_HOLD = 0.15
+MIN_HOLD = 1.0
 MAX_HOLD = 5.0
 
 
@@ -96,12 +99,13 @@ class PathModel:
         return min(counts, key=lambda t: (-counts[t], t))
 
     def hold(self) -> float:
-        """How long to wait for a genuine reply: twice the 95th percentile of the learned
-        RTTs plus 50 ms, within [MIN_HOLD, MAX_HOLD]; DEFAULT_HOLD before learning."""
-        if len(self.rtts) < 4:
+        """How long to wait for a genuine reply: three times the slowest learned RTT (the
+        95th percentile once there are 20) plus 100 ms, within [MIN_HOLD, MAX_HOLD];
+        DEFAULT_HOLD before anything is learned."""
+        if not self.rtts:
             return DEFAULT_HOLD
-        high = statistics.quantiles(self.rtts, n=20)[-1]
-        return min(MAX_HOLD, max(MIN_HOLD, 2 * high + 0.05))
+        high = statistics.quantiles(self.rtts, n=20)[-1] if len(self.rtts) >= 20 else max(self.rtts)
+        return min(MAX_HOLD, max(MIN_HOLD, 3 * high + 0.1))
 
 
 @dataclass(frozen=True, slots=True)

@@ -608,9 +608,12 @@ class Shield:
         def done(f: asyncio.Future[StreamReply]) -> None:
             pending.secure_done = True
             reply = None
-            with contextlib.suppress(StreamError, OSError, concurrent.futures.CancelledError,
-                                     asyncio.CancelledError):  # fmt: skip
+            try:
                 reply = f.result()
+            except (StreamError, OSError) as exc:
+                self.log(f"shield: secure channel {server.resolver_address}: {exc}")
+            except (concurrent.futures.CancelledError, asyncio.CancelledError):
+                pass
             payload = getattr(reply, "payload", None)
             ok = isinstance(payload, bytes) and len(payload) >= 12 and payload[:2] == wire[:2]
             if ok and isinstance(payload, bytes):
