@@ -278,6 +278,15 @@ def test_demo_watches_2014_in_the_namespace_lab(tmp_path) -> None:  # noqa: ANN0
     assert proofs or "upstream/udp (resolver)" in seen["scope"]["resolvers"]
     for ex in event["examples"]:
         assert ex["dig"].startswith("; <<>> wallwatch")
+    # The flood, measured at the sink: the plain users behind the ISP resolver connected
+    # to 65.49.2.178; the users behind a shield reached the genuine hosts.
+    flood = event["flood"]
+    assert flood["address"] == "65.49.2.178" and flood["connections"] >= 100
+    assert flood["peak_per_second"] >= 1 and flood["connections_elsewhere"] >= 100
+    assert event["flood_series"] and not any("connection counts" in m for m in report["missing"])
+    shielded = [json.loads(x) for x in (out / "users-shield.jsonl").read_text().splitlines()]
+    genuine = [r for r in shielded if r["answer"] == zones.genuine_address(r["name"])]
+    assert len(shielded) >= 200 and len(genuine) >= 0.999 * len(shielded)
     from conftest import check_report_in_browser
 
     check_report_in_browser(out / "report.html", tmp_path)
@@ -309,6 +318,14 @@ def _watch_the_dashboard_live(url: str, replay: object) -> None:
         page.wait_for_function(
             "document.querySelectorAll('[data-vantage]').length == 2", timeout=30000
         )
+        # The event's flood, measured at the sink, drawn on the dashboard.
+        counted = 0
+        while not counted and time.monotonic() < deadline + 240:
+            page.click("[data-event] a")
+            page.wait_for_selector("#flood[data-connections]", timeout=30000)
+            counted = int(page.get_attribute("#flood", "data-connections") or 0)
+            time.sleep(1)
+        assert counted > 0 and page.locator("#flood svg").count() == 1
         browser.close()
 
 

@@ -875,13 +875,24 @@ def watch(
 @click.option(
     "--json", "json_path", default=None, help="Where to write the data [OUT_DIR/report.json]."
 )
-def report(out_dir: str, html_path: str | None, json_path: str | None) -> None:
+@click.option("--connections", "connections_file", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Connections the hosts counted per second and address (JSON; the lab's "
+                   "sink writes it): each event's flood is then measured.")  # fmt: skip
+def report(out_dir: str, html_path: str | None, json_path: str | None,
+           connections_file: str | None) -> None:  # fmt: skip
     """Write the evidence report (HTML + JSON + pcap) of a watch directory."""
+    from wallwatch import flood
     from wallwatch import report as report_module
 
     out = Path(out_dir)
+    try:
+        connections = flood.load(Path(connections_file)) if connections_file else None
+    except flood.FloodError as exc:
+        raise click.BadParameter(str(exc), param_hint="--connections") from None
     data = report_module.write(out, html_path=Path(html_path) if html_path else None,
-                               json_path=Path(json_path) if json_path else None)  # fmt: skip
+                               json_path=Path(json_path) if json_path else None,
+                               connections=connections)  # fmt: skip
     for line in data["missing"]:
         click.echo(f"report: {line}", err=True)
     click.echo(f"{len(data['events'])} event(s); {html_path or out / 'report.html'}")
@@ -1032,10 +1043,13 @@ def netinfo(
               help="A vantage's own address, for the evidence pcap (repeatable).")  # fmt: skip
 @click.option("--public-url", default=None, type=_Url(), metavar="URL",
               help="Where readers reach this collector (alerts' permalinks); default: --listen.")  # fmt: skip
+@click.option("--connections", "connections_file", default=None, type=click.Path(dir_okay=False),
+              help="A file of the connections hosts counted per second and address (the "
+                   "lab's sink, on the events' clock), served at /api/v1/connections.")  # fmt: skip
 @with_dataset_options
 def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...], private: bool,
           grace: float, budget: float, panel: str | None, locals_: tuple[str, ...],
-          public_url: str | None, dataset: str | None,
+          public_url: str | None, connections_file: str | None, dataset: str | None,
           storage_option: tuple[str, ...]) -> None:  # fmt: skip
     """The observatory: collector, API and live dashboard in one process."""
     import uvicorn
@@ -1068,7 +1082,8 @@ def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...]
                           panel=Path(panel) if panel else None, local=local,
                           public_url=public_url or (None if uds else where),
                           dataset=target)  # fmt: skip
-    app = create_app(collector, Tokens(data), private=private, budget=budget)
+    app = create_app(collector, Tokens(data), private=private, budget=budget,
+                     connections=Path(connections_file) if connections_file else None)  # fmt: skip
     err.print(f"wallwatch serve: {data} on {where}", highlight=False)
     # uvicorn re-raises the SIGTERM it caught once it has stopped; as an exception here,
     # it lets the collector judge what is pending and save before the process ends.

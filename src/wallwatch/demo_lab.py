@@ -27,8 +27,9 @@ from typing import Any
 
 from rich.console import Console
 
+from wallwatch import flood
 from wallwatch import report as report_module
-from wallwatch.lab import netns, scenario, topology
+from wallwatch.lab import netns, scenario, topology, zones
 from wallwatch.observatory.tokens import Tokens
 from wallwatch.watch import Clock, Vantage
 
@@ -85,10 +86,12 @@ def run_lab_demo(
     port = _free(port)
     url = f"http://127.0.0.1:{port}"
     serve_args = [sys.executable, "-m", "wallwatch", "serve", "--data", str(collector_dir),
-                  "--listen", f"127.0.0.1:{port}", "--grace", "5", "--panel", str(names)]  # fmt: skip
+                  "--listen", f"127.0.0.1:{port}", "--grace", "5", "--panel", str(names),
+                  "--connections", str(out / "connections.json")]  # fmt: skip
     for name, address in local_addresses(s).items():
         serve_args += ["--local", f"{name}={address}"]
     agents: list[subprocess.Popen[bytes]] = []
+    users: list[subprocess.Popen[bytes]] = []
     operator: subprocess.Popen[bytes] | None = None
     with open(out / "serve.log", "ab") as log:
         server = subprocess.Popen(serve_args, stdout=log, stderr=log, start_new_session=True)
@@ -99,6 +102,7 @@ def run_lab_demo(
         )
         topology.up(s, log=lambda text: console.print(text, highlight=False))
         clock = Clock.lab()
+        users = _start_users(out, minutes * 60 / scale)
         # The ISP's operator: its Unbound's own dnstap, read by wallwatch passive.
         with open(out / "passive.log", "ab") as log:
             operator = subprocess.Popen(
@@ -124,7 +128,9 @@ def run_lab_demo(
         alerts = collector_dir / "judge" / "alerts.jsonl"
         while any(a.poll() is None for a in agents):
             shown = _show_alerts(alerts, shown, console)
+            _export_connections(clock, out / "connections.json")
             time.sleep(0.5)
+        _export_connections(clock, out / "connections.json")
         failed = [a.returncode for a in agents if a.returncode]
         if failed:
             raise RuntimeError(f"an agent failed ({failed}); see {out}/agent-*.log")
@@ -137,7 +143,7 @@ def run_lab_demo(
             sink = {}
     finally:
         topology.down()
-        for agent in [*agents, *([operator] if operator is not None else [])]:
+        for agent in [*agents, *users, *([operator] if operator is not None else [])]:
             if agent.poll() is None:
                 agent.terminate()
                 agent.wait(timeout=30)
@@ -145,8 +151,13 @@ def run_lab_demo(
         server.wait(timeout=60)
     _show_alerts(collector_dir / "judge" / "alerts.jsonl", shown, console)
     console.print("writing the report ...")
+    try:
+        connections = flood.load(out / "connections.json")
+    except flood.FloodError as exc:
+        console.print(f"no connection counts from the sink ({exc})", highlight=False)
+        connections = None
     data = report_module.write(collector_dir, html_path=out / "report.html",
-                               json_path=out / "report.json")  # fmt: skip
+                               json_path=out / "report.json", connections=connections)  # fmt: skip
     if (collector_dir / "evidence.pcap").exists():
         shutil.copyfile(collector_dir / "evidence.pcap", out / "evidence.pcap")
     data["lab_sink"] = sink
@@ -160,6 +171,18 @@ def run_lab_demo(
             f"{event['affected_names']} names; attribution {event['attribution']}",
             highlight=False,
         )
+    for event in data["events"]:
+        if event.get("flood"):
+            f = event["flood"]
+            console.print(f"the flood, measured at the sink: {f['connections']} connections to "
+                          f"{f['address']} (at most {f['peak_per_second']} a second), "
+                          f"{f['connections_elsewhere']} to the genuine hosts", highlight=False)  # fmt: skip
+    shielded = out / "users-shield.jsonl"
+    if shielded.exists():
+        rows = [json.loads(x) for x in shielded.read_text().splitlines()]
+        genuine = sum(1 for r in rows if r.get("answer") == zones.genuine_address(r["name"]))
+        console.print(f"users behind a shield (wallwatch shield, 8.8.8.8 over UDP): {genuine} of "
+                      f"{len(rows)} lookups got the genuine address", highlight=False)  # fmt: skip
     for event in (data["passive"] or {}).get("events", []):
         console.print(
             f"the ISP resolver's own dnstap (wallwatch passive): {event['target_address']} from "
@@ -168,6 +191,43 @@ def run_lab_demo(
         )
     console.print(f"[bold]report:[/] {out / 'report.html'} (and report.json, evidence.pcap)")
     return data
+
+
+def _start_users(out: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
+    """Emulated users for the whole replay: plain ones behind the ISP resolver (client2),
+    as most users were in 2014, and as many behind a shield in client1 that asks 8.8.8.8
+    over UDP. Both connect to the address they get; the sink counts the connections."""
+    procs: list[subprocess.Popen[bytes]] = []
+    with open(out / "shield.log", "ab") as log:
+        procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", netns.ns_name("client1"), sys.executable, "-m", "wallwatch",
+             "shield", "--listen", "127.0.0.1:5353", "--upstream", "8.8.8.8",
+             "-o", str(out / "shield")],
+            stdout=log, stderr=log, start_new_session=True))  # fmt: skip
+    deadline = time.monotonic() + 15
+    while not (out / "shield" / "shield.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for node, resolver, name in (("client2", "10.10.2.53", "plain"),
+                                 ("client1", "127.0.0.1:5353", "shield")):  # fmt: skip
+        with open(out / f"users-{name}.log", "ab") as log:
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", netns.ns_name(node), sys.executable, "-m",
+                 "wallwatch.lab.users", "--resolver", resolver, "--users", "20", "--think", "1",
+                 "--duration", f"{seconds:.0f}", "--out", str(out / f"users-{name}.jsonl")],
+                stdout=log, stderr=log, start_new_session=True))  # fmt: skip
+    return procs
+
+
+def _export_connections(clock: Clock, path: Path) -> None:
+    """The sink's counts (real seconds) on the scenario's clock, for the collector and
+    the report; a count the sink is still writing is read next time."""
+    try:
+        counted = flood.load(topology.state_dir() / "sink-connections.json")
+    except flood.FloodError:
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({str(k): v for k, v in flood.retime(counted, clock.at).items()}))
+    tmp.replace(path)
 
 
 def _free(port: int) -> int:

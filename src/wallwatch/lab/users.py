@@ -12,7 +12,7 @@ that matches its query, as libc's does) and opens a TCP connection to port 80 or
 
 Run in a lab node: ``wallwatch lab exec client1 -- python -m wallwatch.lab.users
 --resolver 8.8.8.8 --users 50 --duration 20 --out users.jsonl``. One JSON line per
-lookup; a summary on stdout at the end.
+lookup, written as it happens; a summary on stdout at the end.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
+from typing import IO
 
 import dns.asyncquery
 import dns.exception
@@ -40,7 +41,7 @@ def popular_names() -> list[str]:
 
 
 async def _user(index: int, args: argparse.Namespace, names: list[str], weights: list[float],
-                until: float, out: list[dict[str, object]]) -> None:  # fmt: skip
+                until: float, out: list[dict[str, object]], log: IO[str]) -> None:  # fmt: skip
     rng = random.Random(args.seed * 100003 + index)
     host, _, port = args.resolver.partition(":")
     while time.monotonic() < until:
@@ -71,6 +72,8 @@ async def _user(index: int, args: argparse.Namespace, names: list[str], weights:
             except (OSError, TimeoutError):
                 record["connected"] = False
         out.append(record)
+        log.write(json.dumps(record) + "\n")  # as it happens: a killed run keeps its lookups
+        log.flush()
         await asyncio.sleep(rng.expovariate(1.0 / args.think) if args.think > 0 else 0)
 
 
@@ -81,7 +84,9 @@ async def run(args: argparse.Namespace) -> list[dict[str, object]]:
     weights = [1.0 / (rank**args.zipf) for rank in range(1, len(names) + 1)]
     until = time.monotonic() + args.duration
     out: list[dict[str, object]] = []
-    await asyncio.gather(*(_user(i, args, names, weights, until, out) for i in range(args.users)))
+    with open(args.out, "w") as log:
+        await asyncio.gather(*(_user(i, args, names, weights, until, out, log)
+                               for i in range(args.users)))  # fmt: skip
     return out
 
 
@@ -107,9 +112,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.users < 1 or args.duration <= 0 or args.think < 0 or args.timeout <= 0:
         parser.error("--users must be >= 1, --duration and --timeout > 0, --think >= 0")
     records = asyncio.run(run(args))
-    with open(args.out, "w") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
     answers = Counter(str(r.get("answer")) for r in records)
     print(json.dumps({"lookups": len(records), "top_answers": answers.most_common(5),
                       "connected": sum(1 for r in records if r.get("connected"))}))  # fmt: skip

@@ -13,6 +13,7 @@ import asyncio
 import csv
 import hashlib
 import io
+import ipaddress
 import json
 import tempfile
 import time
@@ -26,7 +27,7 @@ from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from wallwatch import __version__
+from wallwatch import __version__, flood
 from wallwatch.analysis.aggregate import axis_sql
 from wallwatch.escape import json_for_html
 from wallwatch.events.detector import minute_iso
@@ -85,8 +86,9 @@ class Budget:
 
 
 def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
-               budget: float = 60.0) -> FastAPI:  # fmt: skip
-    """The ASGI app of one collector; ``budget``: server seconds per client per minute."""
+               budget: float = 60.0, connections: Path | None = None) -> FastAPI:  # fmt: skip
+    """The ASGI app of one collector; ``budget``: server seconds per client per minute;
+    ``connections``: the hosts' connection counts (:mod:`wallwatch.flood`), if any."""
     app = FastAPI(title="wallwatch observatory", version=__version__,
                   description="Uploads from vantages, the judgement across them, events and alerts.")  # fmt: skip
     limits = Budget(budget)
@@ -438,6 +440,27 @@ def create_app(collector: Collector, tokens: Tokens, *, private: bool = False,
         deliveries = json_lines(collector.data / "deliveries.jsonl")
         for row in rows:
             row["deliveries"] = [d for d in deliveries if d.get("id") == row.get("id")]
+        return _answer(rows, started, len(rows))
+
+    @app.get("/api/v1/connections")
+    def connections_of(
+        address: Annotated[str, Query(max_length=64)],
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Connections the hosts at ``address`` received per second, as they counted them
+        (the flood measured; empty when no host counts)."""
+        reader(authorization)
+        started = time.perf_counter()
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise HTTPException(422, "address: not an IP address") from None
+        rows: list[dict[str, Any]] = []
+        if connections is not None and connections.exists():
+            try:
+                rows = flood.series(flood.load(connections), address)
+            except flood.FloodError as exc:
+                raise HTTPException(503, f"the connections file is unreadable: {exc}") from None
         return _answer(rows, started, len(rows))
 
     @app.get("/api/v1/vantages")

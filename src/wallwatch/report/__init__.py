@@ -12,13 +12,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from wallwatch.flood import PerSecond
+
 
 def write(out: Path, *, html_path: Path | None = None, json_path: Path | None = None,
-          db: Path | None = None) -> dict[str, Any]:  # fmt: skip
-    """Build the report of a watch directory; write ``report.html`` and ``report.json``."""
+          db: Path | None = None, connections: PerSecond | None = None) -> dict[str, Any]:  # fmt: skip
+    """Build the report of a watch directory; write ``report.html`` and ``report.json``.
+
+    ``connections``: the hosts' connection counts (:mod:`wallwatch.flood`), when measured."""
     from wallwatch.report import evidence, html
 
-    report = evidence.build(out, db=db)
+    report = evidence.build(out, db=db, connections=connections)
     (json_path or out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     (html_path or out / "report.html").write_text(html.render(report))
     return report

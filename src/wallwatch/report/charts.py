@@ -98,6 +98,22 @@ def cusum_trace(report: dict[str, Any]) -> dict[str, Any] | None:
     return _spec((line + rule).properties(width=WIDTH, height=220, title=title))
 
 
+def flood(report: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """Connections per second the host at the event's address received, as measured."""
+    rows = [{"t": _local(r["t"]), "connections": r["connections"]} for r in event["flood_series"]]
+    chart = (
+        alt.Chart(_data(rows))
+        .mark_area(line=True, opacity=0.4)
+        .encode(
+            x=alt.X("t:T", title=f"time ({_zone(report)})", axis=alt.Axis(format="%H:%M")),
+            y=alt.Y("connections:Q", title=f"connections to {event['target_address']}"),
+            tooltip=["t:T", "connections:Q"],
+        )
+    )
+    return _spec(chart.properties(width=WIDTH, height=160,
+                                  title="The flood, measured at the host"))  # fmt: skip
+
+
 def bars(rows: list[dict[str, Any]], x: str, y: str, title: str, x_title: str) -> dict[str, Any]:
     chart = (
         alt.Chart(_data(rows))
@@ -144,6 +160,8 @@ def for_event(report: dict[str, Any], event: dict[str, Any]) -> list[tuple[str, 
     if families:
         out.append(("families", bars(families, "replies", "family", "Injector families",
                                      "injector-made replies")))  # fmt: skip
+    if event.get("flood_series"):
+        out.append(("flood", flood(report, event)))
     hist = event.get("histograms", {})
     if hist.get("rtt_ms"):
         out.append(("timing", histogram(hist["rtt_ms"], "rtt_ms", "Reply timing",

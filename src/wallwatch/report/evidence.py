@@ -28,11 +28,11 @@ import json
 import statistics
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from wallwatch import store
+from wallwatch import flood, store
 from wallwatch.analysis import pools
 from wallwatch.journal import json_lines, read_records
 from wallwatch.records import Measurement
@@ -295,8 +295,12 @@ def target_uids(db: Path, event: dict[str, Any], limit: int = PCAP_LIMIT) -> lis
     return [str(r[0]) for r in rows]
 
 
-def build(out: Path, *, db: Path | None = None) -> dict[str, Any]:
-    """Gather everything the report shows; write nothing but the store and the pcap."""
+def build(out: Path, *, db: Path | None = None,
+          connections: flood.PerSecond | None = None) -> dict[str, Any]:  # fmt: skip
+    """Gather everything the report shows; write nothing but the store and the pcap.
+
+    ``connections``: what the hosts counted per second (:mod:`wallwatch.flood`, on the
+    events' clock): an event's reach is then measured, not only estimated."""
     from wallwatch.analysis.run import analyze
     from wallwatch.report import pcap
 
@@ -332,6 +336,9 @@ def build(out: Path, *, db: Path | None = None) -> dict[str, Any]:
         missing.append(f"{len(discarded)} round(s) were torn by a crash mid-sweep: their "
                        "records are kept as measurements/*.torn, not judged, and the minute "
                        "was measured again")  # fmt: skip
+    if connections is None:
+        missing.append("no connection counts from the hosts: each event's reach is an "
+                       "estimate from which names were hit, weighted by popularity")  # fmt: skip
     if not files:
         return report
     try:
@@ -371,6 +378,7 @@ def build(out: Path, *, db: Path | None = None) -> dict[str, Any]:
         ev["histograms"] = histograms(db, ev)
         ev["top_addresses"] = top_addresses(db, ev)
         ev["examples"] = example_uids(db, ev)
+        ev["flood"], ev["flood_series"] = _flood(connections, ev)
         pcap_uids |= {u for _l, u in ev["examples"]} | set(target_uids(db, ev))
         report["events"].append(ev)
     # One pass over the records for every event's examples and the pcap.
@@ -398,6 +406,23 @@ def build(out: Path, *, db: Path | None = None) -> dict[str, Any]:
     # The stream that raised the alarm first leads (its trace is the one drawn).
     report["traces"] = dict(sorted(traces.items(), key=first_alarm)[:4])
     return report
+
+
+def _flood(connections: flood.PerSecond | None,
+           event: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:  # fmt: skip
+    """The event's measured flood and its series (five minutes either side), or None."""
+    if not connections:
+        return None, []
+    onset = datetime.fromisoformat(event["onset"])
+    tz = onset.tzinfo or UTC
+    start = onset.timestamp()
+    over = event.get("over") or event.get("end")
+    end = datetime.fromisoformat(over).timestamp() + 60 if over else None
+    near = {s: c for s, c in connections.items()
+            if s >= start - 300 and (end is None or s <= end + 300)}  # fmt: skip
+    return flood.for_event(connections, event["target_address"], start, end, tz), flood.series(
+        near, event["target_address"], tz
+    )
 
 
 def _event_streams(report: dict[str, Any], event: dict[str, Any]) -> set[str]:
