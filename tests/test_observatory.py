@@ -704,3 +704,30 @@ def test_passive_ships_each_closed_minute_and_the_collector_sees_the_event(
     assert not list((out / "spool").glob("*.gz"))  # the spool drained
     events = _events(s, 20)
     assert events and events[0]["target_address"] == FORGED
+
+
+def test_the_measured_flood_is_served_and_its_file_checked(server, tmp_path: Path) -> None:  # noqa: ANN001
+    from wallwatch import flood
+
+    counts = tmp_path / "connections.json"
+    s = server("--connections", str(counts))
+    # No file yet: nothing measured, said as an empty answer.
+    status, body, _ = s.get("/api/v1/connections?address=65.49.2.178")
+    assert status == 200 and json.loads(body)["results"] == []
+    counts.write_text(json.dumps({"1390288500": {"65.49.2.178": 40, "192.0.2.7": 3},
+                                  "1390288501": {"65.49.2.178": 55}}))  # fmt: skip
+    rows = json.loads(s.get("/api/v1/connections?address=65.49.2.178")[1])["results"]
+    assert [r["connections"] for r in rows] == [40, 55]
+    assert s.get("/api/v1/connections?address=%3Cscript%3E")[0] == 422
+    assert s.get("/api/v1/connections")[0] == 422
+    counts.write_text(json.dumps({"1390288500": {"65.49.2.178": -1}}))
+    status, body, _ = s.get("/api/v1/connections?address=65.49.2.178")
+    assert status == 503 and b"not a count" in body
+    for junk, where in (([], "object of seconds"), ({"x": {}}, "'x' is not a Unix second"),
+                        ({"1": {"nope": 1}}, "'nope' is not an address")):  # fmt: skip
+        with pytest.raises(flood.FloodError, match=where):
+            flood.parse(junk)
+    per = flood.parse({"100": {"65.49.2.178": 2}, "101": {"65.49.2.178": 5, "192.0.2.1": 1}})
+    summary = flood.for_event(flood.retime(per, lambda t: t * 60), "65.49.2.178", 6000, None)
+    assert summary["connections"] == 7 and summary["peak_per_second"] == 5
+    assert summary["connections_elsewhere"] == 1

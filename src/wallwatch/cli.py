@@ -1415,6 +1415,8 @@ if __name__ == "__main__":  # pragma: no cover
               help="Answers kept (0: no cache).")  # fmt: skip
 @click.option("--max-pending", type=click.IntRange(min=1), default=10000, show_default=True,
               help="Upstream queries in flight at once; beyond it users get SERVFAIL.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="Processes sharing the listening port (one per core for a busy network).")  # fmt: skip
 @click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Write every upstream query as a measurement, every decision, and the "
                    "learned state here.")  # fmt: skip
@@ -1427,11 +1429,12 @@ if __name__ == "__main__":  # pragma: no cover
 @click.option("--token", "upload_token", default=None, envvar="WALLWATCH_TOKEN",
               help="The vantage's upload token (or $WALLWATCH_TOKEN).")  # fmt: skip
 def shield(listen: str, upstream: str, secure: str | None, race: bool, allow: tuple[str, ...],
-           cache_size: int, max_pending: int, out_dir: str | None, vantage: str,
+           cache_size: int, max_pending: int, workers: int, out_dir: str | None, vantage: str,
            duration: float | None, upload_url: str | None,
            upload_token: str | None) -> None:  # fmt: skip
     """A stub resolver that waits out the injector: only replies that pass the checks."""
     import asyncio
+    import dataclasses
     import ipaddress
 
     from wallwatch.probe.stream import parse_stream_server
@@ -1461,7 +1464,46 @@ def shield(listen: str, upstream: str, secure: str | None, race: bool, allow: tu
         raise click.UsageError("--upload needs --out (the spool is kept there)")
     config = ShieldConfig(upstream=(up.address, up.port), listen=(bind.address, bind.port),
                           secure=channel, race=race, allow=nets, cache_size=cache_size,
-                          max_pending=max_pending, out=out, vantage=vantage)  # fmt: skip
+                          max_pending=max_pending, out=out, vantage=vantage,
+                          reuse_port=workers > 1)  # fmt: skip
+    try:
+        config.check()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    children: list[int] = []
+    if workers > 1:
+        # One process per core, sharing the port (SO_REUSEPORT): each learns the path
+        # on its own and writes under OUT/worker-N.
+        for index in range(workers):
+            pid = os.fork()
+            if pid == 0:
+                children.clear()
+                if out is not None:
+                    config = dataclasses.replace(config, out=out / f"worker-{index}")
+                    out = config.out
+                break
+            children.append(pid)
+        if children:
+
+            def forward(*_args: object) -> None:
+                for c in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(c, signal.SIGTERM)
+
+            signal.signal(signal.SIGTERM, forward)
+            signal.signal(signal.SIGINT, forward)
+            failed = 0
+            for child in children:
+                while True:
+                    try:
+                        _pid, status = os.waitpid(child, 0)
+                        break
+                    except InterruptedError:
+                        continue
+                failed += os.waitstatus_to_exitcode(status) != 0
+            if failed:
+                raise click.ClickException(f"{failed} of {workers} shield workers failed")
+            return
     spool = None
     if upload_url and upload_token and out is not None:
         from wallwatch.observatory.agent import Spool

@@ -34,7 +34,11 @@ _TEREDO = re.compile(TEREDO)
 
 #: Samples kept per path: enough for a stable least RTT and commonest TTL, few enough
 #: that a changed path is relearned within minutes.
-SAMPLES = 64
+SAMPLES = 256
+#: Below this, timing cannot tell an injector from the server: a loaded host's
+#: scheduling jitter is as large, so the RTT test applies only to paths at least twice
+#: as long (an injector that gains less than this over the server also wins no race).
+TIMING_FLOOR = 0.005
 #: The hold before any RTT is learned, and its bounds once learned (seconds). Hold-On
 #: ran 5/10/15 s timers; GFWatch held every answer 364 ms inside China ([gfwatch-2021]).
 #: The shield gives the first reply that passes at once, so the hold only bounds the
@@ -66,46 +70,55 @@ class Seen:
 
 @dataclass(slots=True)
 class PathModel:
-    """What one upstream's genuine replies look like, learned as they come."""
+    """What one upstream's genuine replies look like, learned as they come.
+
+    The figures every check reads (least RTT, commonest TTL, the hold) are computed when
+    samples arrive, not per reply: at thousands of replies a second, a quantile over the
+    samples per reply would cost more than the rest of the shield."""
 
     rtts: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
     ttls: deque[int] = field(default_factory=lambda: deque(maxlen=SAMPLES))
     #: Whether the upstream's genuine replies echo OPT (None: not known yet).
     echoes_opt: bool | None = None
+    least_rtt: float | None = None
+    ttl: int | None = None
+    _hold: float = DEFAULT_HOLD
+    _since: int = 0
 
     def learn(self, rtt: float, ip_ttl: int | None, edns: bool) -> None:
         self.rtts.append(rtt)
         if ip_ttl is not None:
             self.ttls.append(ip_ttl)
         self.echoes_opt = edns if self.echoes_opt is None else (self.echoes_opt or edns)
+        self._since += 1
+        if len(self.rtts) < 32 or self._since >= 32:
+            self.refresh()
 
     def relearn(self) -> None:
         """Forget the path (its TTL changed): calibration teaches it again."""
         self.rtts.clear()
         self.ttls.clear()
+        self.refresh()
 
-    @property
-    def least_rtt(self) -> float | None:
-        """Hold-On's expected RTT: the least seen, since a genuine reply is never faster
-        than the path (a resolver's cache only removes its own recursion time)."""
-        return min(self.rtts) if self.rtts else None
-
-    @property
-    def ttl(self) -> int | None:
-        """The commonest IP TTL, the lowest on a tie (as the analysis's baseline)."""
-        if not self.ttls:
-            return None
+    def refresh(self) -> None:
+        """Recompute the figures: Hold-On's expected RTT is the least seen (a genuine reply
+        is never faster than the path; a resolver's cache only removes its recursion); the
+        TTL is the commonest, the lowest on a tie (as the analysis's baseline)."""
+        self._since = 0
+        self.least_rtt = min(self.rtts) if self.rtts else None
         counts = Counter(self.ttls)
-        return min(counts, key=lambda t: (-counts[t], t))
+        self.ttl = min(counts, key=lambda t: (-counts[t], t)) if counts else None
+        if not self.rtts:
+            self._hold = DEFAULT_HOLD
+            return
+        high = statistics.quantiles(self.rtts, n=20)[-1] if len(self.rtts) >= 20 else max(self.rtts)
+        self._hold = min(MAX_HOLD, max(MIN_HOLD, 3 * high + 0.1))
 
     def hold(self) -> float:
         """How long to wait for a genuine reply: three times the slowest learned RTT (the
         95th percentile once there are 20) plus 100 ms, within [MIN_HOLD, MAX_HOLD];
         DEFAULT_HOLD before anything is learned."""
-        if not self.rtts:
-            return DEFAULT_HOLD
-        high = statistics.quantiles(self.rtts, n=20)[-1] if len(self.rtts) >= 20 else max(self.rtts)
-        return min(MAX_HOLD, max(MIN_HOLD, 3 * high + 0.1))
+        return self._hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +153,8 @@ CHECKS: tuple[Check, ...] = (
           and abs(s.ip_ttl - p.ttl) > TTL_SLACK,
           "an IP TTL off the path's learned one ([holdon-2012])"),
     Check(Drop.TOO_FAST,
-          lambda s, p, f: p.least_rtt is not None and s.rtt < FAST_SHARE * p.least_rtt,
+          lambda s, p, f: p.least_rtt is not None and FAST_SHARE * p.least_rtt >= TIMING_FLOOR
+          and s.rtt < FAST_SHARE * p.least_rtt,
           "faster than the path allows: sent from nearer than the server ([holdon-2012])"),
 )  # fmt: skip
 
