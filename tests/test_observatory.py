@@ -731,3 +731,39 @@ def test_the_measured_flood_is_served_and_its_file_checked(server, tmp_path: Pat
     summary = flood.for_event(flood.retime(per, lambda t: t * 60), "65.49.2.178", 6000, None)
     assert summary["connections"] == 7 and summary["peak_per_second"] == 5
     assert summary["connections_elsewhere"] == 1
+
+
+def test_each_shield_is_a_vantage(server, serve, tmp_path: Path) -> None:  # noqa: ANN001
+    """``wallwatch shield --upload URL --token T``: every upstream query the shield made,
+    with each reply and why it was dropped or accepted, reaches the collector once."""
+    from test_shield import MIRROR, ZONE, addresses, ask, injector
+
+    data = tmp_path / "collector"
+    s = server("--grace", "1", data=data)
+    token = _cli("token", "new", "home-shield", "--data", str(data)).stdout.strip().splitlines()[-1]
+    upstream = serve(injector([MIRROR]))
+    port, out = _port(), tmp_path / "shield"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wallwatch", "shield", "--listen", f"127.0.0.1:{port}",
+         "--upstream", f"127.0.0.1:{upstream.address[1]}", "--cache-size", "0", "-o", str(out),
+         "--vantage", "home-shield", "--upload", s.url, "--token", token],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not (out / "shield.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        for name in ["www.example.com", "www.example.net"] * 5:
+            assert addresses(ask(port, name)) == [ZONE[name][0]]
+        time.sleep(2.5)  # closed, written, spooled (each second), sent
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+    written = (out / "measurements.jsonl").read_text().splitlines()
+    assert len(written) == 10
+    rows = json.loads(s.get("/api/v1/measurements?limit=100")[1])["results"]
+    assert len(rows) == 10 and {r["vantage"] for r in rows} == {"home-shield"}
+    assert not list((out / "spool").glob("*.gz"))

@@ -256,3 +256,52 @@ def _dot(spec: str) -> object:
 def test_decisions_are_a_closed_vocabulary() -> None:
     assert {d.value for d in Decision} >= {"accepted", "cached", "secure", "failed"}
     assert Drop.NO_OPT.value == "no_opt"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "wallwatch", "shield", *args],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_bad_options_name_the_option() -> None:
+    for args, where in ((["--upstream", "8.8.8.8:99999"], "--upstream"),
+                        (["--upstream", "8.8.8.8", "--race"], "--race needs --secure"),
+                        (["--upstream", "8.8.8.8", "--secure", "udp:8.8.8.8"], "--secure"),
+                        (["--upstream", "8.8.8.8", "--allow", "10.0.0.0/33"], "--allow"),
+                        (["--upstream", "8.8.8.8", "--upload", "http://x"], "--upload and --token"),
+                        (["--upstream", "8.8.8.8", "--listen", "127.0.0.1:99999"], "--listen")):  # fmt: skip
+        out = _cli(*args)
+        assert out.returncode == 2 and where in out.stderr, (args, out.stderr)
+
+
+def test_a_kill_9_loses_no_closed_measurement(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    upstream = serve(injector([MIRROR]))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    out = tmp_path / "shield"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wallwatch", "shield", "--listen", f"127.0.0.1:{port}",
+         "--upstream", f"127.0.0.1:{upstream.address[1]}", "--cache-size", "0", "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not (out / "shield.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        names = [f"www.example.{t}" for t in ("com", "net")] * 15
+        for name in names:
+            assert addresses(ask(port, name)) == [ZONE[name][0]]
+        time.sleep(0.6)  # every query's linger has ended: all are closed
+        proc.send_signal(9)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = (out / "measurements.jsonl").read_bytes().splitlines()
+    ms = [records.decode(line) for line in lines]
+    assert len(ms) == len(names)  # every one, whole, once
+    assert len((out / "decisions.jsonl").read_text().splitlines()) == len(names)
