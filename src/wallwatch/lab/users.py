@@ -6,11 +6,11 @@ people -- a country's browsers connecting to 65.49.2.178 until it fell over
 *act* on their answers let the lab measure the flood at the sink
 (:mod:`wallwatch.lab.sink`) and show the same users reaching the genuine hosts through
 a shield. Each user picks names by Zipf popularity (web traffic's shape: rank r is
-asked ~1/r^s as often [breslau-1999]), resolves with a plain stub (the first reply
+asked ~1/r^s as often, [jung-2002]), resolves with a plain stub (the first reply
 that matches its query, as libc's does) and opens a TCP connection to port 80 or
 443 of the answer, then thinks for an exponentially distributed time.
 
-Run in a lab node: ``wallwatch lab exec client1 -- python -m wallwatch.lab.users
+Run in a lab node: ``wallwatch lab exec client1 -- .venv/bin/python -m wallwatch.lab.users
 --resolver 8.8.8.8 --users 50 --duration 20 --out users.jsonl``. One JSON line per
 lookup, written as it happens; a summary on stdout at the end.
 """

@@ -120,7 +120,7 @@ def unbound_conf(
 ) -> str:
     """An Unbound recursive resolver on ``address`` whose root hint is ``root``.
 
-    ``tls``: (key, certificate) to also answer DNS over TLS on port 853 (RFC 7858), the
+    ``tls``: (key, certificate) to also answer DNS over TLS on port 853 ([rfc7858]), the
     secure channel a user's shield falls back to (the injector reacts to UDP only).
 
     ``dnstap``: a Unix socket its dnstap goes to (the answers to users and from upstream

@@ -9,11 +9,11 @@ the forged pools (:mod:`wallwatch.analysis.pools`, Teredo), the injectors' signs
 (:data:`wallwatch.analysis.families.SIGNS`), and Hold-On's two path tests with the
 thresholds of :mod:`wallwatch.analysis.signals` (``FAST_SHARE``, ``TTL_SLACK``).
 
-Hold-On's path tests need the path's RTT and IP TTL, learned, never fixed: users of
-fixed delays report that they break ("a static value is not going to work very
-consistently", DPYProxy#25). :class:`PathModel` learns them from replies that passed
-every check and from calibration lookups of the root (a name no blocklist holds),
-and relearns from calibration alone when the path changes.
+Hold-On's path tests need the path's RTT and IP TTL, learned, never fixed: a fixed
+delay (``udp://8.8.8.8:53?delay=45``, "45ms delay seems to be minimal working",
+[phantomsocks-96]) fits one network on one day. :class:`PathModel` learns them from
+replies that passed every check and from calibration lookups of the root (a name no
+blocklist holds), and relearns from calibration alone when the path changes.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def _profile(s: Seen) -> bool:
 
 CHECKS: tuple[Check, ...] = (
     Check(Drop.QUESTION_MISMATCH, lambda s, p, f: not s.question_ok,
-          "a reply must answer the question asked, case for case (RFC 5452)"),
+          "a reply must answer the question asked, case for case ([rfc5452])"),
     Check(Drop.FORGED_POOL, lambda s, p, f: any(f(a) for a in s.addresses),
           "an answer in a published or learned forged pool, or in Teredo 2001::/32 "
           "([gfwatch-2021]; [wallbleed-2025]; [pcap-dnsproxy])"),

@@ -326,7 +326,7 @@ class Shield:
         self._stop.set()
 
     def _random_id(self) -> int:
-        """An unpredictable query ID (RFC 5452), from the OS, a few thousand at a time."""
+        """An unpredictable query ID ([rfc5452]), from the OS, a few thousand at a time."""
         if not self._ids:
             self._ids.extend(memoryview(os.urandom(8192)).cast("H"))
         return self._ids.pop()
@@ -693,7 +693,7 @@ class Shield:
             if ok and isinstance(payload, bytes):
                 addresses = tuple(a.data for a in parse_reply(payload).answers
                                   if a.rtype in (1, 28))  # fmt: skip
-                # A secure channel can serve a poisoned cache too (dnscrypt-proxy#1315).
+                # A secure channel can serve a poisoned cache too ([dnscrypt-proxy-1315]).
                 ok = not any(self.forged(a) for a in addresses)
             if pending.answered is None and pending.waiters:
                 if ok and isinstance(payload, bytes):
