@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import struct
 import time
 
@@ -37,7 +38,7 @@ IPV6 = st.ip_addresses(v=6).map(str)
 def rrsets(draw: st.DrawFn) -> dns.rrset.RRset:
     name = draw(NAMES)
     ttl = draw(st.integers(0, 2**31 - 1))
-    kind = draw(st.sampled_from(["A", "AAAA", "CNAME", "NS", "PTR", "TXT", "MX"]))
+    kind = draw(st.sampled_from(["A", "AAAA", "CNAME", "NS", "PTR", "TXT", "MX", "RRSIG"]))
     if kind == "A":
         values = draw(st.lists(IPV4, min_size=1, max_size=3, unique=True))
     elif kind == "AAAA":
@@ -46,6 +47,13 @@ def rrsets(draw: st.DrawFn) -> dns.rrset.RRset:
         values = [draw(NAMES).to_text()]
     elif kind == "TXT":
         values = ['"' + draw(LABEL) + '"']
+    elif kind == "RRSIG":  # signed answers: the fast path renders them too
+        signature = base64.b64encode(draw(st.binary(min_size=1, max_size=80))).decode()
+        values = [f"{draw(st.sampled_from(['A', 'AAAA', 'NS', 'TYPE65534']))} "
+                  f"{draw(st.integers(0, 255))} {draw(st.integers(0, 255))} "
+                  f"{draw(st.integers(0, 2**32 - 1))} {draw(st.integers(0, 2**32 - 1))} "
+                  f"{draw(st.integers(0, 2**32 - 1))} {draw(st.integers(0, 65535))} "
+                  f"{draw(NAMES).to_text()} {signature}"]  # fmt: skip
     else:
         values = [f"{draw(st.integers(0, 65535))} {draw(NAMES).to_text()}"]
     return dns.rrset.from_text_list(name, ttl, "IN", kind, values)
