@@ -21,22 +21,21 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
-from wallwatch import store
-from wallwatch.analysis.netinfo import AddressInfo, Netinfo
-from wallwatch.analysis.run import AnalysisSummary, analyze_connection
-from wallwatch.explain import explain_with
 from wallwatch.journal import Journal, read_records
-from wallwatch.locate import Location
-from wallwatch.names import QueryName, to_hostname
-from wallwatch.probe.engine import ProbeConfig, Prober
-from wallwatch.probe.stream import parse_stream_server
-from wallwatch.probe.sweep import SweepPlan
 from wallwatch.records import Measurement, Record, encode_into
 from wallwatch.targets import Target, parse_target
 from wallwatch.vocab import Attribution, Engine, Evidence, Outcome
-from wallwatch.wire import qtype_value
+
+if TYPE_CHECKING:
+    from wallwatch.analysis.netinfo import AddressInfo, Netinfo
+    from wallwatch.analysis.run import AnalysisSummary
+    from wallwatch.locate import Location
+    from wallwatch.names import QueryName
+
+# The analysis (DuckDB), the prober, dnspython and the MMDB reader are imported where they
+# are used: ``import wallwatch`` runs before every command, and most need none of them.
 
 Format = Literal["wallwatch", "ooni", "satellite", "pcap", "dnstap"]
 
@@ -84,6 +83,11 @@ def probe(
     ``timeout``, ``window``, ``retries``, ``vantage``...). Records are also appended to
     ``output`` when given. Names that are not names raise ``ValueError``.
     """
+    from wallwatch.probe.engine import ProbeConfig, Prober
+    from wallwatch.probe.stream import parse_stream_server
+    from wallwatch.probe.sweep import SweepPlan
+    from wallwatch.wire import qtype_value
+
     name_list = [names] if isinstance(names, str) else list(names)
     parsed = [_name(n, i) for i, n in enumerate(name_list, 1)]
     target_list = [targets] if isinstance(targets, str) else list(targets)
@@ -102,6 +106,8 @@ def probe(
 
 
 def _name(text: str, line: int) -> QueryName:
+    from wallwatch.names import QueryName, to_hostname
+
     hostname = to_hostname(text)
     return QueryName(hostname, None if hostname == text else text, "python", line)
 
@@ -268,6 +274,8 @@ class Analysis:
                                 tuple(r[5] or ()), bool(r[6]), bool(r[7])) for r in rows]  # fmt: skip
 
     def explain(self, uid: str) -> str:
+        from wallwatch.explain import explain_with
+
         return explain_with(lambda sql: self.con.execute(sql).fetchall(), uid, "the analysis")
 
 
@@ -300,6 +308,8 @@ def load_records(records: Iterable[Record]) -> Any:
 
 def _load(write: Callable[[IO[bytes]], int]) -> Any:
     """A store from the JSON lines ``write`` puts in a file (how many; 0 is an error)."""
+    from wallwatch import store
+
     con = store.connect()
     with tempfile.TemporaryDirectory(prefix="ww-analyze-") as tmp:
         path = Path(tmp) / "records.jsonl"
@@ -326,6 +336,9 @@ def analyze(
     path to a DuckDB store is analysed in place. Origin ASes come from ``netinfo``, else
     from ``mmdb`` snapshots and the bundled table.
     """
+    from wallwatch import store
+    from wallwatch.analysis.run import analyze_connection
+
     if isinstance(records_or_store, str | Path):
         con = store.connect(records_or_store)
     else:
@@ -365,6 +378,7 @@ def locate(
 ) -> Location:
     """The hop where injection starts on the path to ``target`` (queries with rising IP TTL)."""
     from wallwatch.locate import locate as run_locate
+    from wallwatch.wire import qtype_value
 
     where = target if isinstance(target, Target) else parse_target(target)
     return run_locate(
@@ -377,6 +391,8 @@ def netinfo(
     *addresses: str, day: date | None = None, mmdb: str | Path | None = None
 ) -> list[AddressInfo]:
     """Origin AS, organisation and prefix of each address, naming the dataset that said so."""
+    from wallwatch.analysis.netinfo import Netinfo
+
     source = Netinfo(mmdb)
     try:
         return [source.lookup(a, day) for a in addresses]

@@ -27,8 +27,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import maxminddb
-
 from wallwatch.analysis import ipasn
 
 _DATED = re.compile(r"^(\d{8})")
@@ -53,6 +51,8 @@ class NetinfoDB:
         dated.sort()
         self._days = [d for d, _ in dated]
         self.labels = [f"{f.name} sha256:{_file_hash(f)}" for _, f in dated]
+        import maxminddb  # here: only dated snapshots need it, and it costs every start
+
         self._readers: list[Any] = [maxminddb.open_database(str(f)) for _, f in dated]
 
     def _index(self, day: date) -> int:

@@ -33,10 +33,11 @@ from __future__ import annotations
 import ast
 import base64
 import binascii
+import functools
 import gzip
 import hashlib
+import io
 import ipaddress
-import json
 import re
 import zlib
 from collections.abc import Iterator
@@ -151,15 +152,19 @@ class ODoc(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(ODoc).decode
+_ENCODE_SORTED = msgspec.json.Encoder(order="sorted").encode
 _decode_keys = msgspec.json.Decoder(OTestKeys).decode
 
 
 def _open(path: Path) -> IO[bytes]:
     with open(path, "rb") as probe:
         magic = probe.read(2)
+    # A 1 MiB buffer: an OONI line (tens of KB with its HTTP bodies) is then found in the
+    # buffer in one scan, where the default 8 KB buffer read each line in pieces and
+    # joined them (a sixth of an import, measured).
     if magic == b"\x1f\x8b":
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    return open(path, "rb")  # noqa: SIM115
+        return cast(IO[bytes], io.BufferedReader(gzip.open(path, "rb"), 1 << 20))
+    return open(path, "rb", buffering=1 << 20)  # noqa: SIM115
 
 
 class Unreadable(ValueError):
@@ -191,7 +196,9 @@ def documents(path: Path) -> Iterator[tuple[int, bytes]]:
             if stripped:
                 yield 1, first
             for number, line in enumerate(handle, start=2):
-                if line.strip():
+                # A document line starts with its brace: no copy of a 40 KB line to
+                # find out whether it is blank.
+                if line[:1] == b"{" or line.strip():
                     yield number, line
     except (EOFError, OSError, zlib.error) as exc:
         raise Unreadable(
@@ -436,7 +443,9 @@ def _origins(queries: list[OQuery]) -> dict[str, str]:
             address = answer.ipv4 or answer.ipv6
             if address and answer.asn:
                 found[address.lower()] = [int(answer.asn), answer.as_org_name or ""]
-    return {"answer_asns": json.dumps(found, sort_keys=True)} if found else {}
+    # msgspec, sorted as json.dumps(sort_keys=True) sorts, without its separators'
+    # spaces: the analysis reads the value as JSON, whatever its spacing.
+    return {"answer_asns": _ENCODE_SORTED(found).decode()} if found else {}
 
 
 def _validated(handshakes: list[OTls]) -> list[str]:
@@ -493,6 +502,7 @@ def _answers(items: list[OAnswer] | None) -> tuple[Answer, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=65536)  # answers repeat: an address is checked once
 def _address(text: str, version: int) -> str:
     """An answer's address, checked: anything else makes the document an input error."""
     try:
@@ -522,6 +532,7 @@ def _failure(failure: str | None) -> Failure | None:
         return Failure.UNKNOWN
 
 
+@functools.lru_cache(maxsize=65536)
 def _family_fits(address: str, qtype: str) -> bool:
     try:
         version = ipaddress.ip_address(address).version
