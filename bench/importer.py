@@ -4,8 +4,8 @@ The file is built from the real OONI measurements in ``../shared/data`` (web
 connectivity 0.0.1 to 0.5 and the legacy dns_consistency, with their HTTP bodies),
 each copy given its own measurement UID and report ID, until it reaches ``--mb``
 megabytes. The importer runs as the CLI does, in a child process whose peak RSS is
-read from ``getrusage``; it runs twice, on the file and on a third of it, so that flat
-memory shows as the same peak at both sizes.
+read from ``getrusage``; it also runs on a quarter and a half of the size, so that the
+cost per MB and the peak memory show how cost grows (flat memory: the same peak).
 
 The reference, measured in the same run on the same file: the standard library's C
 JSON decoder reading every line and doing nothing else (``json.loads`` per line), the
@@ -14,7 +14,7 @@ alternating, and the best of each is compared.
 
 Prints, last:
 
-    import ooni_mb_per_s=<n> records_per_s=<n> peak_rss_mb=<n> peak_rss_third_mb=<n> ratio_vs_json_loads=<x>
+    import ooni_mb_per_s=<n> records_per_s=<n> peak_rss_mb=<n> peak_rss_quarter_mb=<n> ms_per_mb_quarter=<n> ms_per_mb_half=<n> ms_per_mb=<n> ratio_vs_json_loads=<x>
 
 Usage: ``.venv/bin/python bench/importer.py [--mb 300] [--repeats 3]``
 """
@@ -88,12 +88,19 @@ def main() -> None:
     if not SHARED.exists():
         sys.exit(f"{SHARED} is not beside the project")
     with tempfile.TemporaryDirectory(prefix="ww-bench-import-") as tmp:
-        big, third = Path(tmp) / "big.jsonl", Path(tmp) / "third.jsonl"
+        big = Path(tmp) / "big.jsonl"
         size, lines = generate(big, args.mb)
-        third_size, _ = generate(third, max(1, args.mb // 3))
         print(f"generated {size / 1e6:.0f} MB, {lines} OONI measurements", file=sys.stderr)
-        seconds_third, peak_third = run_import(third, Path(tmp) / "third.out")
-        os.unlink(Path(tmp) / "third.out")
+        # How cost grows: the same import at a quarter and a half of the size, cost per
+        # MB at each (a super-linear step would show), and peak memory at each.
+        growth = []
+        for share in (4, 2):
+            part = Path(tmp) / f"part{share}.jsonl"
+            part_size, _ = generate(part, max(1, args.mb // share))
+            part_seconds, part_peak = run_import(part, Path(tmp) / "part.out")
+            os.unlink(Path(tmp) / "part.out")
+            os.unlink(part)
+            growth.append((part_size, part_seconds, part_peak))
         # Best of --repeats, alternating, for both: the VM's noise (15-25 %) otherwise
         # decides the ratio more than either reader does.
         runs, references = [], []
@@ -107,13 +114,17 @@ def main() -> None:
         reference = min(references)
     mb_s = size / 1e6 / seconds
     print(f"wallwatch import ooni: {seconds:.2f} s for {size / 1e6:.0f} MB ({mb_s:.0f} MB/s), "
-          f"{records} records; third of the file: {third_size / 1e6 / seconds_third:.0f} MB/s")  # fmt: skip
+          f"{records} records")  # fmt: skip
     print(f"reference json.loads per line: {reference:.2f} s ({size / 1e6 / reference:.0f} MB/s)")
-    print(
-        f"peak RSS: {peak:.0f} MB on {size / 1e6:.0f} MB, {peak_third:.0f} MB on {third_size / 1e6:.0f} MB"
-    )
+    curve = [*growth, (size, seconds, peak)]
+    print("cost per MB (ms) at 1/4, 1/2, 1 of the file: "
+          + ", ".join(f"{s_ / (z / 1e6) * 1000:.2f} ({z / 1e6:.0f} MB)" for z, s_, _p in curve)
+          + "; peak RSS: " + ", ".join(f"{p:.0f} MB" for _z, _s, p in curve))  # fmt: skip
     print(f"import ooni_mb_per_s={mb_s:.0f} records_per_s={records / seconds:.0f} "
-          f"peak_rss_mb={peak:.0f} peak_rss_third_mb={peak_third:.0f} "
+          f"peak_rss_mb={peak:.0f} peak_rss_quarter_mb={growth[0][2]:.0f} "
+          f"ms_per_mb_quarter={growth[0][1] / (growth[0][0] / 1e6) * 1000:.2f} "
+          f"ms_per_mb_half={growth[1][1] / (growth[1][0] / 1e6) * 1000:.2f} "
+          f"ms_per_mb={seconds / (size / 1e6) * 1000:.2f} "
           f"ratio_vs_json_loads={reference / seconds:.2f}")  # fmt: skip
 
 
