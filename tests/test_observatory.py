@@ -736,24 +736,16 @@ def test_the_measured_flood_is_served_and_its_file_checked(server, tmp_path: Pat
 def test_each_shield_is_a_vantage(server, serve, tmp_path: Path) -> None:  # noqa: ANN001
     """``wallwatch shield --upload URL --token T``: every upstream query the shield made,
     with each reply and why it was dropped or accepted, reaches the collector once."""
-    from test_shield import MIRROR, ZONE, addresses, ask, injector
+    from test_shield import MIRROR, ZONE, addresses, ask, injector, shield_process
 
     data = tmp_path / "collector"
     s = server("--grace", "1", data=data)
     token = _cli("token", "new", "home-shield", "--data", str(data)).stdout.strip().splitlines()[-1]
     upstream = serve(injector([MIRROR]))
-    port, out = _port(), tmp_path / "shield"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wallwatch", "shield", "--listen", f"127.0.0.1:{port}",
-         "--upstream", f"127.0.0.1:{upstream.address[1]}", "--cache-size", "0", "-o", str(out),
-         "--vantage", "home-shield", "--upload", s.url, "--token", token],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    out = tmp_path / "shield"
+    proc, port = shield_process(upstream.address, out, "--vantage", "home-shield",
+                                "--upload", s.url, "--token", token, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while not (out / "shield.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
         for name in ["www.example.com", "www.example.net"] * 5:
             assert addresses(ask(port, name)) == [ZONE[name][0]]
         time.sleep(2.5)  # closed, written, spooled (each second), sent

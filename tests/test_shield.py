@@ -274,23 +274,33 @@ def test_bad_options_name_the_option() -> None:
         assert out.returncode == 2 and where in out.stderr, (args, out.stderr)
 
 
-def test_a_kill_9_loses_no_closed_measurement(serve, tmp_path: Path) -> None:  # noqa: ANN001
-    upstream = serve(injector([MIRROR]))
+def shield_process(upstream: tuple[str, int], out: Path, *extra: str,
+                   stderr: int = subprocess.DEVNULL) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
+    """``wallwatch shield`` as a command, with its cache off, once it serves; its port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    out = tmp_path / "shield"
     proc = subprocess.Popen(
         [sys.executable, "-m", "wallwatch", "shield", "--listen", f"127.0.0.1:{port}",
-         "--upstream", f"127.0.0.1:{upstream.address[1]}", "--cache-size", "0", "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--upstream", f"127.0.0.1:{upstream[1]}", "--cache-size", "0", "-o", str(out), *extra],
+        stdout=subprocess.DEVNULL, stderr=stderr,
     )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not (out / "shield.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("the shield did not start")
+        time.sleep(0.05)
+    return proc, port
+
+
+def test_a_kill_9_loses_no_closed_measurement(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    upstream = serve(injector([MIRROR]))
+    out = tmp_path / "shield"
+    proc, port = shield_process(upstream.address, out)
     try:
-        deadline = time.monotonic() + 20
-        while not (out / "shield.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
         names = [f"www.example.{t}" for t in ("com", "net")] * 15
         for name in names:
             assert addresses(ask(port, name)) == [ZONE[name][0]]
