@@ -42,45 +42,25 @@ for i in range(rounds):
     mod.dnstap_group(buffer, 0, {}, {}, set(), (0.0, 1.0, 0.0), True, True, [0] * 5)
     for linktype in (1, 101, 113, 276, 0):
         if len(buffer) >= 24:
-            packets = mod.scan_pcap(buffer, 24, bool(i % 2), False, linktype, 1000)[0]
-            state = [{}, [], 0, [], -1, None]
-            for final in (False, True):
-                mod.match_batch(
-                    packets,
-                    0,
-                    53,
-                    3.0,
-                    state,
-                    {},
-                    {},
-                    set(),
-                    {},
-                    {},
-                    (0.0, 1.0, 0.0),
-                    bool(i % 3),
-                    [0],
-                    final,
-                )
+            mod.scan_pcap(buffer, 24, bool(i % 2), False, linktype, 1000)
+            # The fused matcher, in small steps and then the rest (its state kept between).
+            state = [None, -1, None]
+            offset = 24
+            for limit in (3, 10**6):
+                offset = mod.scan_match(buffer, offset, bool(i % 2), False, linktype, limit, 0,
+                                        53, 3.0, state, {}, {}, set(), {}, {}, (0.0, 1.0, 0.0),
+                                        bool(i % 3), [0])[2]  # fmt: skip
 print("ok", rounds)
 
-packets = mod.scan_pcap(mix, 24, False, False, 1, 10**6)[0]
-state = [{}, [], 0, [], -1, None]
-for start in range(0, len(packets), 500):
-    mod.match_batch(
-        packets[start : start + 500],
-        0,
-        53,
-        3.0,
-        state,
-        {},
-        {},
-        set(),
-        {},
-        {},
-        (0.0, 1.0, 0.0),
-        True,
-        [0],
-        False,
-    )
-mod.match_batch([], 0, 53, 3.0, state, {}, {}, set(), {}, {}, (0.0, 1.0, 0.0), True, [0], True)
+state = [None, -1, None]
+offset, final = 24, False
+keys: dict[object, object] = {}
+judged: set[int] = set()
+while not final:
+    _, _, offset, _, _, final, _ = mod.scan_match(mix, offset, False, False, 1, 500, 0, 53, 3.0,
+                                                  state, keys, {}, judged, {}, {},
+                                                  (0.0, 1.0, 0.0), True, [0])  # fmt: skip
+    judged |= set(list(keys)[:-2])  # minutes judged as the capture goes: their keys forgotten
+    for minute in list(keys)[:-2]:
+        del keys[minute]
 print("mix ok")

@@ -81,105 +81,152 @@ static Py_ssize_t read_question(const unsigned char *m, Py_ssize_t n, char *name
     return off + 4;
 }
 
-/* The summary tuple of message m[0:n]; Py_None (a new reference) when declined. */
-static PyObject *summarize(const unsigned char *m, Py_ssize_t n) {
-    PyObject *result = NULL, *addresses = NULL, *qname = NULL;
-    if (n < 12) goto decline;
-    unsigned id = rd16(m), flags = rd16(m + 2), qd = rd16(m + 4), an = rd16(m + 6),
-             ns = rd16(m + 8), ar = rd16(m + 10);
-    if (qd < 1) goto decline;
-    char name[256];
-    Py_ssize_t w;
-    unsigned qtype;
-    Py_ssize_t off = read_question(m, n, name, &w, &qtype);
-    if (off < 0) goto decline;
+/* What summary() reads of a message, in C (the capture matcher groups by it without
+   making Python objects). addrs holds naddr records of 17 bytes: the family (4 or 6) and
+   the address (4 bytes, zero-padded, or 16), in answer order. */
+typedef struct {
+    unsigned id, flags, rcode, qtype, an, ns, ar;
+    long ttl, ede;
+    Py_ssize_t naddr, cap;
+    unsigned char *addrs;
+} csum_t;
+
+#define ADDR_REC 17
+
+/* The summary of m[0:n] into s and its question name into name[0:*w]: 1 when read, 0 when
+   declined (the caller's full parser reads it), -1 when out of memory (an exception is
+   set). s->addrs is malloc'd in every case: free it. */
+static int read_summary(const unsigned char *m, Py_ssize_t n, csum_t *s, char *name,
+                        Py_ssize_t *w) {
+    s->naddr = s->cap = 0;
+    s->addrs = NULL;
+    s->ttl = s->ede = -1;
+    if (n < 12) return 0;
+    s->id = rd16(m);
+    s->flags = rd16(m + 2);
+    unsigned qd = rd16(m + 4);
+    s->an = rd16(m + 6);
+    s->ns = rd16(m + 8);
+    s->ar = rd16(m + 10);
+    if (qd < 1) return 0;
+    Py_ssize_t off = read_question(m, n, name, w, &s->qtype);
+    if (off < 0) return 0;
     for (unsigned i = 1; i < qd; i++) {
         off = skip_name(m, n, off);
-        if (off < 0 || off + 4 > n) goto decline;
+        if (off < 0 || off + 4 > n) return 0;
         off += 4;
     }
-    addresses = PyList_New(0);
-    if (!addresses) goto fail;
-    long min_ttl = -1, ede = -1;
-    unsigned rcode = flags & 0xF;
-    unsigned total = an + ns + ar;
+    s->rcode = s->flags & 0xF;
+    unsigned total = s->an + s->ns + s->ar;
     for (unsigned i = 0; i < total; i++) {
         off = skip_name(m, n, off);
-        if (off < 0 || off + 10 > n) goto decline;
-        unsigned rtype = rd16(m + off), rclass = rd16(m + off + 2);
+        if (off < 0 || off + 10 > n) return 0;
+        unsigned rtype = rd16(m + off);
         uint32_t ttl = rd32(m + off + 4);
         unsigned rdlen = rd16(m + off + 8);
         off += 10;
-        if (off + rdlen > n) goto decline;
-        (void)rclass;
-        if (i < an && ((rtype == 1 && rdlen == 4) || (rtype == 28 && rdlen == 16))) {
-            char text[64];
-            if (rtype == 1)
-                snprintf(text, sizeof text, "%u.%u.%u.%u", m[off], m[off + 1], m[off + 2],
-                         m[off + 3]);
-            else {
-                /* RFC 5952 text, as Python's ipaddress/inet_ntop write it. */
-                unsigned g[8];
-                for (int k = 0; k < 8; k++) g[k] = rd16(m + off + 2 * k);
+        if (off + rdlen > n) return 0;
+        if (i < s->an && ((rtype == 1 && rdlen == 4) || (rtype == 28 && rdlen == 16))) {
+            if (rtype == 28) {
                 /* IPv4-compatible and -mapped forms print a dotted tail: the full parser's. */
-                if (!g[0] && !g[1] && !g[2] && !g[3] && !g[4] && (g[5] == 0 || g[5] == 0xFFFF))
-                    goto decline;
-                int best = -1, best_len = 0;
-                for (int k = 0; k < 8;) {
-                    if (g[k] == 0) {
-                        int j = k;
-                        while (j < 8 && g[j] == 0) j++;
-                        if (j - k > best_len && j - k >= 2) best = k, best_len = j - k;
-                        k = j;
-                    } else k++;
-                }
-                int t = 0;
-                for (int k = 0; k < 8; k++) {
-                    if (k == best) {
-                        t += snprintf(text + t, sizeof text - t, k == 0 ? "::" : ":");
-                        k += best_len - 1;
-                        continue;
-                    }
-                    t += snprintf(text + t, sizeof text - t, "%x%s", g[k], k < 7 ? ":" : "");
-                }
+                const unsigned char *a = m + off;
+                int zero = 1;
+                for (int k = 0; k < 10; k++) zero = zero && a[k] == 0;
+                unsigned g5 = rd16(a + 10);
+                if (zero && (g5 == 0 || g5 == 0xFFFF)) return 0;
             }
-            PyObject *s = PyUnicode_FromString(text);
-            if (!s || PyList_Append(addresses, s) < 0) {
-                Py_XDECREF(s);
-                goto fail;
+            if (s->naddr == s->cap) {
+                Py_ssize_t cap = s->cap ? 2 * s->cap : 4;
+                unsigned char *grown = realloc(s->addrs, (size_t)cap * ADDR_REC);
+                if (!grown) {
+                    PyErr_NoMemory();
+                    return -1;
+                }
+                s->addrs = grown;
+                s->cap = cap;
             }
-            Py_DECREF(s);
-            if (min_ttl < 0 || (long)ttl < min_ttl) min_ttl = (long)ttl;
-        } else if (i >= an + ns && rtype == 41) {
-            rcode |= (ttl >> 24) << 4;
+            unsigned char *rec = s->addrs + ADDR_REC * s->naddr++;
+            memset(rec, 0, ADDR_REC);
+            rec[0] = rtype == 1 ? 4 : 6;
+            memcpy(rec + 1, m + off, rdlen);
+            if (s->ttl < 0 || (long)ttl < s->ttl) s->ttl = (long)ttl;
+        } else if (i >= s->an + s->ns && rtype == 41) {
+            s->rcode |= (ttl >> 24) << 4;
             Py_ssize_t o = off, end = off + rdlen;
             while (o + 4 <= end) {
                 unsigned code = rd16(m + o), olen = rd16(m + o + 2);
-                if (o + 4 + olen > end) goto decline;
-                if (code == 15 && olen >= 2 && ede < 0) ede = rd16(m + o + 4);
+                if (o + 4 + olen > end) return 0;
+                if (code == 15 && olen >= 2 && s->ede < 0) s->ede = rd16(m + o + 4);
                 o += 4 + olen;
             }
         }
         off += rdlen;
     }
-    if (off != n) goto decline; /* trailing data: the full parser names it */
-    qname = PyUnicode_DecodeASCII(name, w, NULL);
-    if (!qname) goto fail;
-    PyObject *tuple = PyList_AsTuple(addresses);
-    if (!tuple) goto fail;
-    result = Py_BuildValue("(IIINIIIINll)", id, flags, rcode, qname, qtype, an, ns, ar, tuple,
-                           min_ttl, ede);
-    qname = NULL; /* stolen by N */
-    Py_DECREF(addresses);
+    return off == n; /* trailing data: the full parser names it */
+}
+
+/* An address record as text: dotted quad, or RFC 5952 as Python's ipaddress writes it. */
+static void addr_text(const unsigned char *rec, char *text, size_t size) {
+    const unsigned char *a = rec + 1;
+    if (rec[0] == 4) {
+        snprintf(text, size, "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
+        return;
+    }
+    unsigned g[8];
+    for (int k = 0; k < 8; k++) g[k] = rd16(a + 2 * k);
+    int best = -1, best_len = 0;
+    for (int k = 0; k < 8;) {
+        if (g[k] == 0) {
+            int j = k;
+            while (j < 8 && g[j] == 0) j++;
+            if (j - k > best_len && j - k >= 2) best = k, best_len = j - k;
+            k = j;
+        } else k++;
+    }
+    int t = 0;
+    text[0] = 0;
+    for (int k = 0; k < 8; k++) {
+        if (k == best) {
+            t += snprintf(text + t, size - t, k == 0 ? "::" : ":");
+            k += best_len - 1;
+            continue;
+        }
+        t += snprintf(text + t, size - t, "%x%s", g[k], k < 7 ? ":" : "");
+    }
+}
+
+/* The summary tuple of a message read into s (name[0:w]): a new reference. */
+static PyObject *summary_tuple(const csum_t *s, const char *name, Py_ssize_t w) {
+    PyObject *addresses = PyTuple_New(s->naddr);
+    if (!addresses) return NULL;
+    for (Py_ssize_t i = 0; i < s->naddr; i++) {
+        char text[64];
+        addr_text(s->addrs + ADDR_REC * i, text, sizeof text);
+        PyObject *str = PyUnicode_FromString(text);
+        if (!str) {
+            Py_DECREF(addresses);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(addresses, i, str);
+    }
+    PyObject *qname = PyUnicode_DecodeASCII(name, w, NULL);
+    if (!qname) {
+        Py_DECREF(addresses);
+        return NULL;
+    }
+    return Py_BuildValue("(IIINIIIINll)", s->id, s->flags, s->rcode, qname, s->qtype, s->an,
+                         s->ns, s->ar, addresses, s->ttl, s->ede);
+}
+
+/* The summary tuple of message m[0:n]; Py_None (a new reference) when declined. */
+static PyObject *summarize(const unsigned char *m, Py_ssize_t n) {
+    csum_t s;
+    char name[256];
+    Py_ssize_t w = 0;
+    int read = read_summary(m, n, &s, name, &w);
+    PyObject *result = read < 0 ? NULL : read == 0 ? Py_NewRef(Py_None) : summary_tuple(&s, name, w);
+    free(s.addrs);
     return result;
-decline:
-    Py_XDECREF(addresses);
-    Py_XDECREF(qname);
-    Py_RETURN_NONE;
-fail:
-    Py_XDECREF(addresses);
-    Py_XDECREF(qname);
-    return NULL;
 }
 
 static PyObject *summary(PyObject *self, PyObject *arg) {
@@ -369,7 +416,7 @@ static PyObject *dnstap_group(PyObject *self, PyObject *args) {
     Py_ssize_t n = view.len;
     long long tally[5] = {0, 0, 0, 0, 0};
     int control = 0;
-    int gc_was = PyGC_Disable(); /* as in match_batch: no cycles made here */
+    int gc_was = PyGC_Disable(); /* as in scan_match: no cycles made here */
     PyObject *fresh = PyList_New(0), *users = PyUnicode_FromString("users"),
              *up = PyUnicode_FromString("upstream");
     if (!fresh || !users || !up) goto fail;
@@ -495,14 +542,142 @@ fail:
     return NULL;
 }
 
+/* ---- scan_match: the capture file's matching and grouping, fused with its reading ----
+ *
+ * scan_match(data, offset, big_endian, nano, linktype, limit, number, port, window, st,
+ *            keys, tallies, judged, races, race_ttls, clock, keep_clients, counts)
+ *   -> (fresh, fallback, offset, seen, cut, final, last_t)
+ *
+ * Passive.read_pcap's loop over a classic pcap file, as wallwatch.interop.pcap.Matcher
+ * matches each query to its replies within ``window`` seconds and Passive._queries
+ * groups them (its Python twin: that path itself, compared on the same files by
+ * tests/test_fastwire.py). Up to ``limit`` records from ``offset``. A query and its
+ * replies are held in C; when it finishes, its group key is looked up in a C table in
+ * front of keys[minute] ({key: [index, count]}, which stays the truth): a repeat only
+ * adds to counts (tallies, races and race_ttls summed per call, in first-seen order),
+ * so the nine answers in ten that repeat one already recorded become no Python object
+ * at all. Anything else is returned in ``fresh`` as (query list, key or None), as the
+ * Python matcher shapes it, a new key held at once as [-1, 1] (unless its minute is in
+ * ``judged``). IPv6 records, as (time, record, number), and IPv4 packets whose question
+ * is not plain labels, as scan_pcap's tuples, go to ``fallback`` for the Python matcher
+ * (number: the record's, from 1 at ``offset``; the caller adds ``number``). st = [state,
+ * first_number, first_t] persists between calls (state starts as None; ``data``, bytes,
+ * must be the same object while queries are open: replies point into it). counts gains
+ * repeats at [0]. ``final``: the data ended (or was cut), every query has finished.
+ * ``last_t``: the time of the last UDP-over-IPv4 packet read, or None.
+ */
+
+typedef struct {
+    int kind; /* 0: skipped, 4: UDP over IPv4, 6: IPv6 (the caller's full reader) */
+    double t;
+    const unsigned char *rec;
+    Py_ssize_t reclen;
+    uint32_t src, dst;
+    unsigned sport, dport, ttl, ip_id, df;
+    const unsigned char *payload;
+    Py_ssize_t plen;
+} pkt_t;
+
+/* The link header's length for a pcap link type; -1 when it is not read. */
+static Py_ssize_t link_length(int linktype) {
+    switch (linktype) {
+    case 1: return 14;                    /* Ethernet */
+    case 101: case 12: case 14: return 0; /* raw IP */
+    case 113: return 16;                  /* Linux cooked v1 */
+    case 276: return 20;                  /* Linux cooked v2 */
+    case 0: case 108: return 4;           /* BSD loopback */
+    default: return -1;
+    }
+}
+
+/* The classic pcap record at d[*offset:n] into p (*offset moves past it): 1 when read,
+   0 at the end of the data, -1 when the data ends inside the record. */
+static int next_record(const unsigned char *d, Py_ssize_t n, Py_ssize_t *offset, int big,
+                       int nano, int linktype, Py_ssize_t link, pkt_t *p) {
+    if (*offset == n) return 0;
+    if (*offset + 16 > n) return -1;
+    const unsigned char *h = d + *offset;
+    uint32_t sec = big ? rd32(h) : rd32le(h), frac = big ? rd32(h + 4) : rd32le(h + 4),
+             caplen = big ? rd32(h + 8) : rd32le(h + 8);
+    if (*offset + 16 + (Py_ssize_t)caplen > n) return -1;
+    *offset += 16 + caplen;
+    p->kind = 0;
+    p->rec = h + 16;
+    p->reclen = caplen;
+    const unsigned char *q = h + 16;
+    Py_ssize_t len = caplen;
+    if (len < link + 20) return 1;
+    p->t = (double)sec + (double)frac / (nano ? 1e9 : 1e6);
+    int v6 = 0;
+    if (linktype == 1) {
+        unsigned type = rd16(q + 12);
+        Py_ssize_t at = 14;
+        if (type == 0x8100 && len >= 18 + 20) { type = rd16(q + 16); at = 18; }
+        v6 = type == 0x86DD;
+        if (type != 0x0800 && !v6) return 1;
+        q += at; len -= at;
+    } else {
+        q += link; len -= link;
+        v6 = (q[0] >> 4) == 6;
+    }
+    if (v6) {
+        p->kind = 6;
+        return 1;
+    }
+    if ((q[0] >> 4) != 4) return 1;
+    Py_ssize_t ihl = (q[0] & 0xF) * 4;
+    unsigned total = rd16(q + 2);
+    if (ihl < 20 || len < ihl + 8 || q[9] != 17) return 1;
+    unsigned frag = rd16(q + 6);
+    if (frag & 0x3FFF) return 1; /* more fragments, or an offset */
+    if (total >= ihl + 8 && total < len) len = total; /* Ethernet padding */
+    const unsigned char *u = q + ihl;
+    unsigned ulen = rd16(u + 4);
+    Py_ssize_t plen = len - ihl - 8;
+    if (ulen >= 8 && (Py_ssize_t)ulen - 8 < plen) plen = ulen - 8;
+    p->kind = 4;
+    p->src = rd32(q + 12);
+    p->dst = rd32(q + 16);
+    p->sport = rd16(u);
+    p->dport = rd16(u + 2);
+    p->ttl = q[8];
+    p->ip_id = rd16(q + 4);
+    p->df = (frag & 0x4000) != 0;
+    p->payload = u + 8;
+    p->plen = plen;
+    return 1;
+}
+
+static PyObject *ip_text(uint32_t a) {
+    char text[16];
+    snprintf(text, sizeof text, "%u.%u.%u.%u", a >> 24, (a >> 16) & 0xFF, (a >> 8) & 0xFF,
+             a & 0xFF);
+    return PyUnicode_FromString(text);
+}
+
+/* scan_pcap's tuple of an IPv4 packet (number: the record's in this call). */
+static PyObject *packet_tuple(const pkt_t *p, Py_ssize_t number) {
+    PyObject *src = ip_text(p->src), *dst = ip_text(p->dst);
+    PyObject *item = src && dst
+        ? Py_BuildValue("(dOOIIIIOy#n)", p->t, src, dst, p->sport, p->dport, p->ttl, p->ip_id,
+                        p->df ? Py_True : Py_False, (const char *)p->payload, p->plen, number)
+        : NULL;
+    Py_XDECREF(src);
+    Py_XDECREF(dst);
+    return item;
+}
+
 static PyObject *scan_pcap(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t offset, limit;
     int big, nano, linktype;
     if (!PyArg_ParseTuple(args, "y*nppin", &view, &offset, &big, &nano, &linktype, &limit))
         return NULL;
-    const unsigned char *d = view.buf;
-    Py_ssize_t n = view.len;
+    Py_ssize_t link = link_length(linktype);
+    if (link < 0) {
+        PyBuffer_Release(&view);
+        return PyErr_Format(PyExc_ValueError, "link type %d is not read", linktype);
+    }
     PyObject *packets = PyList_New(0);
     if (!packets) {
         PyBuffer_Release(&view);
@@ -510,68 +685,20 @@ static PyObject *scan_pcap(PyObject *self, PyObject *args) {
     }
     Py_ssize_t seen = 0;
     int cut = 0;
-    Py_ssize_t link;
-    switch (linktype) {
-    case 1: link = 14; break;        /* Ethernet */
-    case 101: case 12: case 14: link = 0; break; /* raw IP */
-    case 113: link = 16; break;      /* Linux cooked v1 */
-    case 276: link = 20; break;      /* Linux cooked v2 */
-    case 0: case 108: link = 4; break; /* BSD loopback */
-    default:
-        Py_DECREF(packets);
-        PyBuffer_Release(&view);
-        PyErr_Format(PyExc_ValueError, "link type %d is not read", linktype);
-        return NULL;
-    }
     int gc_was = PyGC_Disable(); /* tuples of numbers, strings and bytes: no cycles */
     while (PyList_GET_SIZE(packets) < limit) {
-        if (offset == n) break;
-        if (offset + 16 > n) { cut = 1; break; }
-        const unsigned char *h = d + offset;
-        uint32_t sec = big ? rd32(h) : rd32le(h), frac = big ? rd32(h + 4) : rd32le(h + 4),
-                 caplen = big ? rd32(h + 8) : rd32le(h + 8);
-        if (offset + 16 + (Py_ssize_t)caplen > n) { cut = 1; break; }
-        const unsigned char *p = h + 16;
-        Py_ssize_t len = caplen;
-        offset += 16 + caplen;
+        pkt_t p;
+        int got = next_record(view.buf, view.len, &offset, big, nano, linktype, link, &p);
+        if (got == 0) break;
+        if (got < 0) { cut = 1; break; }
         seen++;
-        if (len < link + 20) continue;
-        double t = (double)sec + (double)frac / (nano ? 1e9 : 1e6);
-        int v6 = 0;
-        if (linktype == 1) {
-            unsigned type = rd16(p + 12);
-            Py_ssize_t at = 14;
-            if (type == 0x8100 && len >= 18 + 20) { type = rd16(p + 16); at = 18; }
-            v6 = type == 0x86DD;
-            if (type != 0x0800 && !v6) continue;
-            p += at; len -= at;
-        } else {
-            p += link; len -= link;
-            v6 = (p[0] >> 4) == 6;
-        }
         PyObject *item;
-        if (v6) { /* IPv6: the whole record, for the caller's full reader */
-            item = Py_BuildValue("(dy#n)", t, (const char *)(h + 16), (Py_ssize_t)caplen, seen);
-            if (append(packets, item) < 0) goto fail;
+        if (p.kind == 6) /* IPv6: the whole record, for the caller's full reader */
+            item = Py_BuildValue("(dy#n)", p.t, (const char *)p.rec, p.reclen, seen);
+        else if (p.kind == 4)
+            item = packet_tuple(&p, seen);
+        else
             continue;
-        }
-        if ((p[0] >> 4) != 4) continue;
-        Py_ssize_t ihl = (p[0] & 0xF) * 4;
-        unsigned total = rd16(p + 2);
-        if (ihl < 20 || len < ihl + 8 || p[9] != 17) continue;
-        unsigned frag = rd16(p + 6);
-        if (frag & 0x3FFF) continue; /* more fragments, or an offset */
-        if (total >= ihl + 8 && total < len) len = total; /* Ethernet padding */
-        const unsigned char *u = p + ihl;
-        unsigned ulen = rd16(u + 4);
-        Py_ssize_t plen = len - ihl - 8;
-        if (ulen >= 8 && (Py_ssize_t)ulen - 8 < plen) plen = ulen - 8;
-        char src[16], dst[16];
-        snprintf(src, sizeof src, "%u.%u.%u.%u", p[12], p[13], p[14], p[15]);
-        snprintf(dst, sizeof dst, "%u.%u.%u.%u", p[16], p[17], p[18], p[19]);
-        item = Py_BuildValue("(dssIIIIOy#n)", t, src, dst, rd16(u), rd16(u + 2), (unsigned)p[8],
-                             rd16(p + 4), (frag & 0x4000) ? Py_True : Py_False,
-                             (const char *)(u + 8), plen, seen);
         if (append(packets, item) < 0) goto fail;
     }
     PyBuffer_Release(&view);
@@ -595,11 +722,11 @@ static int question(const unsigned char *m, Py_ssize_t n, unsigned *txid, unsign
     return 0;
 }
 
-/* dict[key] += 1 for a dict of ints (Python's d[k] = d.get(k, 0) + 1). */
-static int bump(PyObject *dict, PyObject *key) {
+/* dict[key] += by for a dict of ints (Python's d[k] = d.get(k, 0) + by). */
+static int bump(PyObject *dict, PyObject *key, long long by) {
     PyObject *was = PyDict_GetItemWithError(dict, key);
     if (was == NULL && PyErr_Occurred()) return -1;
-    PyObject *now = PyLong_FromLongLong(was ? PyLong_AsLongLong(was) + 1 : 1);
+    PyObject *now = PyLong_FromLongLong(was ? PyLong_AsLongLong(was) + by : by);
     if (now == NULL) return -1;
     int failed = PyDict_SetItem(dict, key, now);
     Py_DECREF(now);
@@ -619,26 +746,303 @@ static PyObject *inner(PyObject *dict, PyObject *outer) {
     return found;
 }
 
-/* Group one finished query (a list: number, t, client, cport, server, sport, txid, qname,
-   qtype, ip_ttl, replies) as Passive._queries does for a capture file; append it to
-   fresh unless it repeats an answer held this minute. */
-static int finish(PyObject *q, PyObject *fresh, PyObject *keys, PyObject *tallies,
-                  PyObject *judged, PyObject *races, PyObject *race_ttls, double real0,
-                  double scale, double at0, int keep_clients, long long *repeats) {
+static uint64_t fnv(const unsigned char *b, size_t n, uint64_t h) {
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ULL;
+    return h;
+}
+
+typedef struct {
+    double t;
+    uint32_t src;
+    unsigned sport, ttl, ip_id, df;
+    const unsigned char *payload; /* inside the matcher's data object */
+    Py_ssize_t plen;
+    int ok; /* the summary was read; else the full parser's, and the query is not grouped */
+    unsigned flags, rcode;
+    long least_ttl, ede;
+    Py_ssize_t naddr;
+    unsigned char *addrs;
+} crep_t;
+
+typedef struct cq {
+    struct cq *next; /* the open table's chain */
+    uint64_t hash;
+    Py_ssize_t num;
+    double t;
+    uint32_t client, server;
+    unsigned cport, sport, txid, qtype;
+    int ttl; /* the query's IP TTL; -1: a reply whose query was not captured */
+    int live, in_order, finished, mark;
+    Py_ssize_t qlen;
+    char qname[256];
+    crep_t *rep;
+    Py_ssize_t nrep;
+    size_t caprep;
+} cq_t;
+
+typedef struct centry {
+    struct centry *next;
+    uint64_t hash;
+    long long minute;
+    unsigned char *kb;
+    size_t klen;
+    PyObject *entry; /* the [index, count] list of keys[minute] (a reference) */
+    PyObject *held;  /* keys[minute] when it was cached: compared by identity only */
+} centry_t;
+
+typedef struct {
+    long long k[4];
+    long long count;
+} slot_t;
+
+typedef struct {
+    /* The capture's bytes (a reference): replies point into them until they finish. */
+    PyObject *data;
+    unsigned char *kbuf; /* the group key being built */
+    size_t kbuf_cap;
+    cq_t **open;
+    size_t nopen, open_cap;
+    cq_t **order;
+    size_t order_len, order_cap, head;
+    cq_t **done;
+    size_t ndone, done_cap;
+    centry_t **groups;
+    size_t ngroups, groups_cap;
+} matcher_t;
+
+/* Sums of one call, in first-seen order: tallies' slots, races per minute, race TTLs. */
+typedef struct {
+    slot_t *items;
+    size_t len, cap;
+    int32_t *index; /* open addressing over items, -1 empty */
+    size_t index_cap;
+} sums_t;
+
+static int sums_add(sums_t *s, long long a, long long b, long long c, long long d) {
+    if (2 * (s->len + 1) > s->index_cap) {
+        size_t cap = s->index_cap ? 2 * s->index_cap : 64;
+        int32_t *index = malloc(cap * sizeof *index);
+        if (!index) return -1;
+        for (size_t i = 0; i < cap; i++) index[i] = -1;
+        for (size_t i = 0; i < s->len; i++) {
+            uint64_t h = fnv((const unsigned char *)s->items[i].k, sizeof s->items[i].k,
+                             14695981039346656037ULL);
+            size_t at = h & (cap - 1);
+            while (index[at] >= 0) at = (at + 1) & (cap - 1);
+            index[at] = (int32_t)i;
+        }
+        free(s->index);
+        s->index = index;
+        s->index_cap = cap;
+    }
+    long long k[4] = {a, b, c, d};
+    uint64_t h = fnv((const unsigned char *)k, sizeof k, 14695981039346656037ULL);
+    size_t at = h & (s->index_cap - 1);
+    while (s->index[at] >= 0) {
+        slot_t *it = &s->items[s->index[at]];
+        if (!memcmp(it->k, k, sizeof k)) {
+            it->count++;
+            return 0;
+        }
+        at = (at + 1) & (s->index_cap - 1);
+    }
+    if (s->len == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 32;
+        slot_t *items = realloc(s->items, cap * sizeof *items);
+        if (!items) return -1;
+        s->items = items;
+        s->cap = cap;
+    }
+    memcpy(s->items[s->len].k, k, sizeof k);
+    s->items[s->len].count = 1;
+    s->index[at] = (int32_t)s->len++;
+    return 0;
+}
+
+static void sums_free(sums_t *s) {
+    free(s->items);
+    free(s->index);
+}
+
+static void free_cq(cq_t *q) {
+    for (Py_ssize_t i = 0; i < q->nrep; i++) free(q->rep[i].addrs);
+    free(q->rep);
+    free(q);
+}
+
+static int grow(void **arr, size_t *cap, size_t need, size_t size, size_t first) {
+    if (need <= *cap) return 0;
+    size_t cap2 = *cap ? *cap : first;
+    while (cap2 < need) cap2 *= 2;
+    void *grown = realloc(*arr, cap2 * size);
+    if (!grown) return -1;
+    *arr = grown;
+    *cap = cap2;
+    return 0;
+}
+
+static int push(cq_t ***arr, size_t *len, size_t *cap, cq_t *q) {
+    if (grow((void **)arr, cap, *len + 1, sizeof **arr, 64) < 0) return -1;
+    (*arr)[(*len)++] = q;
+    return 0;
+}
+
+static uint64_t cq_hash(uint32_t client, unsigned cport, uint32_t server, unsigned sport,
+                        unsigned txid, unsigned qtype, const char *qname, Py_ssize_t qlen) {
+    uint32_t fixed[6] = {client, cport, server, sport, txid, qtype};
+    return fnv((const unsigned char *)qname, (size_t)qlen,
+               fnv((const unsigned char *)fixed, sizeof fixed, 14695981039346656037ULL));
+}
+
+static cq_t *open_find(matcher_t *mt, uint64_t h, uint32_t client, unsigned cport,
+                       uint32_t server, unsigned sport, unsigned txid, unsigned qtype,
+                       const char *qname, Py_ssize_t qlen) {
+    if (!mt->open_cap) return NULL;
+    for (cq_t *q = mt->open[h % mt->open_cap]; q; q = q->next)
+        if (q->hash == h && q->client == client && q->cport == cport && q->server == server &&
+            q->sport == sport && q->txid == txid && q->qtype == qtype && q->qlen == qlen &&
+            !memcmp(q->qname, qname, (size_t)qlen))
+            return q;
+    return NULL;
+}
+
+static void open_remove(matcher_t *mt, cq_t *q) {
+    cq_t **at = &mt->open[q->hash % mt->open_cap];
+    while (*at && *at != q) at = &(*at)->next;
+    if (*at) {
+        *at = q->next;
+        mt->nopen--;
+    }
+    q->next = NULL;
+    q->live = 0;
+}
+
+static int open_insert(matcher_t *mt, cq_t *q) {
+    if (mt->nopen + 1 > mt->open_cap) {
+        size_t cap = mt->open_cap ? 2 * mt->open_cap : 1024;
+        cq_t **table = calloc(cap, sizeof *table);
+        if (!table) return -1;
+        for (size_t i = 0; i < mt->open_cap; i++)
+            for (cq_t *o = mt->open[i], *next; o; o = next) {
+                next = o->next;
+                o->next = table[o->hash % cap];
+                table[o->hash % cap] = o;
+            }
+        free(mt->open);
+        mt->open = table;
+        mt->open_cap = cap;
+    }
+    q->next = mt->open[q->hash % mt->open_cap];
+    mt->open[q->hash % mt->open_cap] = q;
+    mt->nopen++;
+    q->live = 1;
+    return 0;
+}
+
+static void free_centry(centry_t *e) {
+    Py_XDECREF(e->entry);
+    free(e->kb);
+    free(e);
+}
+
+static void matcher_free(PyObject *capsule) {
+    matcher_t *mt = PyCapsule_GetPointer(capsule, "wallwatch.matcher");
+    if (!mt) return;
+    /* Every query once, whichever lists hold it. */
+    cq_t **all = NULL;
+    size_t nall = 0, cap = 0;
+    cq_t **lists[3] = {mt->order, mt->done, NULL};
+    size_t lens[2] = {mt->order_len, mt->ndone};
+    for (int l = 0; l < 2; l++)
+        for (size_t i = (l == 0 ? mt->head : 0); i < lens[l]; i++)
+            if (!lists[l][i]->mark) {
+                lists[l][i]->mark = 1;
+                if (push(&all, &nall, &cap, lists[l][i]) < 0) goto leak;
+            }
+    for (size_t i = 0; i < mt->open_cap; i++)
+        for (cq_t *q = mt->open[i]; q; q = q->next)
+            if (!q->mark) {
+                q->mark = 1;
+                if (push(&all, &nall, &cap, q) < 0) goto leak;
+            }
+    for (size_t i = 0; i < nall; i++) free_cq(all[i]);
+leak:
+    free(all);
+    for (size_t i = 0; i < mt->groups_cap; i++)
+        for (centry_t *e = mt->groups[i], *next; e; e = next) {
+            next = e->next;
+            free_centry(e);
+        }
+    free(mt->groups);
+    free(mt->open);
+    free(mt->order);
+    free(mt->done);
+    free(mt->kbuf);
+    Py_XDECREF(mt->data);
+    free(mt);
+}
+
+typedef struct {
+    PyObject *fresh, *keys, *tallies, *judged, *races, *race_ttls, *users;
+    double real0, scale, at0;
+    int keep;
+    long long repeats;
+    long long last_minute;
+    int have_minute, last_late;
+    PyObject *last_held; /* borrowed */
+    sums_t tally, race_minutes, race_ttl;
+} ctx_t;
+
+/* The query as the Python matcher shapes it: [number, t, client, cport, server, sport,
+   txid, qname, qtype, ttl or None, [(t, src, sport, ttl, ip_id, df, payload, summary)]]. */
+static PyObject *materialize(const cq_t *q) {
+    PyObject *replies = PyList_New(q->nrep);
+    if (!replies) return NULL;
+    for (Py_ssize_t i = 0; i < q->nrep; i++) {
+        const crep_t *r = &q->rep[i];
+        PyObject *read = summarize(r->payload, r->plen);
+        PyObject *src = ip_text(r->src);
+        PyObject *item = read && src
+            ? Py_BuildValue("(dOIIIOy#O)", r->t, src, r->sport, r->ttl, r->ip_id,
+                            r->df ? Py_True : Py_False, (const char *)r->payload, r->plen, read)
+            : NULL;
+        Py_XDECREF(read);
+        Py_XDECREF(src);
+        if (!item) {
+            Py_DECREF(replies);
+            return NULL;
+        }
+        PyList_SET_ITEM(replies, i, item);
+    }
+    PyObject *client = ip_text(q->client), *server = ip_text(q->server),
+             *qname = PyUnicode_DecodeASCII(q->qname, q->qlen, NULL);
+    PyObject *ttl = q->ttl < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(q->ttl);
+    PyObject *list = client && server && qname && ttl
+        ? Py_BuildValue("[ndOIOIIOIOO]", q->num, q->t, client, q->cport, server, q->sport,
+                        q->txid, qname, q->qtype, ttl, replies)
+        : NULL;
+    Py_XDECREF(client);
+    Py_XDECREF(server);
+    Py_XDECREF(qname);
+    Py_XDECREF(ttl);
+    Py_DECREF(replies);
+    if (list) PyObject_GC_UnTrack(list); /* strings, numbers and a list of tuples: no cycle */
+    return list;
+}
+
+/* Passive._queries' key of a materialized query (every reply has its summary). */
+static PyObject *group_key(PyObject *q, ctx_t *c) {
     PyObject *replies = PyList_GET_ITEM(q, 10);
     Py_ssize_t count = PyList_GET_SIZE(replies);
-    int groupable = count > 0;
-    for (Py_ssize_t i = 0; i < count && groupable; i++)
-        groupable = PyTuple_GET_ITEM(PyList_GET_ITEM(replies, i), 7) != Py_None;
-    if (!groupable) return append(fresh, PyTuple_Pack(2, q, Py_None));
-    PyObject *rkeys = PyTuple_New(count), *distinct = PySet_New(NULL);
-    if (!rkeys || !distinct) { Py_XDECREF(rkeys); Py_XDECREF(distinct); return -1; }
+    PyObject *rkeys = PyTuple_New(count);
+    if (!rkeys) return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *read = PyTuple_GET_ITEM(PyList_GET_ITEM(replies, i), 7);
-        PyObject *addresses = PyTuple_GET_ITEM(read, 8);
-        PyObject *list = PySequence_List(addresses);
-        if (!list || PyList_Sort(list) < 0 || PySet_Add(distinct, addresses) < 0) {
-            Py_XDECREF(list); Py_DECREF(rkeys); Py_DECREF(distinct); return -1;
+        PyObject *list = PySequence_List(PyTuple_GET_ITEM(read, 8));
+        if (!list || PyList_Sort(list) < 0) {
+            Py_XDECREF(list);
+            Py_DECREF(rkeys);
+            return NULL;
         }
         PyObject *sorted = PyList_AsTuple(list);
         Py_DECREF(list);
@@ -647,246 +1051,433 @@ static int finish(PyObject *q, PyObject *fresh, PyObject *keys, PyObject *tallie
                                       : NULL;
         Py_XDECREF(sorted);
         Py_XDECREF(aa);
-        if (!rkey) { Py_DECREF(rkeys); Py_DECREF(distinct); return -1; }
+        if (!rkey) {
+            Py_DECREF(rkeys);
+            return NULL;
+        }
         PyTuple_SET_ITEM(rkeys, i, rkey);
     }
-    PyObject *packets = PyUnicode_FromString("packets"), *users = PyUnicode_FromString("users");
-    PyObject *key = packets && users
-        ? PyTuple_Pack(8, packets, users, PyList_GET_ITEM(q, 4), PyList_GET_ITEM(q, 5),
-                       PyList_GET_ITEM(q, 7), PyList_GET_ITEM(q, 8),
-                       keep_clients ? PyList_GET_ITEM(q, 2) : Py_None, rkeys)
-        : NULL;
+    PyObject *packets = PyUnicode_FromString("packets");
+    PyObject *key = packets ? PyTuple_Pack(8, packets, c->users, PyList_GET_ITEM(q, 4),
+                                           PyList_GET_ITEM(q, 5), PyList_GET_ITEM(q, 7),
+                                           PyList_GET_ITEM(q, 8),
+                                           c->keep ? PyList_GET_ITEM(q, 2) : Py_None, rkeys)
+                            : NULL;
     Py_XDECREF(packets);
     Py_DECREF(rkeys);
-    double start = at0 + (PyFloat_AsDouble(PyList_GET_ITEM(q, 1)) - real0) * scale;
-    PyObject *minute = key ? PyLong_FromLongLong(floordiv((long long)start, 60)) : NULL;
-    int failed = !minute;
-    int late = failed ? 0 : PySequence_Contains(judged, minute);
-    failed = failed || late < 0;
-    PyObject *held = failed || late ? NULL : inner(keys, minute);
-    failed = failed || (!late && !held);
-    PyObject *entry = failed || late ? NULL : PyDict_GetItemWithError(held, key);
-    failed = failed || PyErr_Occurred() != NULL;
-    if (!failed && entry != NULL) { /* a repeat: counted on its record */
-        PyObject *n = PyLong_FromLong(PyLong_AsLong(PyList_GET_ITEM(entry, 1)) + 1);
-        failed = !n || PyList_SetItem(entry, 1, n) < 0;
-        PyObject *first = PyTuple_GET_ITEM(PyList_GET_ITEM(replies, 0), 7);
-        PyObject *slot = failed ? NULL : PyTuple_Pack(4, users, PyTuple_GET_ITEM(first, 2),
-                                                      PyTuple_GET_ITEM(first, 9),
-                                                      PyTuple_GET_ITEM(first, 10));
-        PyObject *per = slot ? inner(tallies, minute) : NULL;
-        failed = failed || !per || bump(per, slot) < 0;
-        Py_XDECREF(slot);
-        if (!failed && count > 1 && PySet_GET_SIZE(distinct) >= 2) {
-            PyObject *ttl = PyTuple_GET_ITEM(PyList_GET_ITEM(replies, 0), 3);
-            failed = bump(races, minute) < 0 || (ttl != Py_None && bump(race_ttls, ttl) < 0);
-        }
-        (*repeats)++;
-    } else if (!failed) {
-        if (!late) {
-            PyObject *placeholder = Py_BuildValue("[ii]", -1, 1);
-            failed = !placeholder || PyDict_SetItem(held, key, placeholder) < 0;
-            Py_XDECREF(placeholder);
-        }
-        failed = failed || append(fresh, PyTuple_Pack(2, q, key)) < 0;
-    }
-    Py_XDECREF(users);
-    Py_XDECREF(key);
-    Py_XDECREF(minute);
-    Py_DECREF(distinct);
-    return failed ? -1 : 0;
+    return key;
 }
 
-/* Finish the queries asked before ``before`` (and st's done list), in capture order. */
-static int expire(PyObject *st, double before, PyObject *fresh, PyObject *keys, PyObject *tallies,
-                  PyObject *judged, PyObject *races, PyObject *race_ttls, double real0,
-                  double scale, double at0, int keep_clients, long long *repeats) {
-    PyObject *open = PyList_GET_ITEM(st, 0), *order = PyList_GET_ITEM(st, 1);
-    Py_ssize_t head = PyLong_AsSsize_t(PyList_GET_ITEM(st, 2));
-    PyObject *finished = PyList_GET_ITEM(st, 3);
-    Py_INCREF(finished);
-    PyObject *empty = PyList_New(0);
-    if (!empty || PyList_SetItem(st, 3, empty) < 0) { Py_DECREF(finished); return -1; }
-    while (head < PyList_GET_SIZE(order)) {
-        PyObject *q = PyList_GET_ITEM(order, head);
-        if (PyFloat_AsDouble(PyList_GET_ITEM(q, 1)) >= before) break;
-        head++;
-        PyObject *key = PyTuple_Pack(7, PyList_GET_ITEM(q, 2), PyList_GET_ITEM(q, 3),
-                                     PyList_GET_ITEM(q, 4), PyList_GET_ITEM(q, 5),
-                                     PyList_GET_ITEM(q, 6), PyList_GET_ITEM(q, 7),
-                                     PyList_GET_ITEM(q, 8));
-        if (!key) { Py_DECREF(finished); return -1; }
-        PyObject *current = PyDict_GetItemWithError(open, key);
-        int failed = current == q && (PyDict_DelItem(open, key) < 0 || PyList_Append(finished, q) < 0);
-        Py_DECREF(key);
-        if (failed || PyErr_Occurred()) { Py_DECREF(finished); return -1; }
+static int cmp_addr(const void *a, const void *b) { return memcmp(a, b, ADDR_REC); }
+
+/* The group key of a query in bytes (what group_key says, its address lists as multisets),
+   built in the matcher's buffer; NULL when out of memory. */
+static unsigned char *key_bytes(matcher_t *mt, const cq_t *q, int keep, size_t *klen) {
+    size_t n = 4 + 2 + 2 + 1 + (size_t)q->qlen + 1 + 4 + 2;
+    for (Py_ssize_t i = 0; i < q->nrep; i++) n += 2 + 1 + 4 + ADDR_REC * (size_t)q->rep[i].naddr;
+    if (grow((void **)&mt->kbuf, &mt->kbuf_cap, n, 1, 256) < 0) return NULL;
+    unsigned char *b = mt->kbuf, *w = b;
+#define PUT(v, k) do { uint64_t v_ = (uint64_t)(v); for (int i_ = (k) - 1; i_ >= 0; i_--) *w++ = (unsigned char)(v_ >> (8 * i_)); } while (0)
+    PUT(q->server, 4); PUT(q->sport, 2); PUT(q->qtype, 2); PUT(q->qlen, 1);
+    memcpy(w, q->qname, (size_t)q->qlen); w += q->qlen;
+    PUT(keep, 1); PUT(keep ? q->client : 0, 4); PUT(q->nrep, 2);
+    for (Py_ssize_t i = 0; i < q->nrep; i++) {
+        const crep_t *r = &q->rep[i];
+        PUT(r->rcode, 2); PUT((r->flags & 0x0400) != 0, 1); PUT(r->naddr, 4);
+        memcpy(w, r->addrs, ADDR_REC * (size_t)r->naddr);
+        if (r->naddr > 1) qsort(w, (size_t)r->naddr, ADDR_REC, cmp_addr);
+        w += ADDR_REC * r->naddr;
     }
-    if (head > 4096 || head == PyList_GET_SIZE(order)) { /* drop what was walked */
-        if (PyList_SetSlice(order, 0, head, NULL) < 0) { Py_DECREF(finished); return -1; }
-        head = 0;
+#undef PUT
+    *klen = (size_t)(w - b);
+    return b;
+}
+
+static int groups_insert(matcher_t *mt, uint64_t h, long long minute, const unsigned char *kb,
+                         size_t klen, PyObject *entry, PyObject *held) {
+    if (mt->ngroups + 1 > mt->groups_cap) {
+        size_t cap = mt->groups_cap ? 2 * mt->groups_cap : 4096;
+        centry_t **table = calloc(cap, sizeof *table);
+        if (!table) return -1;
+        for (size_t i = 0; i < mt->groups_cap; i++)
+            for (centry_t *e = mt->groups[i], *next; e; e = next) {
+                next = e->next;
+                e->next = table[e->hash % cap];
+                table[e->hash % cap] = e;
+            }
+        free(mt->groups);
+        mt->groups = table;
+        mt->groups_cap = cap;
     }
-    PyObject *h = PyLong_FromSsize_t(head);
-    if (!h || PyList_SetItem(st, 2, h) < 0) { Py_DECREF(finished); return -1; }
-    /* capture order: by number (stable, as Python's sort) */
-    PyObject *sorted = PyObject_CallMethod(finished, "sort", "()");
-    Py_XDECREF(sorted);
-    if (!sorted) { Py_DECREF(finished); return -1; }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(finished); i++)
-        if (finish(PyList_GET_ITEM(finished, i), fresh, keys, tallies, judged, races, race_ttls,
-                   real0, scale, at0, keep_clients, repeats) < 0) {
-            Py_DECREF(finished);
-            return -1;
-        }
-    Py_DECREF(finished);
+    centry_t *e = malloc(sizeof *e);
+    unsigned char *copy = malloc(klen ? klen : 1);
+    if (!e || !copy) {
+        free(e);
+        free(copy);
+        return -1;
+    }
+    memcpy(copy, kb, klen);
+    e->hash = h;
+    e->minute = minute;
+    e->kb = copy;
+    e->klen = klen;
+    e->entry = Py_NewRef(entry);
+    e->held = held;
+    e->next = mt->groups[h % mt->groups_cap];
+    mt->groups[h % mt->groups_cap] = e;
+    mt->ngroups++;
     return 0;
 }
 
-/* match_batch(packets, number, port, window, st, keys, tallies, judged, races, race_ttls,
- *             clock, keep_clients, counts, final) -> (fresh, fallback)
- *
- * Passive.read_pcap's matching and grouping over a batch of scan_pcap's packets: each
- * IPv4 query and its replies, as wallwatch.interop.pcap.Matcher (window) matches them
- * and Passive._queries groups them (its Python twin, run on the same file by
- * tests/test_fastwire.py). Packets whose question is not plain labels, and IPv6 ones,
- * are returned in ``fallback`` for the Python matcher. st = [open, order, head, done,
- * first_number, first_t] persists between calls; fresh holds (query list, key or None).
- * counts gains repeats at [0]. ``final``: the input ended, every open query finishes.
- */
-static PyObject *match_batch(PyObject *self, PyObject *args) {
-    PyObject *packets, *st, *keys, *tallies, *judged, *races, *race_ttls, *counts;
-    Py_ssize_t number;
+/* A repeat of a held key: its count, the minute's tally, the race. */
+static int repeat(PyObject *entry, const cq_t *q, long long minute, ctx_t *c) {
+    PyObject *n = PyLong_FromLong(PyLong_AsLong(PyList_GET_ITEM(entry, 1)) + 1);
+    if (!n || PyList_SetItem(entry, 1, n) < 0) return -1;
+    const crep_t *first = &q->rep[0];
+    if (sums_add(&c->tally, minute, first->rcode, first->least_ttl, first->ede) < 0) return -1;
+    int distinct = 0;
+    for (Py_ssize_t i = 1; i < q->nrep && !distinct; i++)
+        distinct = q->rep[i].naddr != first->naddr ||
+                   memcmp(q->rep[i].addrs, first->addrs, ADDR_REC * (size_t)first->naddr);
+    if (distinct && (sums_add(&c->race_minutes, minute, 0, 0, 0) < 0 ||
+                     sums_add(&c->race_ttl, first->ttl, 0, 0, 0) < 0))
+        return -1;
+    c->repeats++;
+    return 0;
+}
+
+/* One finished query: counted when it repeats a key held this minute, else to fresh. */
+static int finish(matcher_t *mt, cq_t *q, ctx_t *c) {
+    int groupable = q->nrep > 0;
+    for (Py_ssize_t i = 0; i < q->nrep && groupable; i++) groupable = q->rep[i].ok;
+    if (!groupable) {
+        PyObject *list = materialize(q);
+        int failed = !list || append(c->fresh, PyTuple_Pack(2, list, Py_None)) < 0;
+        Py_XDECREF(list);
+        return failed ? -1 : 0;
+    }
+    double start = c->at0 + (q->t - c->real0) * c->scale;
+    long long minute = floordiv((long long)start, 60);
+    if (!c->have_minute || minute != c->last_minute) {
+        PyObject *m = PyLong_FromLongLong(minute);
+        if (!m) return -1;
+        int late = PySequence_Contains(c->judged, m);
+        PyObject *held = late == 0 ? inner(c->keys, m) : NULL;
+        Py_DECREF(m);
+        if (late < 0 || (late == 0 && !held)) return -1;
+        c->have_minute = 1;
+        c->last_minute = minute;
+        c->last_late = late;
+        c->last_held = held;
+    }
+    size_t klen = 0;
+    const unsigned char *kb = NULL;
+    uint64_t h = 0;
+    if (!c->last_late) {
+        kb = key_bytes(mt, q, c->keep, &klen);
+        if (!kb) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        h = fnv(kb, klen, 14695981039346656037ULL) ^ ((uint64_t)minute * 0x9E3779B97F4A7C15ULL);
+        if (mt->groups_cap)
+            for (centry_t *e = mt->groups[h % mt->groups_cap]; e; e = e->next)
+                if (e->hash == h && e->minute == minute && e->held == c->last_held &&
+                    e->klen == klen && !memcmp(e->kb, kb, klen))
+                    return repeat(e->entry, q, minute, c);
+    }
+    PyObject *list = materialize(q);
+    PyObject *key = list ? group_key(list, c) : NULL;
+    int failed = !key;
+    if (!failed && c->last_late) {
+        failed = append(c->fresh, PyTuple_Pack(2, list, key)) < 0;
+    } else if (!failed) {
+        PyObject *entry = PyDict_GetItemWithError(c->last_held, key);
+        failed = entry == NULL && PyErr_Occurred() != NULL;
+        if (!failed && entry != NULL) { /* held by the Python matcher's answers */
+            failed = groups_insert(mt, h, minute, kb, klen, entry, c->last_held) < 0 ||
+                     repeat(entry, q, minute, c) < 0;
+        } else if (!failed) {
+            PyObject *placeholder = Py_BuildValue("[ii]", -1, 1);
+            failed = !placeholder || PyDict_SetItem(c->last_held, key, placeholder) < 0 ||
+                     groups_insert(mt, h, minute, kb, klen, placeholder, c->last_held) < 0 ||
+                     append(c->fresh, PyTuple_Pack(2, list, key)) < 0;
+            Py_XDECREF(placeholder);
+        }
+    }
+    if (failed && !PyErr_Occurred()) PyErr_NoMemory();
+    Py_XDECREF(list);
+    Py_XDECREF(key);
+    return failed ? -1 : 0;
+}
+
+static int cmp_num(const void *a, const void *b) {
+    Py_ssize_t x = (*(cq_t *const *)a)->num, y = (*(cq_t *const *)b)->num;
+    return x < y ? -1 : x > y;
+}
+
+/* Finish the queries asked before ``before`` (every one when ``all``), and those done
+   early, in capture order. */
+static int expire(matcher_t *mt, double before, int all, ctx_t *c) {
+    cq_t **finished = mt->done;
+    size_t nfin = mt->ndone, cap = mt->done_cap;
+    mt->done = NULL;
+    mt->ndone = mt->done_cap = 0;
+    int failed = 0;
+    while (mt->head < mt->order_len) {
+        cq_t *q = mt->order[mt->head];
+        if (!all && q->t >= before) break;
+        mt->head++;
+        q->in_order = 0;
+        if (q->live) {
+            open_remove(mt, q);
+            if (push(&finished, &nfin, &cap, q) < 0) { failed = 1; break; }
+        } else if (q->finished) {
+            free_cq(q);
+        }
+    }
+    if (mt->head > 4096 || mt->head == mt->order_len) {
+        memmove(mt->order, mt->order + mt->head, (mt->order_len - mt->head) * sizeof *mt->order);
+        mt->order_len -= mt->head;
+        mt->head = 0;
+    }
+    int sorted = 1;
+    for (size_t i = 1; i < nfin && sorted; i++) sorted = finished[i - 1]->num < finished[i]->num;
+    if (!sorted) qsort(finished, nfin, sizeof *finished, cmp_num);
+    for (size_t i = 0; i < nfin; i++) {
+        cq_t *q = finished[i];
+        if (!failed && finish(mt, q, c) < 0) failed = 1;
+        q->finished = 1;
+        if (!q->in_order) free_cq(q);
+    }
+    free(finished);
+    if (failed && !PyErr_Occurred()) PyErr_NoMemory();
+    return failed ? -1 : 0;
+}
+
+/* Forget the cached keys of minutes judged or no longer held as they were. */
+static int prune_groups(matcher_t *mt, PyObject *keys, PyObject *judged) {
+    long long minute = 0;
+    int have = 0;
+    PyObject *current = NULL;
+    for (size_t i = 0; i < mt->groups_cap; i++) {
+        centry_t **at = &mt->groups[i];
+        while (*at) {
+            centry_t *e = *at;
+            if (!have || e->minute != minute) {
+                PyObject *m = PyLong_FromLongLong(e->minute);
+                if (!m) return -1;
+                int late = PySequence_Contains(judged, m);
+                current = late == 0 ? PyDict_GetItemWithError(keys, m) : NULL;
+                Py_DECREF(m);
+                if (late < 0 || PyErr_Occurred()) return -1;
+                minute = e->minute;
+                have = 1;
+            }
+            if (current != e->held) {
+                *at = e->next;
+                mt->ngroups--;
+                free_centry(e);
+            } else {
+                at = &e->next;
+            }
+        }
+    }
+    return 0;
+}
+
+static int flush_sums(ctx_t *c) {
+    for (size_t i = 0; i < c->tally.len; i++) {
+        slot_t *s = &c->tally.items[i];
+        PyObject *m = PyLong_FromLongLong(s->k[0]);
+        PyObject *per = m ? inner(c->tallies, m) : NULL;
+        PyObject *slot = per ? Py_BuildValue("(OLLL)", c->users, s->k[1], s->k[2], s->k[3]) : NULL;
+        int failed = !slot || bump(per, slot, s->count) < 0;
+        Py_XDECREF(m);
+        Py_XDECREF(slot);
+        if (failed) return -1;
+    }
+    for (int which = 0; which < 2; which++) {
+        sums_t *sums = which ? &c->race_ttl : &c->race_minutes;
+        PyObject *dict = which ? c->race_ttls : c->races;
+        for (size_t i = 0; i < sums->len; i++) {
+            PyObject *k = PyLong_FromLongLong(sums->items[i].k[0]);
+            int failed = !k || bump(dict, k, sums->items[i].count) < 0;
+            Py_XDECREF(k);
+            if (failed) return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *scan_match(PyObject *self, PyObject *args) {
+    PyObject *data;
+    Py_ssize_t offset, limit, number;
+    int big, nano, linktype, keep;
     unsigned port;
-    double window, real0, scale, at0;
-    int keep_clients, final;
-    if (!PyArg_ParseTuple(args, "O!nIdO!O!O!OO!O!(ddd)pO!p", &PyList_Type, &packets, &number,
-                          &port, &window, &PyList_Type, &st, &PyDict_Type, &keys, &PyDict_Type,
-                          &tallies, &judged, &PyDict_Type, &races, &PyDict_Type, &race_ttls,
-                          &real0, &scale, &at0, &keep_clients, &PyList_Type, &counts, &final))
+    double window;
+    PyObject *st, *counts;
+    ctx_t c;
+    memset(&c, 0, sizeof c);
+    if (!PyArg_ParseTuple(args, "O!nppinnIdO!O!O!OO!O!(ddd)pO!", &PyBytes_Type, &data, &offset,
+                          &big, &nano,
+                          &linktype, &limit, &number, &port, &window, &PyList_Type, &st,
+                          &PyDict_Type, &c.keys, &PyDict_Type, &c.tallies, &c.judged,
+                          &PyDict_Type, &c.races, &PyDict_Type, &c.race_ttls, &c.real0,
+                          &c.scale, &c.at0, &keep, &PyList_Type, &counts))
         return NULL;
-    if (PyList_GET_SIZE(st) != 6) return PyErr_Format(PyExc_ValueError, "bad matcher state");
-    PyObject *open = PyList_GET_ITEM(st, 0), *order = PyList_GET_ITEM(st, 1);
-    /* The cyclic collector off while the batch is made: nothing here forms a cycle, and a
-       heap of open queries made each collection cost more than matching (3x measured). */
+    c.keep = keep;
+    Py_ssize_t link = link_length(linktype);
+    if (link < 0 || PyList_GET_SIZE(st) != 3 || offset < 0 || offset > PyBytes_GET_SIZE(data)) {
+        return link < 0 ? PyErr_Format(PyExc_ValueError, "link type %d is not read", linktype)
+                        : PyErr_Format(PyExc_ValueError, "bad matcher state or offset");
+    }
+    matcher_t *mt = NULL;
+    PyObject *capsule = PyList_GET_ITEM(st, 0);
+    if (capsule == Py_None) {
+        mt = calloc(1, sizeof *mt);
+        capsule = mt ? PyCapsule_New(mt, "wallwatch.matcher", matcher_free) : NULL;
+        if (!capsule) {
+            free(mt);
+            return mt ? NULL : PyErr_NoMemory();
+        }
+        if (PyList_SetItem(st, 0, capsule) < 0) return NULL;
+    } else {
+        mt = PyCapsule_GetPointer(capsule, "wallwatch.matcher");
+        if (!mt) return NULL;
+    }
+    if (mt->data != data) { /* replies point into the data: one capture's bytes throughout */
+        if (mt->nopen || mt->ndone || mt->order_len > mt->head)
+            return PyErr_Format(PyExc_ValueError, "scan_match: queries are open over other data");
+        Py_XSETREF(mt->data, Py_NewRef(data));
+    }
+    /* The cyclic collector off while the batch is made: nothing here forms a cycle. */
     int gc_was = PyGC_Disable();
-    PyObject *fresh = PyList_New(0), *fallback = PyList_New(0);
-    long long repeats = 0;
-    if (!fresh || !fallback) goto fail;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(packets); i++) {
-        PyObject *packet = PyList_GET_ITEM(packets, i);
-        if (PyTuple_GET_SIZE(packet) != 10) { /* IPv6: the Python matcher's */
-            if (PyList_Append(fallback, packet) < 0) goto fail;
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data), seen = 0;
+    int cut = 0, final = 0, have_last = 0;
+    double last_t = 0;
+    PyObject *fallback = PyList_New(0);
+    c.fresh = PyList_New(0);
+    c.users = PyUnicode_FromString("users");
+    if (!fallback || !c.fresh || !c.users || prune_groups(mt, c.keys, c.judged) < 0) goto fail;
+    while (seen < limit) {
+        pkt_t p;
+        int got = next_record(d, n, &offset, big, nano, linktype, link, &p);
+        if (got == 0) break;
+        if (got < 0) { cut = 1; break; }
+        seen++;
+        if (p.kind == 6) {
+            if (append(fallback, Py_BuildValue("(dy#n)", p.t, (const char *)p.rec, p.reclen,
+                                               seen)) < 0)
+                goto fail;
             continue;
         }
-        unsigned sport = (unsigned)PyLong_AsLong(PyTuple_GET_ITEM(packet, 3)),
-                 dport = (unsigned)PyLong_AsLong(PyTuple_GET_ITEM(packet, 4));
-        if (sport != port && dport != port) continue; /* not DNS */
-        PyObject *payload = PyTuple_GET_ITEM(packet, 8);
-        const unsigned char *m = (const unsigned char *)PyBytes_AS_STRING(payload);
-        Py_ssize_t n = PyBytes_GET_SIZE(payload);
+        if (p.kind != 4) continue;
+        have_last = 1;
+        last_t = p.t;
+        if (p.sport != port && p.dport != port) continue; /* not DNS */
         unsigned txid, flags, qtype;
         char name[256];
         Py_ssize_t w;
-        if (question(m, n, &txid, &flags, name, &w, &qtype) < 0) {
-            if (PyList_Append(fallback, packet) < 0) goto fail;
+        if (question(p.payload, p.plen, &txid, &flags, name, &w, &qtype) < 0) {
+            if (append(fallback, packet_tuple(&p, seen)) < 0) goto fail;
             continue;
         }
-        PyObject *t = PyTuple_GET_ITEM(packet, 0);
-        if (PyLong_AsSsize_t(PyList_GET_ITEM(st, 4)) < 0) {
-            PyObject *fn = PyLong_FromSsize_t(number + PyLong_AsSsize_t(PyTuple_GET_ITEM(packet, 9)));
-            if (!fn || PyList_SetItem(st, 4, fn) < 0) goto fail;
-            Py_INCREF(t);
-            if (PyList_SetItem(st, 5, t) < 0) goto fail;
-        }
-        PyObject *src = PyTuple_GET_ITEM(packet, 1), *dst = PyTuple_GET_ITEM(packet, 2);
-        PyObject *qname = PyUnicode_DecodeASCII(name, w, NULL);
-        PyObject *num = PyLong_FromSsize_t(number + PyLong_AsSsize_t(PyTuple_GET_ITEM(packet, 9)));
-        PyObject *ptxid = PyLong_FromUnsignedLong(txid), *pqtype = PyLong_FromUnsignedLong(qtype);
-        int failed = !qname || !num || !ptxid || !pqtype;
-        if (!failed && !(flags & 0x8000) && dport == port) { /* a query */
-            PyObject *key = PyTuple_Pack(7, src, PyTuple_GET_ITEM(packet, 3), dst,
-                                         PyTuple_GET_ITEM(packet, 4), ptxid, qname, pqtype);
-            PyObject *q = Py_BuildValue("[OOOOOOOOOO[]]", num, t, src, PyTuple_GET_ITEM(packet, 3),
-                                        dst, PyTuple_GET_ITEM(packet, 4), ptxid, qname, pqtype,
-                                        PyTuple_GET_ITEM(packet, 5));
-            failed = !key || !q;
-            if (!failed) {
-                PyObject_GC_UnTrack(q); /* strings, numbers and a list of tuples: no cycle */
-                PyObject *old = PyDict_GetItemWithError(open, key);
-                if (old != NULL) {
-                    failed = PyList_Append(PyList_GET_ITEM(st, 3), old) < 0 ||
-                             PyDict_DelItem(open, key) < 0;
-                }
-                failed = failed || PyErr_Occurred() || PyDict_SetItem(open, key, q) < 0 ||
-                         PyList_Append(order, q) < 0;
-            }
-            Py_XDECREF(key);
-            Py_XDECREF(q);
-        } else if (!failed && sport != port) {
-            /* not DNS (a query to another port): skipped before any expiry, as in Python */
-            Py_DECREF(qname);
-            Py_DECREF(num);
-            Py_DECREF(ptxid);
-            Py_DECREF(pqtype);
-            continue;
-        } else if (!failed) { /* a reply */
-            PyObject *key = PyTuple_Pack(7, dst, PyTuple_GET_ITEM(packet, 4), src,
-                                         PyTuple_GET_ITEM(packet, 3), ptxid, qname, pqtype);
-            PyObject *q = key ? PyDict_GetItemWithError(open, key) : NULL;
-            failed = !key || PyErr_Occurred();
-            if (!failed && q == NULL) { /* its query was not captured: a record of its own */
-                q = Py_BuildValue("[OOOOOOOOOO[]]", num, t, dst, PyTuple_GET_ITEM(packet, 4), src,
-                                  PyTuple_GET_ITEM(packet, 3), ptxid, qname, pqtype, Py_None);
-                failed = !q || PyList_Append(PyList_GET_ITEM(st, 3), q) < 0;
-                Py_XDECREF(q);
-            }
-            PyObject *read = failed ? NULL : summarize(m, n);
-            PyObject *reply = read ? Py_BuildValue("(OOOOOOOO)", t, src, PyTuple_GET_ITEM(packet, 3),
-                                                   PyTuple_GET_ITEM(packet, 5),
-                                                   PyTuple_GET_ITEM(packet, 6),
-                                                   PyTuple_GET_ITEM(packet, 7), payload, read)
-                                   : NULL;
-            Py_XDECREF(read);
-            failed = failed || !reply || PyList_Append(PyList_GET_ITEM(q, 10), reply) < 0;
-            Py_XDECREF(reply);
-            Py_XDECREF(key);
-        }
-        Py_XDECREF(qname);
-        Py_XDECREF(num);
-        Py_XDECREF(ptxid);
-        Py_XDECREF(pqtype);
-        if (failed) goto fail;
-        double now = PyFloat_AsDouble(t);
-        Py_ssize_t head = PyLong_AsSsize_t(PyList_GET_ITEM(st, 2));
-        if (PyList_GET_SIZE(PyList_GET_ITEM(st, 3)) > 64 ||
-            (head < PyList_GET_SIZE(order) &&
-             PyFloat_AsDouble(PyList_GET_ITEM(PyList_GET_ITEM(order, head), 1)) < now - window - 1.0)) {
-            if (expire(st, now - window, fresh, keys, tallies, judged, races, race_ttls, real0,
-                       scale, at0, keep_clients, &repeats) < 0)
+        if (PyLong_AsSsize_t(PyList_GET_ITEM(st, 1)) < 0) {
+            PyObject *fn = PyLong_FromSsize_t(number + seen), *ft = PyFloat_FromDouble(p.t);
+            if (!fn || !ft || PyList_SetItem(st, 1, fn) < 0 || PyList_SetItem(st, 2, ft) < 0) {
                 goto fail;
+            }
+        }
+        if (!(flags & 0x8000) && p.dport == port) { /* a query */
+            cq_t *q = calloc(1, sizeof *q);
+            if (!q) { PyErr_NoMemory(); goto fail; }
+            q->num = number + seen; q->t = p.t;
+            q->client = p.src; q->cport = p.sport; q->server = p.dst; q->sport = p.dport;
+            q->txid = txid; q->qtype = qtype; q->ttl = (int)p.ttl;
+            q->qlen = w;
+            memcpy(q->qname, name, (size_t)w);
+            q->hash = cq_hash(q->client, q->cport, q->server, q->sport, txid, qtype, name, w);
+            cq_t *old = open_find(mt, q->hash, q->client, q->cport, q->server, q->sport, txid,
+                                  qtype, name, w);
+            if (old) { /* asked again before its window closed: the old one is done */
+                open_remove(mt, old);
+                if (push(&mt->done, &mt->ndone, &mt->done_cap, old) < 0) { free_cq(q); PyErr_NoMemory(); goto fail; }
+            }
+            if (open_insert(mt, q) < 0 || push(&mt->order, &mt->order_len, &mt->order_cap, q) < 0) {
+                if (q->live) open_remove(mt, q);
+                free_cq(q);
+                PyErr_NoMemory();
+                goto fail;
+            }
+            q->in_order = 1;
+        } else if (p.sport != port) {
+            continue; /* not DNS (a query to another port): skipped before any expiry */
+        } else { /* a reply */
+            uint64_t h = cq_hash(p.dst, p.dport, p.src, p.sport, txid, qtype, name, w);
+            cq_t *q = open_find(mt, h, p.dst, p.dport, p.src, p.sport, txid, qtype, name, w);
+            if (!q) { /* its query was not captured: a record of its own */
+                q = calloc(1, sizeof *q);
+                if (!q) { PyErr_NoMemory(); goto fail; }
+                q->num = number + seen; q->t = p.t;
+                q->client = p.dst; q->cport = p.dport; q->server = p.src; q->sport = p.sport;
+                q->txid = txid; q->qtype = qtype; q->ttl = -1;
+                q->qlen = w;
+                memcpy(q->qname, name, (size_t)w);
+                q->hash = h;
+                if (push(&mt->done, &mt->ndone, &mt->done_cap, q) < 0) { free_cq(q); PyErr_NoMemory(); goto fail; }
+            }
+            if (grow((void **)&q->rep, &q->caprep, (size_t)q->nrep + 1, sizeof *q->rep, 1) < 0) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            crep_t *r = &q->rep[q->nrep];
+            memset(r, 0, sizeof *r);
+            r->payload = p.payload;
+            r->plen = p.plen;
+            q->nrep++;
+            r->t = p.t; r->src = p.src; r->sport = p.sport; r->ttl = p.ttl; r->ip_id = p.ip_id;
+            r->df = p.df;
+            csum_t sm;
+            char rname[256];
+            Py_ssize_t rw = 0;
+            int read = read_summary(p.payload, p.plen, &sm, rname, &rw);
+            if (read < 0) { free(sm.addrs); goto fail; }
+            r->ok = read;
+            r->flags = sm.flags; r->rcode = sm.rcode; r->least_ttl = sm.ttl; r->ede = sm.ede;
+            r->naddr = read ? sm.naddr : 0;
+            r->addrs = sm.addrs;
+        }
+        if (mt->ndone > 64 ||
+            (mt->head < mt->order_len && mt->order[mt->head]->t < p.t - window - 1.0)) {
+            if (expire(mt, p.t - window, 0, &c) < 0) goto fail;
         }
     }
-    if (final) {
-        /* every open query, as the Python matcher's flush: done first, then the rest */
-        PyObject *values = PyDict_Values(open);
-        if (!values) goto fail;
-        int failed = PyList_SetSlice(PyList_GET_ITEM(st, 3), PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, values) < 0;
-        Py_DECREF(values);
-        PyDict_Clear(open);
-        failed = failed || PyList_SetSlice(order, 0, PY_SSIZE_T_MAX, NULL) < 0;
-        PyObject *zero = PyLong_FromLong(0);
-        failed = failed || !zero || PyList_SetItem(st, 2, zero) < 0;
-        if (failed || expire(st, -1e300, fresh, keys, tallies, judged, races, race_ttls, real0, scale,
-                             at0, keep_clients, &repeats) < 0)
-            goto fail;
+    if (cut || offset == n) {
+        final = 1;
+        if (expire(mt, 0, 1, &c) < 0) goto fail;
+        mt->order_len = mt->head = 0;
     }
+    if (flush_sums(&c) < 0) goto fail;
     PyObject *was = PyList_GetItem(counts, 0);
-    PyObject *now = was ? PyLong_FromLongLong(PyLong_AsLongLong(was) + repeats) : NULL;
+    PyObject *now = was ? PyLong_FromLongLong(PyLong_AsLongLong(was) + c.repeats) : NULL;
     if (!now || PyList_SetItem(counts, 0, now) < 0) goto fail;
+    sums_free(&c.tally);
+    sums_free(&c.race_minutes);
+    sums_free(&c.race_ttl);
+    Py_DECREF(c.users);
     if (gc_was) PyGC_Enable();
-    return Py_BuildValue("(NN)", fresh, fallback);
+    PyObject *last = have_last ? PyFloat_FromDouble(last_t) : Py_NewRef(Py_None);
+    return Py_BuildValue("(NNnnNNN)", c.fresh, fallback, offset, seen, PyBool_FromLong(cut),
+                         PyBool_FromLong(final), last);
 fail:
+    sums_free(&c.tally);
+    sums_free(&c.race_minutes);
+    sums_free(&c.race_ttl);
     if (gc_was) PyGC_Enable();
-    Py_XDECREF(fresh);
+    Py_XDECREF(c.fresh);
+    Py_XDECREF(c.users);
     Py_XDECREF(fallback);
     return NULL;
 }
@@ -896,7 +1487,7 @@ static PyMethodDef methods[] = {
     {"scan_pcap", scan_pcap, METH_VARARGS, "UDP-over-IPv4 packets of classic pcap records."},
     {"dnstap_answer", dnstap_answer, METH_O, "The answer a dnstap frame holds, summarized."},
     {"dnstap_group", dnstap_group, METH_VARARGS, "Passive's grouping loop over dnstap frames."},
-    {"match_batch", match_batch, METH_VARARGS, "Passive's matching loop over captured packets."},
+    {"scan_match", scan_match, METH_VARARGS, "Passive's reading and matching of a pcap file."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -291,10 +291,10 @@ dnstap_answer: Callable[[bytes], tuple[Any, ...] | int | None]
 #: dnstap_group(data, offset, keys, tallies, judged, clock, upstream, keep_clients,
 #: counts) -> (fresh, offset, control): see :func:`py_dnstap_group`.
 dnstap_group: Callable[..., tuple[list[tuple[bytes, Any, Any]], int, bool]]
-#: match_batch(...): ``Passive.read_pcap``'s matching and grouping of a capture file in C.
-#: Its twin is that method's Python path itself (the pcap matcher and
+#: scan_match(...): ``Passive.read_pcap``'s reading, matching and grouping of a classic
+#: pcap file in C. Its twin is that method's Python path itself (the pcap matcher and
 #: ``Passive._queries``), compared on the same files by ``tests/test_fastwire.py``.
-match_batch: Callable[..., tuple[list[Any], list[Any]]] | None
+scan_match: Callable[..., tuple[list[Any], list[Any], int, int, bool, bool, float | None]] | None
 try:
     from wallwatch import _native  # type: ignore[attr-defined]
 
@@ -303,14 +303,14 @@ try:
     scan_pcap = _native.scan_pcap
     dnstap_answer = _native.dnstap_answer
     dnstap_group = _native.dnstap_group
-    match_batch = _native.match_batch
+    scan_match = _native.scan_match
 except ImportError:  # pragma: no cover - the build hook compiles it where it can
     NATIVE = False
     summary = py_summary
     scan_pcap = py_scan_pcap
     dnstap_answer = py_dnstap_answer
     dnstap_group = py_dnstap_group
-    match_batch = None
+    scan_match = None
     print("wallwatch: the native packet reader is not built (no compiler at install); "
           "passive reading runs in pure Python, several times slower", file=sys.stderr)  # fmt: skip
 

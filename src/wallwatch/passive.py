@@ -332,10 +332,11 @@ class Passive:
                           take: Callable[[Iterable[Query]], None], vantage: str,
                           clients: ClientPolicy, hide: Callable[[str], str | None],
                           errors: Callable[[InputError], None]) -> bool:  # fmt: skip
-        """A classic pcap file matched and grouped in C (:func:`wallwatch.fastwire`'s
-        ``match_batch``), IPv6 packets and odd names by ``matcher``; False when the file
-        is not classic pcap (pcapng: the Python reader's) or the extension is not built."""
-        if fastwire.match_batch is None:
+        """A classic pcap file read, matched and grouped in C (:func:`wallwatch.fastwire`'s
+        ``scan_match``: a repeat of an answer already recorded this minute becomes no
+        Python object), IPv6 packets and odd names by ``matcher``; False when the file is
+        not classic pcap (pcapng: the Python reader's) or the extension is not built."""
+        if fastwire.scan_match is None:
             return False
         with open(path, "rb") as handle:
             try:
@@ -349,28 +350,25 @@ class Passive:
         linktype = reader.datalink()
         big, nano = reader.order == ">", reader.divisor == 1e9
         (port,) = matcher.ports
-        state: list[Any] = [{}, [], 0, [], -1, None]
+        state: list[Any] = [None, -1, None]
         counts = [0]
         keep = clients != ClientPolicy.DROP
         offset, number = 0, 0
         while True:
+            before = counts[0]
             try:
-                packets, offset, seen, cut = fastwire.scan_pcap(data, offset, big, nano,
-                                                                linktype, 16384)  # fmt: skip
+                with self._lock:
+                    fresh, fallback, offset, seen, cut, final, last_t = fastwire.scan_match(
+                        data, offset, big, nano, linktype, 65536, number, port, self.window,
+                        state, self.keys, self._tallies, self.watch.judged, self.races,
+                        self.race_ttls, (0.0, 1.0, 0.0), keep, counts)  # fmt: skip
+                    self.answers += counts[0] - before
+                    self.captured += counts[0] - before
+                    self._due()
             except ValueError as exc:
                 errors(self.capture_summary.skip("pcap", str(path), number + 1,
                                                  "unreadable link type", str(exc)))  # fmt: skip
                 return True
-            final = cut or not packets
-            before = counts[0]
-            with self._lock:
-                fresh, fallback = fastwire.match_batch(
-                    packets, number, port, self.window, state, self.keys, self._tallies,
-                    self.watch.judged, self.races, self.race_ttls, (0.0, 1.0, 0.0), keep,
-                    counts, final)  # fmt: skip
-                self.answers += counts[0] - before
-                self.captured += counts[0] - before
-                self._due()
             finished: list[Query] = []
             for packet in fallback:  # IPv6 and odd names: the Python matcher's
                 if len(packet) == 3:
@@ -386,10 +384,10 @@ class Passive:
             number += seen
             if final:
                 finished.extend(matcher.flush())
-            elif packets and len(packets[-1]) == 10:
-                finished.extend(matcher.expire(packets[-1][0] - self.window))
-            if state[4] >= 0 and (matcher.first_number is None or state[4] < matcher.first_number):
-                matcher.first_t, matcher.first_number = state[5], state[4]
+            elif last_t is not None:
+                finished.extend(matcher.expire(last_t - self.window))
+            if state[1] >= 0 and (matcher.first_number is None or state[1] < matcher.first_number):
+                matcher.first_t, matcher.first_number = state[2], state[1]
             # Both matchers' queries, in capture order, so minutes close as in one.
             merged = sorted([(q.index, 0, q, None) for q in finished]
                             + [(item[0][0], 1, item[0], item[1]) for item in fresh],

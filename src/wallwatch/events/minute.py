@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from wallwatch import store  # noqa: F401 - DuckDB, which every judgement needs, loaded with it
 from wallwatch.records import Measurement, Response
 from wallwatch.vocab import PROVEN, READING, Attribution, Outcome, Reading, TargetKind, outcomes
 
