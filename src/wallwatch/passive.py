@@ -154,6 +154,9 @@ class Passive:
         self.journal = self.out / "pending"
         self.journal.mkdir(exist_ok=True)
         self._unflushed: dict[int, bytearray] = {}
+        #: Per open minute, each held record's JSON line (None: to encode at judgement),
+        #: so the minute's file is written without encoding every record twice.
+        self._lines: dict[int, list[bytes | None]] = {}
         self._flushed_at = time.monotonic()
         #: What a restart found: minutes replayed, answers of open minutes restored.
         self.resumed = self._resume()
@@ -280,7 +283,9 @@ class Passive:
             else:  # held by the grouping loop since it saw the answer: its count stays
                 entry[0] = len(held)
         held.append(m)
-        records.encode_into(m, self._unflushed.setdefault(minute, bytearray()))
+        line = records.encode(m)
+        self._unflushed.setdefault(minute, bytearray()).extend(line)
+        self._lines.setdefault(minute, []).append(line)
         self._due()
         newest = max(self.pending)
         for closed in sorted(k for k in self.pending if k <= newest - self.lag):
@@ -496,14 +501,20 @@ class Passive:
     def _judge_minute(self, minute: int) -> None:
         ms = self.pending.pop(minute)
         self._unflushed.pop(minute, None)
+        lines = self._lines.pop(minute, [])
+        lines += [None] * (len(ms) - len(lines))
         for index, count in (self.keys.pop(minute, None) or {}).values():
             if count > 1 and index >= 0:  # the answers this record stands for
                 m = ms[index]
                 ms[index] = msgspec.structs.replace(m, annotations={**m.annotations,
                                                                     "count": str(count)})  # fmt: skip
+                lines[index] = None  # changed: encoded again
         buffer = bytearray()
-        for m in ms:
-            records.encode_into(m, buffer)
+        for m, line in zip(ms, lines, strict=True):
+            if line is None:
+                records.encode_into(m, buffer)
+            else:
+                buffer += line
         encoded = bytes(buffer)
         # Whole or not at all: a restart judges again a minute not marked judged.
         final = self.out / "measurements" / f"passive-m{minute}.jsonl"
@@ -592,6 +603,7 @@ class Passive:
                     m = msgspec.structs.replace(m, annotations={**m.annotations,
                                                                 "count": str(count)})  # fmt: skip
                 held.append(m)
+                self._lines.setdefault(minute, []).append(None)
                 self._account(minute, m, count)
                 restored += count
         if judged or restored:

@@ -212,6 +212,11 @@ def encode_into(record: Record, buffer: bytearray) -> None:
     buffer += b"\n"
 
 
+def encode(record: Record) -> bytes:
+    """One record as a JSON line (with its newline)."""
+    return _encoder.encode(record) + b"\n"
+
+
 def decode(line: bytes | str) -> Record:
     """Parse one JSON line; raises :class:`msgspec.ValidationError` / ``DecodeError``."""
     record: Record = _decoder.decode(line)
