@@ -276,24 +276,30 @@ def test_bad_options_name_the_option() -> None:
 
 def shield_process(upstream: tuple[str, int], out: Path, *extra: str,
                    stderr: int = subprocess.DEVNULL) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
-    """``wallwatch shield`` as a command, with its cache off, once it serves; its port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wallwatch", "shield", "--listen", f"127.0.0.1:{port}",
-         "--upstream", f"127.0.0.1:{upstream[1]}", "--cache-size", "0", "-o", str(out), *extra],
-        stdout=subprocess.DEVNULL, stderr=stderr,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while not (out / "shield.json").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise AssertionError("the shield did not start")
-        time.sleep(0.05)
-    return proc, port
+    """``wallwatch shield`` as a command, with its cache off, once it serves; its port. A
+    port another process took between the pick and the bind is picked again."""
+    for _ in range(5):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wallwatch", "shield", "--listen", f"127.0.0.1:{port}",
+             "--upstream", f"127.0.0.1:{upstream[1]}", "--cache-size", "0", "-o", str(out),
+             *extra],
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not (out / "shield.json").exists() and proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise AssertionError("the shield did not start within 30 s")
+            time.sleep(0.05)
+        if proc.poll() is None:
+            return proc, port
+        proc.wait()
+    raise AssertionError("the shield did not start: every port picked was taken")
 
 
 def test_a_kill_9_loses_no_closed_measurement(serve, tmp_path: Path) -> None:  # noqa: ANN001

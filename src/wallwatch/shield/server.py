@@ -286,16 +286,27 @@ class Shield:
         await self.calibrate(wait=2.0)
         host, port = self.config.listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        udp = socket.socket(family, socket.SOCK_DGRAM)
-        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        if self.config.reuse_port:
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        udp.bind((host, port))
+        # UDP and TCP share one port; with port 0 the kernel's pick for UDP may be taken
+        # for TCP, so a free pair is looked for.
+        for attempt in range(1 if port else 20):
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                if self.config.reuse_port:
+                    udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                udp.bind((host, port))
+                chosen = udp.getsockname()[1]
+                tcp = await asyncio.start_server(self._on_tcp, host, chosen, reuse_address=True,
+                                                 reuse_port=self.config.reuse_port or None)  # fmt: skip
+            except OSError:
+                udp.close()
+                if port or attempt == 19:
+                    raise
+                continue
+            break
         udp.setblocking(False)
         self._udp = udp
-        port = udp.getsockname()[1]
-        tcp = await asyncio.start_server(self._on_tcp, host, port, reuse_address=True,
-                                         reuse_port=self.config.reuse_port or None)  # fmt: skip
+        port = chosen
         loop.add_reader(udp.fileno(), self._on_udp)
         self.listening = (host, port)
         if ready is not None:
