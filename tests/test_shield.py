@@ -32,7 +32,6 @@ from wallwatch.records import Measurement
 from wallwatch.shield import Shield, ShieldConfig
 from wallwatch.shield.cache import Cache, strip_opt, ttl_offsets
 from wallwatch.shield.server import BadQuery, parse_query
-from wallwatch.vocab import Decision, Drop
 
 GENUINE = "93.184.216.34"
 ZONE = {"www.example.com": [GENUINE], "www.example.net": ["93.184.216.35"],
@@ -251,11 +250,6 @@ def _dot(spec: str) -> object:
     from wallwatch.probe.stream import parse_stream_server
 
     return parse_stream_server(f"dot:{spec}")
-
-
-def test_decisions_are_a_closed_vocabulary() -> None:
-    assert {d.value for d in Decision} >= {"accepted", "cached", "secure", "failed"}
-    assert Drop.NO_OPT.value == "no_opt"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -951,7 +951,7 @@ static void matcher_free(PyObject *capsule) {
     /* Every query once, whichever lists hold it. */
     cq_t **all = NULL;
     size_t nall = 0, cap = 0;
-    cq_t **lists[3] = {mt->order, mt->done, NULL};
+    cq_t **lists[2] = {mt->order, mt->done};
     size_t lens[2] = {mt->order_len, mt->ndone};
     for (int l = 0; l < 2; l++)
         for (size_t i = (l == 0 ? mt->head : 0); i < lens[l]; i++)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import ipaddress
 import json
 import os
@@ -40,6 +39,7 @@ from wallwatch.probe.udp import UdpChannel
 from wallwatch.records import Measurement, Response
 from wallwatch.shield.cache import Cache, strip_opt, truncated
 from wallwatch.shield.checks import ForgedPool, PathModel, Seen, judge
+from wallwatch.targets import Target
 from wallwatch.vocab import Decision, Drop, Engine, TargetKind
 from wallwatch.wire import AA, parse_reply
 
@@ -273,9 +273,10 @@ class Shield:
         self._recalibrated = 0.0
         self._encoder = msgspec.json.Encoder()
         self.listening: tuple[str, int] | None = None
-        family = socket.AF_INET6 if ":" in config.upstream[0] else socket.AF_INET
-        self.upstream = UdpChannel(family)
-        self._upstream_addr = (str(ipaddress.ip_address(config.upstream[0])), config.upstream[1])
+        self._target = Target(str(ipaddress.ip_address(config.upstream[0])), config.upstream[1])
+        self.upstream = UdpChannel(self._target.family)
+        #: Where replies must come from: the address as the socket reports it.
+        self._upstream_addr = (self._target.address, self._target.port)
 
     # -- running ------------------------------------------------------------------------
 
@@ -659,17 +660,16 @@ class Shield:
             annotations["shield_accepted"] = str(pending.accepted)
         if dropped:
             annotations["shield_dropped"] = dropped
-        host, port = self._upstream_addr
         m = Measurement(
             schema_version=records.SCHEMA_VERSION,
             measurement_uid=pending.uid or self._next_uid(pending),
             report_id=self._report_id,
             measurement_start_time=self._start_time,
             vantage=self.config.vantage,
-            hostname=query.hostname().rstrip(".") or ".",
+            hostname=query.hostname(),
             query_type=type_text(query.qtype),
             engine=Engine.UDP,
-            resolver_address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            resolver_address=self._target.resolver_address,
             target_kind=TargetKind.RESOLVER,
             transaction_id=pending.txid,
             source_port=self.upstream.port,
@@ -692,22 +692,15 @@ class Shield:
 
         def done(f: asyncio.Future[StreamReply]) -> None:
             pending.secure_done = True
-            reply = None
-            try:
-                reply = f.result()
-            except (StreamError, OSError) as exc:
-                self.log(f"shield: secure channel {server.resolver_address}: {exc}")
-            except (concurrent.futures.CancelledError, asyncio.CancelledError):
-                pass
-            payload = getattr(reply, "payload", None)
-            ok = isinstance(payload, bytes) and len(payload) >= 12 and payload[:2] == wire[:2]
-            if ok and isinstance(payload, bytes):
+            payload = self._reply_of(f, wire, server)
+            if payload is not None:
                 addresses = tuple(a.data for a in parse_reply(payload).answers
                                   if a.rtype in (1, 28))  # fmt: skip
                 # A secure channel can serve a poisoned cache too ([dnscrypt-proxy-1315]).
-                ok = not any(self.forged(a) for a in addresses)
+                if any(self.forged(a) for a in addresses):
+                    payload = None
             if pending.answered is None and pending.waiters:
-                if ok and isinstance(payload, bytes):
+                if payload is not None:
                     self._deliver(pending, payload, Decision.SECURE)
                 elif pending.expired:
                     self._fail(pending)
@@ -717,22 +710,29 @@ class Shield:
         future.add_done_callback(done)
 
     def _retry_tcp(self, pending: _Pending) -> None:
-        host, port = self._upstream_addr
-        server = StreamServer(Engine.TCP, host, port)
+        server = StreamServer(Engine.TCP, self._target.address, self._target.port)
         future = self._loop.run_in_executor(self._pool, exchange, server, pending.wire, 5.0)
 
         def done(f: asyncio.Future[StreamReply]) -> None:
-            reply = None
-            with contextlib.suppress(StreamError, OSError, concurrent.futures.CancelledError,
-                                     asyncio.CancelledError):  # fmt: skip
-                reply = f.result()
-            payload = getattr(reply, "payload", None)
-            if isinstance(payload, bytes) and payload[:2] == pending.wire[:2] and pending.waiters:
+            payload = self._reply_of(f, pending.wire, server)
+            if payload is not None and pending.waiters:
                 self._deliver(pending, payload, Decision.TCP)
             elif pending.waiters:
                 self._fail(pending)
 
         future.add_done_callback(done)
+
+    def _reply_of(self, f: asyncio.Future[StreamReply], wire: bytes,
+                  server: StreamServer) -> bytes | None:  # fmt: skip
+        """A stream lookup's reply to ``wire`` (its ID), or None; a failure is logged."""
+        try:
+            payload = f.result().payload
+        except (StreamError, OSError) as exc:
+            self.log(f"shield: {server.engine.value} {server.resolver_address}: {exc}")
+            return None
+        except (concurrent.futures.CancelledError, asyncio.CancelledError):
+            return None
+        return payload if len(payload) >= 12 and payload[:2] == wire[:2] else None
 
     # -- what it writes -------------------------------------------------------------------
 
@@ -772,7 +772,7 @@ class Shield:
     def state(self) -> dict[str, object]:
         """Counters and what was learned of the path (``shield.json``)."""
         return {
-            "upstream": f"{self._upstream_addr[0]}:{self._upstream_addr[1]}",
+            "upstream": self._target.resolver_address,
             "listening": list(self.listening) if self.listening else None,
             "queries": self.queries,
             "decisions": {d.value: self.decisions[d] for d in Decision},
