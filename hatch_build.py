@@ -1,4 +1,5 @@
-"""Build hook: compile ``wallwatch._native`` (C, the passive hot loops) when a compiler is there.
+"""Build hook: compile ``wallwatch._native`` (the passive hot loops) and ``wallwatch._probeloop``
+(the prober's UDP loop), both C, when a compiler is there.
 
 Why a hook and not setuptools: the package builds with hatchling; the extension is one C
 file with no dependency but Python's headers, so the compiler Python was built with is
@@ -23,11 +24,16 @@ class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
-        root = Path(self.root)
-        source = root / "src" / "wallwatch" / "_native.c"
-        target = source.with_name("_native" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
         if os.environ.get("WALLWATCH_NO_NATIVE"):
             return
+        # _native: the passive readers; _probeloop: the prober's UDP loop.
+        for name in ("_native", "_probeloop"):
+            self._compile(name, version, build_data)
+
+    def _compile(self, name: str, version: str, build_data: dict[str, Any]) -> None:
+        root = Path(self.root)
+        source = root / "src" / "wallwatch" / f"{name}.c"
+        target = source.with_name(name + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
         compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
         command = [
             *compiler, "-O2", "-fPIC", "-shared", "-Wall", "-Werror=implicit-function-declaration",
@@ -36,12 +42,12 @@ class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         except OSError as exc:
-            print(f"wallwatch: the native reader was not built ({exc}); "
-                  "the pure-Python one is used", file=sys.stderr)  # fmt: skip
+            print(f"wallwatch: {name} was not built ({exc}); "
+                  "its pure-Python twin is used", file=sys.stderr)  # fmt: skip
             return
         if done.returncode != 0:
-            print(f"wallwatch: the native reader was not built:\n{done.stderr}"
-                  "the pure-Python one is used", file=sys.stderr)  # fmt: skip
+            print(f"wallwatch: {name} was not built:\n{done.stderr}"
+                  "its pure-Python twin is used", file=sys.stderr)  # fmt: skip
             return
         if self.target_name == "wheel" and version != "editable":
             build_data["pure_python"] = False

@@ -9,11 +9,20 @@ and no rate limit. Both share the machine's 2 cores with Unbound, so the figures
 are lower bounds for a prober whose targets are remote; the transferable figure
 is the prober's CPU per query.
 
+Then the same against ``bench/responder.c`` (a C responder, compiled here: one A record
+per query, recvmmsg/sendmmsg batches), where the server costs little and the prober's own
+rate shows; dnsperf runs against it too. Last, the prober runs over a quarter and a half
+of the names against Unbound, and the time per query at each size is printed, so a cost
+that grows with the sweep shows.
+
 The last line is machine-readable:
 
     probe qps=<n> dnsperf_qps=<n> ratio=<probe/dnsperf> cpu_us_per_query=<n> unmatched=<n>
+    drops=<n> responder_qps=<n> responder_dnsperf_qps=<n> us_per_query_at_quarter=<n>
+    us_per_query_at_half=<n> us_per_query=<n> native=<bool>
 
 Usage: ``.venv/bin/python bench/probe.py [--seconds 10] [--procs 1]``
+(``WALLWATCH_NO_NATIVE=1`` in the environment measures the pure-Python loop.)
 """
 
 from __future__ import annotations
@@ -91,7 +100,7 @@ def run_dnsperf(port: int, names: Path, seconds: int) -> float:
     return float(match.group(1))
 
 
-def run_probe(port: int, names: Path, out: Path, procs: int) -> tuple[float, float, int, int]:
+def run_probe(port: int, names: Path, out: Path, procs: int) -> tuple[float, float, int, int, int]:
     wallwatch = Path(sys.executable).with_name("wallwatch")
     cmd = [str(wallwatch), "probe", "-f", str(names), "-t", f"127.0.0.1:{port}", "-o", str(out),
            "--rate", "0", "--max-inflight", "500", "--window", "0.05", "--timeout", "1",
@@ -104,6 +113,7 @@ def run_probe(port: int, names: Path, out: Path, procs: int) -> tuple[float, flo
     if done.returncode:
         raise RuntimeError("wallwatch probe failed:\n" + done.stderr)
     print(done.stderr.strip(), file=sys.stderr)
+    drops = sum(int(n) for n in re.findall(r"(\d+) kernel drops", done.stderr))
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     measured = unmatched = 0
     first_t0, last_t = float("inf"), 0.0
@@ -119,7 +129,19 @@ def run_probe(port: int, names: Path, out: Path, procs: int) -> tuple[float, flo
     # reading the name list and interpreter exit are excluded; the last 0.05 s window
     # is included). The whole-command rate goes to stderr for comparison.
     print(f"whole command: {measured / elapsed:.0f} q/s over {elapsed:.1f} s", file=sys.stderr)
-    return measured / (last_t - first_t0), cpu, measured, unmatched
+    out.unlink()
+    return measured / (last_t - first_t0), cpu, measured, unmatched, drops
+
+
+def start_responder(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Compile and start bench/responder.c on a free loopback port."""
+    binary = work / "responder"
+    source = Path(__file__).with_name("responder.c")
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(source)], check=True)
+    port = free_port()
+    server = subprocess.Popen([str(binary), str(port)])
+    wait_for_unbound(port)
+    return server, port
 
 
 def main() -> None:
@@ -143,24 +165,50 @@ def main() -> None:
         (work / "unbound.conf").write_text(UNBOUND_CONF.format(port=port, dir=tmp))
         server = subprocess.Popen(["unbound", "-d", "-c", str(work / "unbound.conf")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        perf_names = work / "dnsperf.txt"
+        perf_names.write_text("".join(f"n{i}.test A\n" for i in range(100_000)))
         try:
             wait_for_unbound(port)
-            perf_names = work / "dnsperf.txt"
-            perf_names.write_text("".join(f"n{i}.test A\n" for i in range(100_000)))
             dnsperf_qps = run_dnsperf(port, perf_names, args.seconds)
             count = args.names or int(dnsperf_qps * args.seconds)
-            names = work / "names.txt"
-            names.write_text("".join(f"n{i}.test\n" for i in range(count)))
-            qps, cpu, measured, unmatched = run_probe(port, names, work / "out.jsonl", args.procs)
+            curve = {}
+            for share in (4, 2, 1):
+                names = work / "names.txt"
+                names.write_text("".join(f"n{i}.test\n" for i in range(count // share)))
+                curve[share] = run_probe(port, names, work / "out.jsonl", args.procs)
+            qps, cpu, measured, unmatched, drops = curve[1]
         finally:
             server.terminate()
             server.wait(timeout=10)
+        responder, rport = start_responder(work)
+        try:
+            responder_dnsperf = run_dnsperf(rport, perf_names, max(2, args.seconds // 2))
+            names = work / "names.txt"
+            names.write_text(
+                "".join(
+                    f"n{i}.test\n"
+                    for i in range(int(responder_dnsperf * max(2, args.seconds // 2)))
+                )
+            )
+            responder_qps, _, _, r_unmatched, r_drops = run_probe(
+                rport, names, work / "out.jsonl", args.procs
+            )
+        finally:
+            responder.terminate()
+            responder.wait(timeout=10)
+    from wallwatch.probe import native
+
     cpu_us = cpu / max(measured, 1) * 1e6
     print(f"python: {sys.version.split()[0]} ({sys.executable}); procs={args.procs}; "
-          f"{measured} of {count} names answered", file=sys.stderr)  # fmt: skip
+          f"{measured} of {count} names answered; against the C responder: "
+          f"{r_unmatched} unmatched, {r_drops} kernel drops", file=sys.stderr)  # fmt: skip
     print(
         f"probe qps={qps:.0f} dnsperf_qps={dnsperf_qps:.0f} ratio={qps / dnsperf_qps:.2f} "
-        f"cpu_us_per_query={cpu_us:.1f} unmatched={unmatched}"
+        f"cpu_us_per_query={cpu_us:.1f} unmatched={unmatched} drops={drops} "
+        f"responder_qps={responder_qps:.0f} responder_dnsperf_qps={responder_dnsperf:.0f} "
+        f"us_per_query_at_quarter={1e6 / curve[4][0]:.2f} "
+        f"us_per_query_at_half={1e6 / curve[2][0]:.2f} us_per_query={1e6 / qps:.2f} "
+        f"native={native.module is not None}"
     )
 
 

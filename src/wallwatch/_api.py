@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from wallwatch.journal import Journal, read_records
-from wallwatch.records import Measurement, Record, encode_into
+from wallwatch.records import Measurement, Record, decode, encode_into
 from wallwatch.targets import Target, parse_target
 from wallwatch.vocab import Attribution, Engine, Evidence, Outcome
 
@@ -51,6 +51,11 @@ class _Collect(Journal):
         self.kept.append(record)
         if self._also is not None:
             self._also.write(record)
+
+    def write_lines(self, lines: bytes, count: int) -> None:
+        self.kept.extend(decode(line) for line in lines.splitlines())
+        if self._also is not None:
+            self._also.write_lines(lines, count)
 
     def tick(self, now: float) -> None:
         if self._also is not None:

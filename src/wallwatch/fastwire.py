@@ -15,6 +15,7 @@ digits, ``-`` and ``_``, an IPv4-compatible or -mapped AAAA answer.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
@@ -296,6 +297,8 @@ dnstap_group: Callable[..., tuple[list[tuple[bytes, Any, Any]], int, bool]]
 #: ``Passive._queries``), compared on the same files by ``tests/test_fastwire.py``.
 scan_match: Callable[..., tuple[list[Any], list[Any], int, int, bool, bool, float | None]] | None
 try:
+    if os.environ.get("WALLWATCH_NO_NATIVE"):  # the pure-Python twins, on purpose
+        raise ModuleNotFoundError("WALLWATCH_NO_NATIVE is set")
     from wallwatch import _native  # type: ignore[attr-defined]
 
     NATIVE = True
@@ -311,12 +314,15 @@ except ImportError:  # pragma: no cover - the build hook compiles it where it ca
     dnstap_answer = py_dnstap_answer
     dnstap_group = py_dnstap_group
     scan_match = None
-    print("wallwatch: the native packet reader is not built (no compiler at install); "
-          "passive reading runs in pure Python, several times slower", file=sys.stderr)  # fmt: skip
+    if not os.environ.get("WALLWATCH_NO_NATIVE"):
+        print("wallwatch: the native packet reader is not built (no compiler at install); "
+              "passive reading runs in pure Python, several times slower", file=sys.stderr)  # fmt: skip
 
 
 def native_module() -> Any:
     """The extension module, or None (for tests comparing the twins)."""
+    if os.environ.get("WALLWATCH_NO_NATIVE"):
+        return None
     try:
         from wallwatch import _native  # type: ignore[attr-defined]
     except ImportError:

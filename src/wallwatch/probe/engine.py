@@ -40,11 +40,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import msgspec
 
 from wallwatch import records
 from wallwatch.journal import Journal
 from wallwatch.names import QueryName
+from wallwatch.probe import native
 from wallwatch.probe.ratelimit import TokenBucket
 from wallwatch.probe.rawcapture import RawCapture
 from wallwatch.probe.reply import first_reply_failure, make_response, type_text
@@ -56,6 +59,7 @@ from wallwatch.vocab import Engine, Failure, TargetKind
 from wallwatch.wire import TC, ParsedReply, encode_name, parse_reply, query_tail
 
 _ID = struct.Struct("!H")
+_JSON = msgspec.json.encode
 #: Bytes of unsolicited replies parsed and kept per source: a burst, then a rate; the rest
 #: are only counted. In bytes, not packets, because parsing costs about one step per
 #: byte: a source flooding 64 KB crafted replies gets the CPU one sending small ones gets.
@@ -165,6 +169,16 @@ class _Slot:
         self.resolver_address = ""
 
 
+class _NativeRetry(NamedTuple):
+    """The TCP retry of a truncated reply the C loop received (its slot and generation)."""
+
+    slot: int
+    gen: int
+    sent_ns: int
+    attempt: int
+    qtype: int
+
+
 class Prober:
     """Runs one sweep and writes its records to a :class:`~wallwatch.journal.Journal`.
 
@@ -208,9 +222,9 @@ class Prober:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._poll.register(self._wake_r.fileno(), select.POLLIN)
-        self._results: queue.SimpleQueue[tuple[_Slot, StreamReply | StreamError, int]] = (
-            queue.SimpleQueue()
-        )
+        self._results: queue.SimpleQueue[
+            tuple[_Slot | _NativeRetry, StreamReply | StreamError, int]
+        ] = queue.SimpleQueue()
         self._executor: ThreadPoolExecutor | None = None
         self._raw: RawCapture | None = None
         # Not a CSPRNG (a system call per ID halved the send rate): the IDs only need to
@@ -222,6 +236,15 @@ class Prober:
         self._uid_counter = 0
         self._targets: dict[Target, tuple[str, tuple[str, int], int]] = {}
         self._stray_tokens: dict[str, tuple[float, float]] = {}
+        # The C loop (wallwatch.probe.native) for plain IPv4 UDP queries, made on first use.
+        self._native_ok = (
+            native.module is not None
+            and not config.raw_capture
+            and config.retries + 2 <= native.MAX_ATTEMPTS
+        )
+        self._core: Any = None
+        self._core_channels: list[UdpChannel] = []
+        self._core_counts: dict[str, int] = {}
 
     # -- public -------------------------------------------------------------------
 
@@ -240,19 +263,27 @@ class Prober:
             while True:
                 now = self._now = time.monotonic()
                 if source is not None:
-                    room = self.config.max_inflight - self._outstanding
+                    room = self.config.max_inflight - self._inflight()
                     if room > 0:
+                        batch: list[Query] = []
                         for _ in range(bucket.take(now, min(room, self.config.burst))):
                             query = next(source, None)
                             if query is None:
                                 source = None
                                 break
+                            batch.append(query)
+                        if self._native_ok and batch:
+                            # the C loop takes the plain IPv4 UDP queries, Python the rest
+                            batch = self._native_core().start(batch)
+                        for query in batch:
                             self._start(query)
                 if self._raw is not None:
                     self._raw.drain()  # before the UDP sockets: their replies look it up
                 for index, channel in enumerate(self._channels):
                     channel.drain(self._receivers[index], self._icmp_receivers[index])
                 self._collect_streams()
+                if self._core is not None:
+                    self._pump_native()
                 self._expire(now)
                 self.journal.tick(now)
                 if now >= next_progress:
@@ -263,6 +294,7 @@ class Prober:
                     and not self._awaiting
                     and not self._collecting
                     and not (self._open_streams)
+                    and (self._core is None or not self._core.busy())
                 ):
                     break
                 self._wait(bucket, source is not None)
@@ -397,7 +429,7 @@ class Prober:
             if parsed.failure is not None:
                 self.stats.parse_failures += 1
             stamp = stamp or time.time_ns()
-            self._stray(index, key, data, parsed, addr, ttl, stamp)
+            self._write_stray(self._channels[index].port, data, parsed, addr, ttl, stamp, known)
             return
         parsed = parse_reply(data)
         if parsed.failure is not None:
@@ -449,18 +481,17 @@ class Prober:
             return None, None
         return self._raw.take(addr[0], addr[1], self._channels[index].port, txid)
 
-    def _stray(
+    def _write_stray(
         self,
-        index: int,
-        key: tuple[int, str, int, int],
+        local_port: int,
         data: bytes,
         parsed: ParsedReply,
         addr: tuple[str, int],
         ttl: int | None,
         stamp: int,
+        known: tuple[str, int] | None,
     ) -> None:
         self.stats.strays += 1
-        known = self._recent.get(key) or self._recent_old.get(key)
         if known is None:
             self.stats.unmatched += 1
         uid, sent_ns = known if known is not None else (None, stamp)
@@ -472,7 +503,7 @@ class Prober:
             Stray(
                 schema_version=records.SCHEMA_VERSION,
                 report_id=self.report_id,
-                local_port=self._channels[index].port,
+                local_port=local_port,
                 response=response,
                 measurement_uid=uid,
             )
@@ -509,17 +540,21 @@ class Prober:
     # -- streams (TCP / DoT / DoH) ------------------------------------------------
 
     def _submit_stream(self, slot: _Slot, server: StreamServer) -> None:
+        slot.stream_pending = True
+        txid = self._getrandbits(16)
+        slot.txids.append(txid)
+        slot.sent_ns.append(time.time_ns())
+        self.stats.sent += 1
+        self._submit_job(slot, server, _ID.pack(txid) + slot.tail, len(slot.txids) - 1)
+
+    def _submit_job(
+        self, owner: _Slot | _NativeRetry, server: StreamServer, payload: bytes, attempt: int
+    ) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
                 max_workers=self.config.stream_workers, thread_name_prefix="ww-stream"
             )
-        slot.stream_pending = True
         self._open_streams += 1
-        txid = self._getrandbits(16)
-        slot.txids.append(txid)
-        slot.sent_ns.append(time.time_ns())
-        attempt = len(slot.txids) - 1
-        payload = _ID.pack(txid) + slot.tail
         timeout = self.config.stream_timeout
 
         def job() -> None:
@@ -530,11 +565,10 @@ class Prober:
                 result = exc
             except Exception as exc:  # a bug must not hang the sweep: record it
                 result = StreamError(Failure.UNKNOWN, repr(exc))
-            self._results.put((slot, result, attempt))
+            self._results.put((owner, result, attempt))
             with contextlib.suppress(OSError):
                 self._wake_w.send(b"x")
 
-        self.stats.sent += 1
         self._executor.submit(job)
 
     def _collect_streams(self) -> None:
@@ -551,6 +585,9 @@ class Prober:
             except queue.Empty:
                 return
             self._open_streams -= 1
+            if isinstance(slot, _NativeRetry):
+                self._native_retry_done(slot, result)
+                continue
             slot.stream_pending = False
             failure: Failure | None = None
             if isinstance(result, StreamError):
@@ -603,17 +640,42 @@ class Prober:
         if slot.closed:
             return
         slot.closed = True
-        query = slot.query
-        self._uid_counter += 1
-        uid = f"{self._uid_prefix}{self._uid_counter:08x}"
+        uid = self._next_uid()
         if slot.channel >= 0:
             ip, port = slot.dest
             for attempt, txid in enumerate(slot.txids):
                 pkey = (slot.channel, ip, port, txid)
                 if self._pending.pop(pkey, None) is not None:
                     self._recent[pkey] = (uid, slot.sent_ns[attempt])
-        responses = tuple(slot.responses)
-        icmp = tuple(slot.icmp)
+        self._write_measurement(
+            slot.query, uid, slot.resolver_address,
+            slot.txids[0] if slot.txids else 0,
+            self._channels[slot.channel].port if slot.channel >= 0 else 0,
+            slot.t0, (time.time_ns() - self.start_ns) / 1e9, failure, len(slot.sent_ns),
+            tuple(slot.responses), tuple(slot.icmp),
+        )  # fmt: skip
+
+    def _next_uid(self) -> str:
+        if self._core is not None:  # one counter for both loops
+            uid: str = self._core.next_uid()
+            return uid
+        self._uid_counter += 1
+        return f"{self._uid_prefix}{self._uid_counter:08x}"
+
+    def _write_measurement(
+        self,
+        query: Query,
+        uid: str,
+        resolver_address: str,
+        transaction_id: int,
+        source_port: int,
+        t0: float,
+        t: float,
+        failure: Failure | None,
+        attempts: int,
+        responses: tuple[Response, ...],
+        icmp: tuple[IcmpError, ...],
+    ) -> None:
         measurement = Measurement(
             schema_version=records.SCHEMA_VERSION,
             measurement_uid=uid,
@@ -623,15 +685,15 @@ class Prober:
             hostname=query.name.hostname,
             query_type=type_text(query.qtype),
             engine=query.engine,
-            resolver_address=slot.resolver_address,
+            resolver_address=resolver_address,
             target_kind=query.kind,
-            transaction_id=slot.txids[0] if slot.txids else 0,
-            source_port=self._channels[slot.channel].port if slot.channel >= 0 else 0,
-            t0=slot.t0,
-            t=(time.time_ns() - self.start_ns) / 1e9,
+            transaction_id=transaction_id,
+            source_port=source_port,
+            t0=t0,
+            t=t,
             failure=failure or first_reply_failure(responses, icmp),
             ip_ttl=query.ip_ttl,
-            attempts=len(slot.sent_ns),
+            attempts=attempts,
             rd=self.config.rd,
             edns_payload=self.config.edns_payload,
             input=query.name.input,
@@ -642,16 +704,132 @@ class Prober:
         self.stats.measurements += 1
         self.journal.write(measurement)
 
+    # -- the C loop (wallwatch.probe.native) --------------------------------------
+
+    def _inflight(self) -> int:
+        return self._outstanding + (self._core.outstanding if self._core is not None else 0)
+
+    def _native_core(self) -> Any:
+        if self._core is None:
+            assert native.module is not None
+            self._core_channels = [
+                UdpChannel(socket.AF_INET) for _ in range(max(1, self.config.ports))
+            ]
+            for channel in self._core_channels:
+                self._poll.register(channel.fileno(), select.POLLIN)
+            config = self.config
+            self._core = native.module.Sweep(
+                [c.fileno() for c in self._core_channels],
+                [c.port for c in self._core_channels],
+                config.window, config.timeout, config.retries, config.tcp_fallback,
+                self.start_ns, int.from_bytes(os.urandom(8), "little"),
+                native.strings(
+                    uid_prefix=self._uid_prefix, report_id=self.report_id,
+                    start_time=self.start_time, vantage=config.vantage, rd=config.rd,
+                    edns_payload=config.edns_payload, annotations=config.annotations,
+                ),
+            )  # fmt: skip
+            # UIDs the Python loop already gave stay unique: the C counter goes on from them.
+            for _ in range(self._uid_counter):
+                self._core.next_uid()
+        return self._core
+
+    def _pump_native(self) -> None:
+        core = self._core
+        lines, count, fallbacks, strays, truncated = core.poll()
+        if count:
+            self.journal.write_lines(lines, count)
+        for item in fallbacks:
+            self._finish_native(item)
+        for item in strays:
+            self._native_stray(item)
+        for slot, gen, txid, attempt, sent_ns, ip, port, tail, qtype in truncated:
+            retry = _NativeRetry(slot, gen, sent_ns, attempt, qtype)
+            server = StreamServer(Engine.TCP, ip, port)
+            self._submit_job(retry, server, _ID.pack(txid) + tail, attempt)
+        core.clear()
+        counts = core.counts()
+        last = self._core_counts
+        stats = self.stats
+        for name in ("sent", "responses", "measurements", "timeouts", "retries", "icmp"):
+            setattr(stats, name, getattr(stats, name) + counts[name] - last.get(name, 0))
+        self._core_counts = counts
+
+    def _finish_native(self, item: tuple[Any, ...]) -> None:
+        """A query the C loop closed but left to Python: an ICMP error, a TCP retry's
+        reply, a failed send, or a reply its reader declined."""
+        query, uid, txids, sent_ns, raw, icmp_raw, extra, t0, t, sport, failure = item
+        qwire = self._tail(query)[1]
+        start = self.start_ns
+        responses = []
+        for data, src, port, ttl, stamp, attempt in raw:
+            parsed = parse_reply(data)
+            if parsed.failure is not None:
+                self.stats.parse_failures += 1
+            mismatch = parsed.qtype != query.qtype or (
+                parsed.qname_wire is None or parsed.qname_wire.lower() != qwire
+            )
+            responses.append(
+                make_response(
+                    data, parsed, src=src, sport=port, ip_ttl=ttl, t=(stamp - start) / 1e9,
+                    rtt=(stamp - sent_ns[attempt]) / 1e9, attempt=attempt, mismatch=mismatch,
+                )
+            )  # fmt: skip
+        if extra:  # TCP replies, in the order of arrival with the UDP ones
+            responses = sorted(responses + extra, key=lambda r: r.t)
+        icmp = tuple(
+            IcmpError(t=(stamp - start) / 1e9, src=offender, icmp_type=kind, icmp_code=code,
+                      attempt=attempt)
+            for stamp, offender, kind, code, attempt in icmp_raw
+        )  # fmt: skip
+        assert query.target is not None
+        self.stats.measurements -= 1  # the C loop counted it already
+        self._write_measurement(
+            query, uid, query.target.resolver_address, txids[0] if txids else 0, sport, t0, t,
+            native.SEND_FAILURES[failure], len(sent_ns), tuple(responses), icmp,
+        )  # fmt: skip
+
+    def _native_stray(self, item: tuple[Any, ...]) -> None:
+        local_port, data, src, sport, ttl, stamp, uid, sent_ns = item
+        if uid is None and not self._stray_budget(src, len(data)):
+            self.stats.strays += 1
+            self.stats.unmatched += 1
+            self.stats.strays_unkept += 1
+            return
+        parsed = parse_reply(data)
+        if parsed.failure is not None:
+            self.stats.parse_failures += 1
+        stamp = stamp or time.time_ns()
+        known = (uid, sent_ns) if uid is not None else None
+        self._write_stray(local_port, data, parsed, (src, sport), ttl, stamp, known)
+
+    def _native_retry_done(self, retry: _NativeRetry, result: StreamReply | StreamError) -> None:
+        response = None
+        if not isinstance(result, StreamError):
+            self.stats.responses += 1
+            parsed = parse_reply(result.payload)
+            response = make_response(
+                result.payload, parsed, src=result.src, sport=result.sport, ip_ttl=None,
+                t=(result.received_ns - self.start_ns) / 1e9,
+                rtt=(result.received_ns - retry.sent_ns) / 1e9, attempt=retry.attempt,
+                engine=Engine.TCP, mismatch=parsed.qtype != retry.qtype,
+            )  # fmt: skip
+        self._core.stream_done(retry.slot, retry.gen, response)
+
     # -- waiting and teardown -----------------------------------------------------
 
     def _wait(self, bucket: TokenBucket, sending: bool) -> None:
         deadlines = []
-        if sending and self._outstanding < self.config.max_inflight:
+        if sending and self._inflight() < self.config.max_inflight:
             deadlines.append(bucket.wait_time())
         if self._awaiting:
             deadlines.append(self._awaiting[0][0] - self._now)
         if self._collecting:
             deadlines.append(self._collecting[0][0] - self._now)
+        if self._core is not None:
+            due = self._core.wait()
+            if due >= 0:
+                deadlines.append(due)
         deadlines.append(0.25)  # journal flush and progress
         delay = min(deadlines)
         if delay <= 0:
@@ -660,6 +838,8 @@ class Prober:
 
     def _report_progress(self) -> None:
         self.stats.kernel_drops = sum(c.kernel_drops for c in self._channels)
+        if self._core is not None:
+            self.stats.kernel_drops += self._core.counts()["kernel_drops"]
         if self._progress is not None:
             self._progress(self.stats)
 
@@ -667,7 +847,7 @@ class Prober:
         self.journal.flush()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-        for channel in self._channels:
+        for channel in self._channels + self._core_channels:
             channel.close()
         if self._raw is not None:
             self._raw.close()
