@@ -117,6 +117,34 @@ static int put_float(buf_t *b, double x) {
     return rc ? -1 : 0;
 }
 
+/* A time given in nanoseconds, as msgspec writes the float ns / 1e9. For 10 us <= |x| <
+   2^22 s the shortest decimal that reads back to that float is the nanosecond count with
+   nine decimals (trailing zeros dropped): two decimals of nine places differ by >= 1e-9,
+   more than the float's spacing there, so no shorter one reads back. No division and
+   no shortest-digits search, then; other values take put_float. */
+static int put_ns(buf_t *b, long long ns) {
+    unsigned long long u = ns < 0 ? 0ULL - (unsigned long long)ns : (unsigned long long)ns;
+    if (u < 10000 || u >= 4000000000000000ULL) return put_float(b, ns / 1e9);
+    char tmp[32], *e = tmp + sizeof tmp, *p = e;
+    unsigned long long whole = u / 1000000000ULL, frac = u % 1000000000ULL;
+    int digits = 9;
+    while (digits > 1 && frac % 10 == 0) {
+        frac /= 10;
+        digits--;
+    }
+    for (int i = 0; i < digits; i++) {
+        *--p = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    *--p = '.';
+    do {
+        *--p = (char)('0' + whole % 10);
+        whole /= 10;
+    } while (whole);
+    if (ns < 0) *--p = '-';
+    return put(b, p, e - p);
+}
+
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 static int put_b64(buf_t *b, const unsigned char *s, size_t n) {
@@ -215,7 +243,7 @@ static int type_slot(unsigned t) {
 /* One reply as the JSON of records.Response, or 1 (declined: Python builds it) or -1
    (error set). `ancount_out` and `rcode_out` feed the measurement's failure. */
 static int encode_response(buf_t *b, const names_t *nm, const unsigned char *m, size_t n,
-                           const char *src, int sport, int ttl, double t, double rtt, int attempt,
+                           const char *src, int sport, int ttl, long long t_ns, long long rtt_ns, int attempt,
                            int qtype_want, const unsigned char *qwire, size_t qwire_n,
                            int *rcode_out, int *ancount_out) {
     if (n < 12) return 1;
@@ -321,8 +349,8 @@ static int encode_response(buf_t *b, const names_t *nm, const unsigned char *m, 
         goto err;
     }
     if (off != n) goto decline_answers;
-    if (PUTS(b, "{\"t\":") || put_float(b, t) || PUTS(b, ",\"rtt\":") ||
-        put_float(b, rtt) || PUTS(b, ",\"src\":\"") || put(b, src, strlen(src)) ||
+    if (PUTS(b, "{\"t\":") || put_ns(b, t_ns) || PUTS(b, ",\"rtt\":") ||
+        put_ns(b, rtt_ns) || PUTS(b, ",\"src\":\"") || put(b, src, strlen(src)) ||
         PUTS(b, "\",\"sport\":") || put_int(b, sport) || PUTS(b, ",\"ip_ttl\":"))
         goto err;
     if ((ttl >= 0 ? put_int(b, ttl) : PUTS(b, "null")) || PUTS(b, ",\"raw_response\":\"") ||
@@ -512,7 +540,7 @@ typedef struct {
     uint16_t port;
     uint16_t txid[MAXATT];
     int64_t sent_ns[MAXATT];
-    double t0;
+    int64_t t0_ns;
     resp_t *resp;
     icmp_t *icmp;
     PyObject *extra;
@@ -630,7 +658,7 @@ static PyObject *ip_str(uint32_t ip) {
 
 /* ---------------------------------------------------------------- closing a query */
 
-static PyObject *fallback_tuple(Sweep *s, slot_t *sl, PyObject *uid, double t) {
+static PyObject *fallback_tuple(Sweep *s, slot_t *sl, PyObject *uid, int64_t t_ns) {
     PyObject *txids = PyTuple_New(sl->natt), *sent = PyTuple_New(sl->natt);
     PyObject *resp = PyList_New(sl->nresp), *icmp = PyList_New(sl->nicmp);
     if (!txids || !sent || !resp || !icmp) goto fail;
@@ -660,7 +688,7 @@ static PyObject *fallback_tuple(Sweep *s, slot_t *sl, PyObject *uid, double t) {
         PyList_SET_ITEM(icmp, k, item);
     }
     return Py_BuildValue("(OONNNNOddii)", sl->query, uid, txids, sent, resp, icmp,
-                         sl->extra ? sl->extra : Py_None, sl->t0, t, s->ports[sl->channel],
+                         sl->extra ? sl->extra : Py_None, sl->t0_ns / 1e9, t_ns / 1e9, s->ports[sl->channel],
                          sl->failure);
 fail:
     Py_XDECREF(txids);
@@ -671,7 +699,7 @@ fail:
 }
 
 /* The record of a plain query into s->out; 1 when Python must build it. */
-static int encode_measurement(Sweep *s, slot_t *sl, unsigned long long counter, double t) {
+static int encode_measurement(Sweep *s, slot_t *sl, unsigned long long counter, int64_t t_ns) {
     buf_t *tmp = &s->tmp;
     tmp->n = 0;
     int first_rcode = -1, first_an = 0;
@@ -682,8 +710,7 @@ static int encode_measurement(Sweep *s, slot_t *sl, unsigned long long counter, 
         if (k && PUTS(tmp, ",")) return -1;
         int rcode = 0, an = 0;
         int rc = encode_response(tmp, &s->nm, r->data, r->len, src, r->sport, r->ttl,
-                                 (r->stamp - s->start_ns) / 1e9,
-                                 (r->stamp - sl->sent_ns[r->attempt]) / 1e9, r->attempt,
+                                 r->stamp - s->start_ns, r->stamp - sl->sent_ns[r->attempt], r->attempt,
                                  sl->qtype, sl->qbuf + 10, sl->namelen, &rcode, &an);
         if (rc) return rc;
         if (k == 0) {
@@ -708,7 +735,7 @@ static int encode_measurement(Sweep *s, slot_t *sl, unsigned long long counter, 
     if (put_bytes(b, s->head) || put(b, uid, k) || put_bytes(b, s->mid) || put_bytes(b, sl->qfrag) ||
         PUTS(b, ",\"transaction_id\":") || put_int(b, sl->natt ? sl->txid[0] : 0) ||
         PUTS(b, ",\"source_port\":") || put_int(b, s->ports[sl->channel]) || PUTS(b, ",\"t0\":") ||
-        put_float(b, sl->t0) || PUTS(b, ",\"t\":") || put_float(b, t) || PUTS(b, ",\"failure\":") ||
+        put_ns(b, sl->t0_ns) || PUTS(b, ",\"t\":") || put_ns(b, t_ns) || PUTS(b, ",\"failure\":") ||
         (failure == Py_None ? PUTS(b, "null") : put_bytes(b, failure)) || put_bytes(b, s->k_ipttl) ||
         put_int(b, sl->natt) || put_bytes(b, s->k_input) || put_bytes(b, sl->infrag) ||
         PUTS(b, ",\"responses\":[") || put(b, tmp->p, tmp->n) || PUTS(b, "]") ||
@@ -733,17 +760,17 @@ static int finish(Sweep *s, int i) {
                 return -1;
         }
     }
-    double t = (realtime_ns() - s->start_ns) / 1e9;
+    int64_t t_ns = realtime_ns() - s->start_ns;
     int rc = 1;
     if (!sl->failure && !sl->nicmp && !sl->extra) {
         size_t mark = s->out.n;
-        rc = encode_measurement(s, sl, counter, t);
+        rc = encode_measurement(s, sl, counter, t_ns);
         if (rc) s->out.n = mark;
         if (rc < 0) return -1;
     }
     if (rc) {
         PyObject *uid = uid_text(s, counter);
-        PyObject *item = uid ? fallback_tuple(s, sl, uid, t) : NULL;
+        PyObject *item = uid ? fallback_tuple(s, sl, uid, t_ns) : NULL;
         Py_XDECREF(uid);
         if (!item || PyList_Append(s->fallbacks, item)) {
             Py_XDECREF(item);
@@ -1321,7 +1348,7 @@ static PyObject *Sweep_start(Sweep *s, PyObject *queries) {
     }
     int64_t now_ns = realtime_ns();
     double now = monotonic();
-    double t0 = (now_ns - s->start_ns) / 1e9;
+    int64_t t0_ns = now_ns - s->start_ns;
     int made = 0;
     for (Py_ssize_t j = 0; j < k; j++) {
         PyObject *q = PyList_GET_ITEM(queries, j);
@@ -1417,7 +1444,7 @@ static PyObject *Sweep_start(Sweep *s, PyObject *queries) {
         memcpy(&sl->ip, PyBytes_AS_STRING(ip4), 4);
         sl->port = port;
         sl->channel = s->rr++ % s->nfd;
-        sl->t0 = t0;
+        sl->t0_ns = t0_ns;
         s->outstanding++;
         idx[made++] = i;
         if (arm(s, i, now_ns, now)) goto fail;
@@ -1541,16 +1568,16 @@ static PyTypeObject SweepType = {
     .tp_getset = Sweep_getset,
 };
 
-/* encode_response(data, src, sport, ttl, t, rtt, attempt, qtype, qwire, strings) -> bytes|None:
+/* encode_response(data, src, sport, ttl, t_ns, rtt_ns, attempt, qtype, qwire, udp, types) -> bytes|None:
    the reader and writer alone, for the differential tests. */
 static PyObject *py_encode_response(PyObject *self, PyObject *args) {
     const unsigned char *data, *qwire;
     Py_ssize_t n, qn;
     const char *src;
     int sport, ttl, attempt, qtype;
-    double t, rtt;
+    long long t, rtt;
     PyObject *udp, *types;
-    if (!PyArg_ParseTuple(args, "y#siiddiiy#SO!", &data, &n, &src, &sport, &ttl, &t, &rtt, &attempt,
+    if (!PyArg_ParseTuple(args, "y#siiLLiiy#SO!", &data, &n, &src, &sport, &ttl, &t, &rtt, &attempt,
                           &qtype, &qwire, &qn, &udp, &PyTuple_Type, &types))
         return NULL;
     if (PyTuple_GET_SIZE(types) != 6) {
@@ -1578,9 +1605,19 @@ static PyObject *py_format_float(PyObject *self, PyObject *arg) {
     return out;
 }
 
+static PyObject *py_format_ns(PyObject *self, PyObject *arg) {
+    long long ns = PyLong_AsLongLong(arg);
+    if (ns == -1 && PyErr_Occurred()) return NULL;
+    buf_t b = {0};
+    PyObject *out = put_ns(&b, ns) ? NULL : PyBytes_FromStringAndSize(b.p, b.n);
+    free(b.p);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"encode_response", py_encode_response, METH_VARARGS, "One reply's record as JSON, or None when declined."},
     {"format_float", py_format_float, METH_O, "A float as the records write it."},
+    {"format_ns", py_format_ns, METH_O, "A time in nanoseconds as the records write it in seconds."},
     {NULL},
 };
 

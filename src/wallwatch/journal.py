@@ -40,6 +40,11 @@ class Journal:
         self.flush_bytes = flush_bytes
         self.flush_seconds = flush_seconds
         self._buf = bytearray()
+        # Lines the C prober loop wrote, kept as they came (older than what _buf holds):
+        # appending 64 KB pieces to a bytearray that empties at each flush regrew it from
+        # nothing each time, a copy of the whole buffer every ~12 % of growth.
+        self._chunks: list[bytes] = []
+        self._chunked = 0
         self._last = time.monotonic()
         self.records = 0
 
@@ -59,24 +64,38 @@ class Journal:
 
     def write_lines(self, lines: bytes, count: int) -> None:
         """Append ``count`` records already encoded as JSON lines (the C prober loop's)."""
-        self._buf += lines
+        if self._buf:
+            self._chunks.append(bytes(self._buf))
+            self._chunked += len(self._buf)
+            self._buf.clear()
+        self._chunks.append(lines)
+        self._chunked += len(lines)
         self.records += count
-        if len(self._buf) >= self.flush_bytes:
+        if self._chunked >= self.flush_bytes:
             self.flush()
 
     def tick(self, now: float) -> None:
         """Flush when the buffer has waited ``flush_seconds``."""
-        if self._buf and now - self._last >= self.flush_seconds:
+        if (self._buf or self._chunks) and now - self._last >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
+        if self._chunks:
+            self._chunks.append(bytes(self._buf))
+            self._buf.clear()
+            self._write_all(b"".join(self._chunks))
+            self._chunks.clear()
+            self._chunked = 0
         if self._buf:
-            with memoryview(self._buf) as view:
-                done = 0
-                while done < len(view):
-                    done += os.write(self.fd, view[done:])
+            self._write_all(self._buf)
             self._buf.clear()
         self._last = time.monotonic()
+
+    def _write_all(self, data: bytes | bytearray) -> None:
+        with memoryview(data) as view:
+            done = 0
+            while done < len(view):
+                done += os.write(self.fd, view[done:])
 
     def close(self) -> None:
         self.flush()
