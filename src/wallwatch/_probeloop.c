@@ -25,6 +25,7 @@ packets (tests/test_probeloop.py).
 #include <errno.h>
 #include <linux/errqueue.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -533,8 +534,7 @@ typedef struct {
 
 typedef struct {
     PyObject *query, *qfrag, *infrag;
-    unsigned char qbuf[QMAX]; /* the query after its ID */
-    int qlen, namelen;        /* the name's wire form starts at qbuf + 10 */
+    int qlen, namelen; /* the query after its ID is qbuf; its name starts at qbuf + 10 */
     int qtype, channel, natt, attempt, nresp, cresp, nicmp, cicmp, failure;
     uint32_t ip, gen;
     uint16_t port;
@@ -542,9 +542,13 @@ typedef struct {
     int64_t sent_ns[MAXATT];
     int64_t t0_ns;
     resp_t *resp;
+    resp_t inl; /* the first reply, held in the slot with its bytes when they fit */
     icmp_t *icmp;
     PyObject *extra;
     uint8_t used, answered, window_over, stream_pending, closed, tcp_got;
+    /* not cleared when the slot is reused: written before they are read */
+    unsigned char qbuf[QMAX];
+    unsigned char idata[512];
 } slot_t;
 
 enum { FAIL_NONE, FAIL_HOST_UNREACHABLE, FAIL_UNKNOWN };
@@ -561,7 +565,7 @@ typedef struct {
     PyObject *uid_prefix, *head, *mid, *k_ipttl, *k_input, *k_tail;
     PyObject *f_timeout, *f_noanswer, *f_nx, *f_refused, *f_servfail, *f_misbehaving;
     names_t nm;
-    slot_t *slots;
+    slot_t **pages; /* slots in pages of PAGE: their addresses never move */
     int nslots, *freelist, nfree, live;
     tab_t pending, recent, recent_old;
     ring_t awaiting, collecting;
@@ -602,25 +606,29 @@ static uint64_t key_of(uint32_t ip, int port, unsigned txid) {
     return ((uint64_t)ip << 32) | ((uint64_t)port << 16) | txid;
 }
 
+#define PAGE 1024
+#define SLOT(s, i) (&(s)->pages[(i) / PAGE][(i) % PAGE])
+
 static int slot_new(Sweep *s) {
     if (!s->nfree) {
-        int grow_to = s->nslots ? s->nslots * 2 : 1024;
-        slot_t *slots = realloc(s->slots, grow_to * sizeof(slot_t));
-        int *freelist = realloc(s->freelist, grow_to * sizeof(int));
-        if (slots) s->slots = slots;
+        int pages = s->nslots / PAGE;
+        slot_t **more = realloc(s->pages, (pages + 1) * sizeof(slot_t *));
+        if (more) s->pages = more;
+        int *freelist = realloc(s->freelist, (s->nslots + PAGE) * sizeof(int));
         if (freelist) s->freelist = freelist;
-        if (!slots || !freelist) {
+        slot_t *page = more && freelist ? calloc(PAGE, sizeof(slot_t)) : NULL;
+        if (!page) {
             PyErr_NoMemory();
             return -1;
         }
-        memset(s->slots + s->nslots, 0, (grow_to - s->nslots) * sizeof(slot_t));
-        for (int i = grow_to - 1; i >= s->nslots; i--) s->freelist[s->nfree++] = i;
-        s->nslots = grow_to;
+        s->pages[pages] = page;
+        for (int i = s->nslots + PAGE - 1; i >= s->nslots; i--) s->freelist[s->nfree++] = i;
+        s->nslots += PAGE;
     }
     int i = s->freelist[--s->nfree];
-    slot_t *sl = &s->slots[i];
+    slot_t *sl = SLOT(s, i);
     uint32_t gen = sl->gen + 1;
-    memset(sl, 0, sizeof *sl);
+    memset(sl, 0, offsetof(slot_t, qbuf));
     sl->gen = gen;
     sl->used = 1;
     sl->attempt = -1;
@@ -629,9 +637,10 @@ static int slot_new(Sweep *s) {
 }
 
 static void slot_free(Sweep *s, int i) {
-    slot_t *sl = &s->slots[i];
-    for (int k = 0; k < sl->nresp; k++) free(sl->resp[k].data);
-    free(sl->resp);
+    slot_t *sl = SLOT(s, i);
+    for (int k = 0; k < sl->nresp; k++)
+        if (sl->resp[k].data != sl->idata) free(sl->resp[k].data);
+    if (sl->resp != &sl->inl) free(sl->resp);
     free(sl->icmp);
     Py_CLEAR(sl->query);
     Py_CLEAR(sl->qfrag);
@@ -650,10 +659,24 @@ static PyObject *uid_text(Sweep *s, unsigned long long counter) {
     return PyUnicode_FromFormat("%U%s", s->uid_prefix, hex);
 }
 
+/* inet_ntop's dotted quad without its printf: a reply's source is written per reply. */
+static size_t ip4_text(uint32_t ip, char *out) {
+    const unsigned char *b = (const unsigned char *)&ip;
+    char *o = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+        if (v >= 100) *o++ = (char)('0' + v / 100);
+        if (v >= 10) *o++ = (char)('0' + v / 10 % 10);
+        *o++ = (char)('0' + v % 10);
+        if (i < 3) *o++ = '.';
+    }
+    *o = 0;
+    return o - out;
+}
+
 static PyObject *ip_str(uint32_t ip) {
     char t[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &ip, t, sizeof t);
-    return PyUnicode_FromString(t);
+    return PyUnicode_FromStringAndSize(t, ip4_text(ip, t));
 }
 
 /* ---------------------------------------------------------------- closing a query */
@@ -706,7 +729,7 @@ static int encode_measurement(Sweep *s, slot_t *sl, unsigned long long counter, 
     for (int k = 0; k < sl->nresp; k++) {
         resp_t *r = &sl->resp[k];
         char src[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, &r->src, src, sizeof src);
+        ip4_text(r->src, src);
         if (k && PUTS(tmp, ",")) return -1;
         int rcode = 0, an = 0;
         int rc = encode_response(tmp, &s->nm, r->data, r->len, src, r->sport, r->ttl,
@@ -747,7 +770,7 @@ static int encode_measurement(Sweep *s, slot_t *sl, unsigned long long counter, 
 }
 
 static int finish(Sweep *s, int i) {
-    slot_t *sl = &s->slots[i];
+    slot_t *sl = SLOT(s, i);
     if (sl->closed) return 0;
     sl->closed = 1;
     unsigned long long counter = ++s->uid_counter;
@@ -788,7 +811,7 @@ static int finish(Sweep *s, int i) {
 /* Give slot i a fresh ID and register it (the old IDs stay valid: a late reply to an
    earlier attempt still counts). */
 static int arm(Sweep *s, int i, int64_t now_ns, double now) {
-    slot_t *sl = &s->slots[i];
+    slot_t *sl = SLOT(s, i);
     unsigned txid;
     do {
         txid = random16(s);
@@ -814,7 +837,7 @@ static int send_batch(Sweep *s, int ch, const int *idx, int k) {
     while (done < k) {
         int m = k - done < SBATCH ? k - done : SBATCH;
         for (int j = 0; j < m; j++) {
-            slot_t *sl = &s->slots[idx[done + j]];
+            slot_t *sl = SLOT(s, idx[done + j]);
             uint16_t txid = sl->txid[sl->natt - 1];
             ids[j][0] = txid >> 8;
             ids[j][1] = txid & 0xFF;
@@ -847,7 +870,7 @@ static int send_batch(Sweep *s, int ch, const int *idx, int k) {
             continue;
         }
         int i = idx[done++];
-        slot_t *sl = &s->slots[i];
+        slot_t *sl = SLOT(s, i);
         sl->failure = (errno == ENETUNREACH || errno == EHOSTUNREACH) ? FAIL_HOST_UNREACHABLE : FAIL_UNKNOWN;
         s->outstanding--;
         if (finish(s, i)) return -1;
@@ -866,7 +889,7 @@ static int send_slots(Sweep *s, int *idx, int k) {
     for (int ch = 0; ch < s->nfd && !rc; ch++) {
         int m = 0;
         for (int j = 0; j < k; j++)
-            if (s->slots[idx[j]].channel == ch) order[m++] = idx[j];
+            if (SLOT(s, idx[j])->channel == ch) order[m++] = idx[j];
         if (m) rc = send_batch(s, ch, order, m);
     }
     free(order);
@@ -877,21 +900,30 @@ static int send_slots(Sweep *s, int *idx, int k) {
 
 static int add_response(Sweep *s, int i, const unsigned char *data, size_t len,
                         uint32_t src, int sport, int ttl, int64_t stamp, int attempt) {
-    slot_t *sl = &s->slots[i];
-    if (sl->nresp == sl->cresp) {
-        int cap = sl->cresp ? sl->cresp * 2 : 2;
-        resp_t *r = realloc(sl->resp, cap * sizeof(resp_t));
-        if (!r) {
+    slot_t *sl = SLOT(s, i);
+    unsigned char *copy;
+    if (sl->cresp == 0 && len <= sizeof sl->idata) {
+        sl->resp = &sl->inl;
+        sl->cresp = 1;
+        copy = sl->idata;
+    } else {
+        if (sl->nresp == sl->cresp) {
+            int cap = sl->cresp ? sl->cresp * 2 : 2;
+            resp_t *r = malloc(cap * sizeof(resp_t));
+            if (!r) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            if (sl->nresp) memcpy(r, sl->resp, sl->nresp * sizeof(resp_t));
+            if (sl->resp != &sl->inl) free(sl->resp);
+            sl->resp = r;
+            sl->cresp = cap;
+        }
+        copy = malloc(len ? len : 1);
+        if (!copy) {
             PyErr_NoMemory();
             return -1;
         }
-        sl->resp = r;
-        sl->cresp = cap;
-    }
-    unsigned char *copy = malloc(len ? len : 1);
-    if (!copy) {
-        PyErr_NoMemory();
-        return -1;
     }
     memcpy(copy, data, len);
     resp_t *r = &sl->resp[sl->nresp++];
@@ -940,7 +972,7 @@ static int on_datagram(Sweep *s, int ch, const unsigned char *data, size_t len,
         return rc;
     }
     int i = (int)e->a;
-    slot_t *sl = &s->slots[i];
+    slot_t *sl = SLOT(s, i);
     if (!stamp) stamp = realtime_ns();
     int attempt = 0;
     while (attempt < sl->natt && sl->txid[attempt] != txid) attempt++;
@@ -1018,7 +1050,7 @@ static void read_errors(Sweep *s, int ch) {
                 unsigned txid = (data[0] << 8) | data[1];
                 ent_t *e = tab_find(&s->pending, key_of(dest.sin_addr.s_addr, ntohs(dest.sin_port), txid), ch);
                 if (!e) continue;
-                slot_t *sl = &s->slots[e->a];
+                slot_t *sl = SLOT(s, (int)e->a);
                 if (sl->nicmp == sl->cicmp) {
                     int cap = sl->cicmp ? sl->cicmp * 2 : 2;
                     icmp_t *q = realloc(sl->icmp, cap * sizeof(icmp_t));
@@ -1105,7 +1137,7 @@ static int expire(Sweep *s, double now) {
     while ((q = ring_head(&s->awaiting)) && q->when <= now) {
         qent_t e = *q;
         s->awaiting.head++;
-        slot_t *sl = &s->slots[e.slot];
+        slot_t *sl = SLOT(s, e.slot);
         if (!sl->used || sl->gen != e.gen || sl->answered || sl->closed || sl->attempt != e.attempt) continue;
         if (sl->nicmp || e.attempt >= s->retries || sl->natt >= MAXATT - 1) {
             s->outstanding--;
@@ -1125,7 +1157,7 @@ static int expire(Sweep *s, double now) {
     while ((q = ring_head(&s->collecting)) && q->when <= now) {
         qent_t e = *q;
         s->collecting.head++;
-        slot_t *sl = &s->slots[e.slot];
+        slot_t *sl = SLOT(s, e.slot);
         if (!sl->used || sl->gen != e.gen) continue;
         sl->window_over = 1;
         if (!sl->stream_pending && finish(s, e.slot)) return -1;
@@ -1240,8 +1272,9 @@ static int Sweep_init(Sweep *s, PyObject *args, PyObject *kw) {
 
 static void Sweep_dealloc(Sweep *s) {
     for (int i = 0; i < s->nslots; i++)
-        if (s->slots[i].used) slot_free(s, i);
-    free(s->slots);
+        if (SLOT(s, i)->used) slot_free(s, i);
+    for (int p = 0; p < s->nslots / PAGE; p++) free(s->pages[p]);
+    free(s->pages);
     free(s->freelist);
     free(s->pending.e);
     free(s->recent.e);
@@ -1427,7 +1460,7 @@ static PyObject *Sweep_start(Sweep *s, PyObject *queries) {
             Py_DECREF(ijson);
             goto fail;
         }
-        slot_t *sl = &s->slots[i];
+        slot_t *sl = SLOT(s, i);
         sl->query = Py_NewRef(q);
         sl->qfrag = qfrag;
         sl->infrag = ijson;
@@ -1501,8 +1534,8 @@ static PyObject *Sweep_stream_done(Sweep *s, PyObject *args) {
     unsigned gen;
     PyObject *response;
     if (!PyArg_ParseTuple(args, "iIO", &i, &gen, &response)) return NULL;
-    if (i < 0 || i >= s->nslots || !s->slots[i].used || s->slots[i].gen != gen) Py_RETURN_NONE;
-    slot_t *sl = &s->slots[i];
+    if (i < 0 || i >= s->nslots || !SLOT(s, i)->used || SLOT(s, i)->gen != gen) Py_RETURN_NONE;
+    slot_t *sl = SLOT(s, i);
     sl->stream_pending = 0;
     if (response != Py_None) {
         if (!sl->extra && !(sl->extra = PyList_New(0))) return NULL;

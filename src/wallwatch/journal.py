@@ -81,11 +81,18 @@ class Journal:
 
     def flush(self) -> None:
         if self._chunks:
-            self._chunks.append(bytes(self._buf))
-            self._buf.clear()
-            self._write_all(b"".join(self._chunks))
-            self._chunks.clear()
-            self._chunked = 0
+            if self._buf:
+                self._chunks.append(bytes(self._buf))
+                self._buf.clear()
+            chunks, self._chunks, self._chunked = self._chunks, [], 0
+            # One writev, no joined copy; what a short write left goes out joined.
+            done = os.writev(self.fd, chunks) if len(chunks) <= 1024 else 0
+            for chunk in chunks:
+                if done >= len(chunk):
+                    done -= len(chunk)
+                    continue
+                self._write_all(chunk[done:])
+                done = 0
         if self._buf:
             self._write_all(self._buf)
             self._buf.clear()

@@ -748,7 +748,11 @@ class Prober:
             server = StreamServer(Engine.TCP, ip, port)
             self._submit_job(retry, server, _ID.pack(txid) + tail, attempt)
         core.clear()
-        counts = core.counts()
+
+    def _merge_native_counts(self) -> None:
+        """Add what the C loop counted since the last merge to the sweep's Stats (at each
+        progress report and at the end, not per batch)."""
+        counts = self._core.counts()
         last = self._core_counts
         stats = self.stats
         for name in ("sent", "responses", "measurements", "timeouts", "retries", "icmp"):
@@ -839,7 +843,8 @@ class Prober:
     def _report_progress(self) -> None:
         self.stats.kernel_drops = sum(c.kernel_drops for c in self._channels)
         if self._core is not None:
-            self.stats.kernel_drops += self._core.counts()["kernel_drops"]
+            self._merge_native_counts()
+            self.stats.kernel_drops += self._core_counts["kernel_drops"]
         if self._progress is not None:
             self._progress(self.stats)
 

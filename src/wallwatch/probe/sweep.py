@@ -10,6 +10,7 @@ is already complete in the output (see :mod:`wallwatch.journal`).
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import sys
@@ -60,9 +61,17 @@ class SweepPlan:
         targets = [(target, target.resolver_address) for target in self.targets]
         controls = [(control, control.resolver_address) for control in self.controls]
         udp = self.engine == Engine.UDP
-        for index, name in enumerate(self.names):
-            if index % shards != shard:
-                continue
+        # Per target, the Query's fields after (name, qtype): a Query is then one C-level
+        # tuple build (NamedTuple's __new__ is a Python function, a fifth of the C loop's
+        # cost per query).
+        rests = [
+            (address, (target, self.engine,
+                               None if udp else StreamServer(self.engine, target.address, target.port),
+                               target.kind, self.ip_ttl, self.source_port))
+            for target, address in targets
+        ]  # fmt: skip
+        make = tuple.__new__
+        for name in itertools.islice(self.names, shard, None, shards):
             host = name.hostname
             for qtype, qtext in qtypes:
                 for control, address in controls:
@@ -72,20 +81,10 @@ class SweepPlan:
                         name, qtype, engine=control.engine, stream=control,
                         kind=TargetKind.CONTROL,
                     )  # fmt: skip
-                for target, address in targets:
+                for address, rest in rests:
                     if skip and (host, address, qtext, self.engine) in skip:
                         continue
-                    stream = None if udp else StreamServer(self.engine, target.address, target.port)
-                    yield Query(
-                        name,
-                        qtype,
-                        target,
-                        self.engine,
-                        stream,
-                        target.kind,
-                        self.ip_ttl,
-                        self.source_port,
-                    )
+                    yield make(Query, (name, qtype, *rest))
 
 
 @dataclass(slots=True)
