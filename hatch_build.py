@@ -1,5 +1,6 @@
-"""Build hook: compile ``wallwatch._native`` (the passive hot loops) and ``wallwatch._probeloop``
-(the prober's UDP loop), both C, when a compiler is there.
+"""Build hook: compile ``wallwatch._native`` (the passive hot loops), ``wallwatch._probeloop``
+(the prober's UDP loop) and ``wallwatch._border`` (the lab border's forwarding), all C, when a
+compiler is there.
 
 Why a hook and not setuptools: the package builds with hatchling; the extension is one C
 file with no dependency but Python's headers, so the compiler Python was built with is
@@ -26,8 +27,9 @@ class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if os.environ.get("WALLWATCH_NO_NATIVE"):
             return
-        # _native: the passive readers; _probeloop: the prober's UDP loop.
-        for name in ("_native", "_probeloop"):
+        # _native: the passive readers; _probeloop: the prober's UDP loop; _border: the
+        # lab border's forwarding.
+        for name in ("_native", "_probeloop", "_border"):
             self._compile(name, version, build_data)
 
     def _compile(self, name: str, version: str, build_data: dict[str, Any]) -> None:

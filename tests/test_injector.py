@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
 import dns.message
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wallwatch import wire
 from wallwatch.lab.border import checksum, ip_packet, udp_datagram
@@ -134,3 +137,91 @@ def test_packets_have_valid_checksums() -> None:
     packet = ip_packet(src, dst, 17, udp_datagram(53, 40000, b"x" * 10), ttl=60, ip_id=0, df=True)
     assert checksum(packet[:20]) == 0
     assert packet[8] == 60 and struct.unpack("!H", packet[6:8])[0] == 0x4000
+
+
+try:
+    from wallwatch import _border  # type: ignore[attr-defined]
+except ImportError:  # not built: the Python border runs, and these tests skip
+    _border = None
+if os.environ.get("WALLWATCH_NO_NATIVE"):
+    _border = None
+needs_router = pytest.mark.skipif(_border is None, reason="the C router is not built or not wanted")
+
+INSIDE_MAC, OUTSIDE_MAC, HOST_MAC, CLIENT_MAC = b"\x02" * 6, b"\x03" * 6, b"\x04" * 6, b"\x05" * 6
+
+
+@needs_router
+@given(
+    payload=st.binary(max_size=300), ttl=st.integers(0, 255), ip_id=st.integers(0, 0xFFFF),
+    df=st.booleans(), sport=st.integers(0, 0xFFFF),
+)  # fmt: skip
+def test_the_c_router_frames_forged_replies_as_ip_packet_does(
+    payload: bytes, ttl: int, ip_id: int, df: bool, sport: int
+) -> None:
+    src, dst = socket.inet_aton("8.8.8.8"), socket.inet_aton("10.10.1.10")
+    expected = (
+        CLIENT_MAC
+        + INSIDE_MAC
+        + b"\x08\x00"
+        + ip_packet(src, dst, 17, udp_datagram(53, sport, payload), ttl=ttl, ip_id=ip_id, df=df)
+    )
+    assert (
+        _border.frame(CLIENT_MAC, INSIDE_MAC, src, dst, 53, sport, payload, ttl, ip_id, df)
+        == expected
+    )
+
+
+@needs_router
+def test_the_c_router_forwards_queries_and_hands_them_over_as_the_python_border() -> None:
+    """Frames go through a Router over datagram socket pairs (packet sockets need a
+    namespace): it forwards as Border.forward does, hands DNS queries over, drops the rest."""
+    from wallwatch.lab.border import Border
+
+    inside_lab, inside_router = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    outside_lab, outside_router = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with inside_lab, inside_router, outside_lab, outside_router:
+        server = socket.inet_aton("8.8.8.8")
+        router = _border.Router(
+            inside_router.fileno(), outside_router.fileno(), INSIDE_MAC, OUTSIDE_MAC,
+            socket.inet_aton("10.10.1.1"), socket.inet_aton("10.20.0.1"),
+            int.from_bytes(socket.inet_aton("10.10.0.0"), "big"), 0xFFFF0000, 3, 0.0,
+            {server: HOST_MAC},
+        )  # fmt: skip
+        q = query("www.example.com")
+        packet = ip_packet(socket.inet_aton("10.10.1.10"), server, 17, udp_datagram(40000, 53, q),
+                           ttl=64, ip_id=7, df=False)  # fmt: skip
+        others = [
+            ip_packet(socket.inet_aton("10.10.1.10"), server, 17, udp_datagram(1, 2, b"x"), ttl=2,
+                      ip_id=1, df=False),  # expires before the tap
+            ip_packet(socket.inet_aton("10.10.1.10"), socket.inet_aton("9.9.9.9"), 17,
+                      udp_datagram(1, 2, b"x"), ttl=64, ip_id=1, df=False),  # no route
+        ]  # fmt: skip
+        inside_lab.send(INSIDE_MAC + CLIENT_MAC + b"\x08\x00" + packet)
+        inside_lab.send(OUTSIDE_MAC + CLIENT_MAC + b"\x08\x00" + packet)  # not addressed to it
+        for other in others:
+            inside_lab.send(INSIDE_MAC + CLIENT_MAC + b"\x08\x00" + other)
+        handed = router.pump()
+        assert handed == [(0, CLIENT_MAC, packet, 20, 40000, 62)]
+        assert router.flush() == -1  # sent at once: the delay is 0
+        forwarded = outside_lab.recv(65535)
+
+        border = Border.__new__(Border)
+        border.macs = {server: HOST_MAC}
+
+        class Side:
+            mac = OUTSIDE_MAC
+            sock = None
+
+        border.sides = {"outside": Side()}  # type: ignore[dict-item]
+        border.queue, border.seq, border.delay = [], 0, 0.0
+        border.stats = {"forwarded": 0, "expired": 0, "no_route": 0}
+        border.forward("outside", packet, 61)
+        assert forwarded == border.queue[0][3]
+        counts = router.counts()
+        assert (counts["forwarded"], counts["expired"], counts["no_route"]) == (1, 1, 1)
+        router.send_forged(0, CLIENT_MAC, packet[12:16], packet[16:20], 40000,
+                           [(b"reply", 60, 0, False)])  # fmt: skip
+        router.flush()
+        assert inside_lab.recv(65535) == _border.frame(
+            CLIENT_MAC, INSIDE_MAC, server, packet[12:16], 53, 40000, b"reply", 60, 0, False
+        )

@@ -16,6 +16,11 @@ this process reads every IPv4 frame addressed to the border on either side with 
 3. forwards the original packet after ``delay_ms`` (the international path).
 
 Run as ``python -m wallwatch.lab.border CONFIG.json`` inside the border namespace.
+
+Steps 1 and 3, and the sending of every frame, run in C when ``wallwatch._border`` was
+built (``recvmmsg``/``sendmmsg`` batches; ``WALLWATCH_NO_NATIVE=1`` forces this module's
+Python loop); the injectors of step 2 stay Python either way, so the forged bytes have
+one definition (:mod:`wallwatch.lab.forge`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import contextlib
 import heapq
 import ipaddress
 import json
+import os
 import random
 import select
 import socket
@@ -124,6 +130,24 @@ class Border:
         self.stats = {"forwarded": 0, "expired": 0, "no_route": 0, "forged": 0, "queries_seen": 0,
                       "kernel_drops": 0}  # fmt: skip
         self.stats_path = Path(config["stats"]) if config.get("stats") else None
+        self.router = self._native_router()
+
+    def _native_router(self) -> Any:
+        """The C forwarding loop over the two sockets, or None (not built, or refused)."""
+        if os.environ.get("WALLWATCH_NO_NATIVE"):
+            return None
+        try:
+            from wallwatch import _border  # type: ignore[attr-defined]
+        except ImportError:  # pragma: no cover - the build hook compiles it where it can
+            print("wallwatch border: the native router is not built; forwarding in Python",
+                  file=sys.stderr)  # fmt: skip
+            return None
+        inside, outside = self.sides["inside"], self.sides["outside"]
+        return _border.Router(
+            inside.sock.fileno(), outside.sock.fileno(), inside.mac, outside.mac,
+            socket.inet_aton(inside.ip), socket.inet_aton(outside.ip), self.inside_net,
+            self.inside_mask, self.hops, self.delay, self.macs,
+        )  # fmt: skip
 
     def clock(self) -> float:
         """Scenario seconds now."""
@@ -144,6 +168,9 @@ class Border:
         self.clock_started = True
 
     def run(self) -> None:
+        if self.router is not None:
+            self.run_native()
+            return
         poll = select.poll()
         by_fd = {}
         for key, side in self.sides.items():
@@ -163,6 +190,31 @@ class Border:
             for fd, _event in poll.poll(max(0.0, min(timeout, 200))):
                 self.drain(by_fd[fd])
             if self.stats_path and now >= next_stats:
+                self.write_stats()
+                next_stats = now + 0.5
+
+    def run_native(self) -> None:
+        """The loop with the C router: it reads, routes and delays; Python forges."""
+        router = self.router
+        poll = select.poll()
+        for side in self.sides.values():
+            poll.register(side.sock.fileno(), select.POLLIN)
+        next_stats = 0.0
+        while True:
+            wait = router.flush()
+            timeout = 200.0 if wait < 0 else min(200.0, wait * 1000)
+            if not self.clock_started:
+                self.start_clock()
+                timeout = min(timeout, 20)
+            if poll.poll(timeout):
+                for came, client_mac, packet, ihl, sport, tap_ttl in router.pump():
+                    replies = self.forged_replies(packet, ihl, tap_ttl)
+                    if replies:
+                        router.send_forged(came, client_mac, packet[12:16], packet[16:20], sport,
+                                           replies)  # fmt: skip
+            now = time.monotonic()
+            if self.stats_path and now >= next_stats:
+                self.stats.update(router.counts())
                 self.write_stats()
                 next_stats = now + 0.5
 
@@ -202,11 +254,26 @@ class Border:
     def inject(self, came_from: str, client_mac: bytes, packet: bytes, ihl: int, sport: int,
                tap_ttl: int) -> None:  # fmt: skip
         self.stats["queries_seen"] += 1
-        query = packet[ihl + 8 :]
+        side = self.sides[came_from]
         src, dst = packet[12:16], packet[16:20]
+        for payload, ttl, ip_id, df in self.forged_replies(packet, ihl, tap_ttl):
+            reply = ip_packet(dst, src, 17, udp_datagram(53, sport, payload), ttl=ttl,
+                              ip_id=ip_id, df=df)  # fmt: skip
+            try:
+                side.sock.send(client_mac + side.mac + b"\x08\x00" + reply)
+                self.stats["forged"] += 1
+            except OSError:
+                pass
+
+    def forged_replies(
+        self, packet: bytes, ihl: int, tap_ttl: int
+    ) -> list[tuple[bytes, int, int, bool]]:
+        """Every injector's forged replies to the query in ``packet``: (DNS payload, IP TTL,
+        IP ID, DF), to go back from the queried address to the querier."""
+        query = packet[ihl + 8 :]
         flow = packet[12:20] + packet[ihl : ihl + 4]  # the UDP 4-tuple, raw
         clock = self.clock()
-        side = self.sides[came_from]
+        replies = []
         for injector in self.injectors:
             for payload in injector.forge(query, flow, clock):
                 # The reply leaves the tap with the profile's TTL and crosses the
@@ -216,13 +283,8 @@ class Border:
                     continue
                 profile = injector.profile
                 ip_id = profile.ip_id if profile.ip_id is not None else random.getrandbits(16)
-                reply = ip_packet(dst, src, 17, udp_datagram(53, sport, payload), ttl=ttl,
-                                  ip_id=ip_id, df=profile.df)  # fmt: skip
-                try:
-                    side.sock.send(client_mac + side.mac + b"\x08\x00" + reply)
-                    self.stats["forged"] += 1
-                except OSError:
-                    pass
+                replies.append((payload, ttl, ip_id, profile.df))
+        return replies
 
     def forward(self, out_key: str, packet: bytes, ttl: int) -> None:
         if ttl < 1:
