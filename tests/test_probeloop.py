@@ -34,7 +34,9 @@ from wallwatch.probe.reply import first_reply_failure, make_response, type_text
 from wallwatch.records import Measurement, Stray
 from wallwatch.wire import encode_name, parse_reply
 
-pytestmark = pytest.mark.skipif(native.module is None, reason="the C loop is not built")
+pytestmark = pytest.mark.skipif(
+    native.module is None, reason="the C loop is not built, or WALLWATCH_NO_NATIVE is set"
+)
 
 TYPES = tuple(msgspec.json.encode(type_text(t)) for t in native.ANSWER_TYPES)
 UDP = msgspec.json.encode("udp")
