@@ -179,3 +179,32 @@ def assert_same(db: Path, out: object) -> None:
     found = differences(db, out)
     for table, (a, b, only_a, only_b) in found.items():
         assert (a, only_a, only_b) == (b, 0, 0), (table, found)
+
+
+def run_under_asan(tmp_path: Path, extension: str, script: str, *args: str) -> tuple[int, str, str]:
+    """Build ``src/wallwatch/<extension>.c`` with AddressSanitizer (and CPython's assertions)
+    and run ``tests/<script>`` against it with libasan preloaded: (exit code, stdout, stderr).
+    Skips when gcc or libasan is missing."""
+    import sys
+    import sysconfig
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is needed (scripts/setup installs it)")
+    libasan = subprocess.run([gcc, "-print-file-name=libasan.so"], capture_output=True,
+                             text=True).stdout.strip()  # fmt: skip
+    if not Path(libasan).is_file():
+        pytest.skip("libasan is not installed")
+    root = Path(__file__).resolve().parent.parent
+    build = tmp_path / (extension + str(sysconfig.get_config_var("EXT_SUFFIX")))
+    subprocess.run([gcc, "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fPIC",
+                    "-shared", f"-I{sysconfig.get_paths()['include']}",
+                    str(root / "src" / "wallwatch" / f"{extension}.c"), "-o", str(build)],
+                   check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(root / "tests" / script), str(build), *args],
+        capture_output=True, text=True, timeout=600, cwd=root,
+        env={"ASAN_OPTIONS": "detect_leaks=0", "LD_PRELOAD": libasan,
+             "PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    return done.returncode, done.stdout, done.stderr

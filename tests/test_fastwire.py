@@ -303,33 +303,10 @@ def test_the_grouping_loop_and_the_pcap_scan_survive_hostile_bytes(junk: bytes, 
 def test_the_c_readers_are_memory_safe_under_address_sanitizer(tmp_path: Path) -> None:
     """_native.c built with -fsanitize=address (and CPython's assertions on), then 20,000
     mutated dnstap frames, pcap files and DNS messages through every function."""
-    import shutil
-    import subprocess
-    import sys
-    import sysconfig
+    from conftest import run_under_asan
 
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is needed (scripts/setup installs it)")
-    libasan = subprocess.run([gcc, "-print-file-name=libasan.so"], capture_output=True,
-                             text=True).stdout.strip()  # fmt: skip
-    if not Path(libasan).is_file():
-        pytest.skip("libasan is not installed")
-    root = Path(__file__).resolve().parent.parent
-    build = tmp_path / ("_native" + str(sysconfig.get_config_var("EXT_SUFFIX")))
-    subprocess.run([gcc, "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fPIC",
-                    "-shared", f"-I{sysconfig.get_paths()['include']}",
-                    str(root / "src" / "wallwatch" / "_native.c"), "-o", str(build)],
-                   check=True)  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(root / "tests" / "asan_mutations.py"), str(build), "20000"],
-        capture_output=True, text=True, timeout=600, cwd=root,
-        env={"ASAN_OPTIONS": "detect_leaks=0", "LD_PRELOAD": libasan,
-             "PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert done.returncode == 0 and done.stdout.split() == ["ok", "20000", "mix", "ok"], (
-        done.stderr[-3000:]
-    )
+    code, out, err = run_under_asan(tmp_path, "_native", "asan_mutations.py", "20000")
+    assert code == 0 and out.split() == ["ok", "20000", "mix", "ok"], err[-3000:]
 
 
 def _capture_mix(path: Path) -> None:

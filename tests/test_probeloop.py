@@ -298,31 +298,8 @@ def test_a_uid_is_unique_across_both_loops(serve, tmp_path: Path) -> None:
 def test_the_c_loop_is_memory_safe_under_address_sanitizer(tmp_path: Path) -> None:
     """_probeloop.c built with -fsanitize=address: 20,000 mutated replies through the
     writer, then a sweep of 3,000 queries answered with mutated, repeated and stray replies."""
-    import shutil
-    import subprocess
-    import sys
-    import sysconfig
+    from conftest import run_under_asan
 
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is needed (scripts/setup installs it)")
-    libasan = subprocess.run([gcc, "-print-file-name=libasan.so"], capture_output=True,
-                             text=True).stdout.strip()  # fmt: skip
-    if not Path(libasan).is_file():
-        pytest.skip("libasan is not installed")
-    root = Path(__file__).resolve().parent.parent
-    build = tmp_path / ("_probeloop" + str(sysconfig.get_config_var("EXT_SUFFIX")))
-    subprocess.run([gcc, "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fPIC",
-                    "-shared", f"-I{sysconfig.get_paths()['include']}",
-                    str(root / "src" / "wallwatch" / "_probeloop.c"), "-o", str(build)],
-                   check=True)  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(root / "tests" / "asan_probeloop.py"), str(build), "20000"],
-        capture_output=True, text=True, timeout=600, cwd=root,
-        env={"ASAN_OPTIONS": "detect_leaks=0", "LD_PRELOAD": libasan,
-             "PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    words = done.stdout.split()
-    assert done.returncode == 0 and words[:3] == ["ok", "20000", "sweep"] and words[-1] == "ok", (
-        done.stderr[-3000:]
-    )
+    code, out, err = run_under_asan(tmp_path, "_probeloop", "asan_probeloop.py", "20000")
+    words = out.split()
+    assert code == 0 and words[:3] == ["ok", "20000", "sweep"] and words[-1] == "ok", err[-3000:]

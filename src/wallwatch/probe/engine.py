@@ -1,5 +1,9 @@
 """The sweep loop: send at a polite rate, keep listening, record every reply.
 
+Plain UDP queries to IPv4 targets run in the C loop (:mod:`wallwatch.probe.native`,
+``_probeloop.c``), which follows the same design and hands back what it does not write;
+this module runs every other query and is the whole loop where C is not built.
+
 Design (measured in docs/performance.md: a "batch loop"):
 
 * one non-blocking capturing socket per family (more with ``ports``), drained
@@ -56,7 +60,7 @@ from wallwatch.probe.udp import UdpChannel
 from wallwatch.records import IcmpError, Measurement, Response, Stray
 from wallwatch.targets import Target
 from wallwatch.vocab import Engine, Failure, TargetKind
-from wallwatch.wire import TC, ParsedReply, encode_name, parse_reply, query_tail
+from wallwatch.wire import TC, encode_name, parse_reply, query_tail
 
 _ID = struct.Struct("!H")
 _JSON = msgspec.json.encode
@@ -420,16 +424,7 @@ class Prober:
         slot = self._pending.get(key)
         if slot is None:
             known = self._recent.get(key) or self._recent_old.get(key)
-            if known is None and not self._stray_budget(addr[0], len(data)):
-                self.stats.strays += 1
-                self.stats.unmatched += 1
-                self.stats.strays_unkept += 1
-                return
-            parsed = parse_reply(data)
-            if parsed.failure is not None:
-                self.stats.parse_failures += 1
-            stamp = stamp or time.time_ns()
-            self._write_stray(self._channels[index].port, data, parsed, addr, ttl, stamp, known)
+            self._stray(self._channels[index].port, data, addr, ttl, stamp, known)
             return
         parsed = parse_reply(data)
         if parsed.failure is not None:
@@ -481,16 +476,26 @@ class Prober:
             return None, None
         return self._raw.take(addr[0], addr[1], self._channels[index].port, txid)
 
-    def _write_stray(
+    def _stray(
         self,
         local_port: int,
         data: bytes,
-        parsed: ParsedReply,
         addr: tuple[str, int],
         ttl: int | None,
         stamp: int,
         known: tuple[str, int] | None,
     ) -> None:
+        """A reply that matched no open query: a ``Stray`` record naming the measurement it
+        belonged to (``known``), or, past its source's byte budget, only counted."""
+        if known is None and not self._stray_budget(addr[0], len(data)):
+            self.stats.strays += 1
+            self.stats.unmatched += 1
+            self.stats.strays_unkept += 1
+            return
+        parsed = parse_reply(data)
+        if parsed.failure is not None:
+            self.stats.parse_failures += 1
+        stamp = stamp or time.time_ns()
         self.stats.strays += 1
         if known is None:
             self.stats.unmatched += 1
@@ -795,17 +800,8 @@ class Prober:
 
     def _native_stray(self, item: tuple[Any, ...]) -> None:
         local_port, data, src, sport, ttl, stamp, uid, sent_ns = item
-        if uid is None and not self._stray_budget(src, len(data)):
-            self.stats.strays += 1
-            self.stats.unmatched += 1
-            self.stats.strays_unkept += 1
-            return
-        parsed = parse_reply(data)
-        if parsed.failure is not None:
-            self.stats.parse_failures += 1
-        stamp = stamp or time.time_ns()
         known = (uid, sent_ns) if uid is not None else None
-        self._write_stray(local_port, data, parsed, (src, sport), ttl, stamp, known)
+        self._stray(local_port, data, (src, sport), ttl, stamp, known)
 
     def _native_retry_done(self, retry: _NativeRetry, result: StreamReply | StreamError) -> None:
         response = None
