@@ -303,3 +303,19 @@ def test_the_c_loop_is_memory_safe_under_address_sanitizer(tmp_path: Path) -> No
     code, out, err = run_under_asan(tmp_path, "_probeloop", "asan_probeloop.py", "20000")
     words = out.split()
     assert code == 0 and words[:3] == ["ok", "20000", "sweep"] and words[-1] == "ok", err[-3000:]
+
+
+@pytest.mark.parametrize(
+    "config", [{"ports": native.MAX_SOCKETS + 1}, {"retries": native.MAX_ATTEMPTS}]
+)
+def test_a_sweep_the_c_loop_cannot_hold_runs_in_python(
+    serve, tmp_path: Path, config: dict[str, int]
+) -> None:
+    server = serve(authoritative(ZONE))
+    journal = Journal.open(tmp_path / "out.jsonl")
+    settings_ = {"rate": None, "timeout": 0.3, "window": 0.05, "vantage": "t", **config}
+    prober = Prober(ProbeConfig(**settings_), journal)  # type: ignore[arg-type]
+    stats = prober.run([udp_query(server, name) for name in ZONE])
+    journal.close()
+    assert prober._core is None and stats.measurements == len(ZONE)
+    assert all(check_line(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines())

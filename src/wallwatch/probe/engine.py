@@ -245,6 +245,7 @@ class Prober:
             native.module is not None
             and not config.raw_capture
             and config.retries + 2 <= native.MAX_ATTEMPTS
+            and config.ports <= native.MAX_SOCKETS
         )
         self._core: Any = None
         self._core_channels: list[UdpChannel] = []

@@ -51,6 +51,9 @@ module: Any = _load()
 #: more runs in Python.
 MAX_ATTEMPTS = 16
 
+#: Capturing sockets the C loop holds (``--ports``); a sweep asking for more runs in Python.
+MAX_SOCKETS = 64
+
 #: Answer types the C writer renders, in the order it wants their names.
 ANSWER_TYPES = (1, 28, 2, 5, 12, 39)
 
