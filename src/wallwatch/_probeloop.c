@@ -431,12 +431,13 @@ static ent_t *tab_find(tab_t *t, uint64_t key, int chan) {
     }
 }
 
-static int tab_put(tab_t *t, uint64_t key, int chan, int64_t a, int64_t b) {
+/* Insert or overwrite; with only_new, an existing key is left alone and 1 returned. */
+static int tab_set(tab_t *t, uint64_t key, int chan, int64_t a, int64_t b, int only_new) {
     if ((t->n + 1) * 2 > t->mask + 1) {
         tab_t bigger;
         if (tab_init(&bigger, (t->mask + 1) * 2)) return -1;
         for (size_t i = 0; i <= t->mask; i++)
-            if (t->e[i].used) tab_put(&bigger, t->e[i].key, t->e[i].chan, t->e[i].a, t->e[i].b);
+            if (t->e[i].used) tab_set(&bigger, t->e[i].key, t->e[i].chan, t->e[i].a, t->e[i].b, 0);
         free(t->e);
         *t = bigger;
     }
@@ -444,6 +445,7 @@ static int tab_put(tab_t *t, uint64_t key, int chan, int64_t a, int64_t b) {
     for (;;) {
         ent_t *e = &t->e[i];
         if (!e->used || (e->key == key && e->chan == chan)) {
+            if (e->used && only_new) return 1;
             if (!e->used) t->n++;
             e->key = key;
             e->chan = chan;
@@ -454,6 +456,10 @@ static int tab_put(tab_t *t, uint64_t key, int chan, int64_t a, int64_t b) {
         }
         i = (i + 1) & t->mask;
     }
+}
+
+static int tab_put(tab_t *t, uint64_t key, int chan, int64_t a, int64_t b) {
+    return tab_set(t, key, chan, a, b, 0);
 }
 
 static void tab_del(tab_t *t, ent_t *gone) {
@@ -567,6 +573,9 @@ typedef struct {
     names_t nm;
     slot_t **pages; /* slots in pages of PAGE: their addresses never move */
     int nslots, *freelist, nfree, live;
+    /* per slot, its generation while it awaits a first reply, else 0: expiry skips the
+       answered without touching their (long since cold) slots */
+    uint32_t *await_gen;
     tab_t pending, recent, recent_old;
     ring_t awaiting, collecting;
     long long outstanding, sent, responses, measurements, timeouts, retried, icmp, native_lines;
@@ -616,7 +625,12 @@ static int slot_new(Sweep *s) {
         if (more) s->pages = more;
         int *freelist = realloc(s->freelist, (s->nslots + PAGE) * sizeof(int));
         if (freelist) s->freelist = freelist;
-        slot_t *page = more && freelist ? calloc(PAGE, sizeof(slot_t)) : NULL;
+        uint32_t *await_gen = realloc(s->await_gen, (s->nslots + PAGE) * sizeof(uint32_t));
+        if (await_gen) {
+            s->await_gen = await_gen;
+            memset(await_gen + s->nslots, 0, PAGE * sizeof(uint32_t));
+        }
+        slot_t *page = more && freelist && await_gen ? calloc(PAGE, sizeof(slot_t)) : NULL;
         if (!page) {
             PyErr_NoMemory();
             return -1;
@@ -649,6 +663,7 @@ static void slot_free(Sweep *s, int i) {
     sl->resp = NULL;
     sl->icmp = NULL;
     sl->used = 0;
+    s->await_gen[i] = 0;
     s->live--;
     s->freelist[s->nfree++] = i;
 }
@@ -813,10 +828,13 @@ static int finish(Sweep *s, int i) {
 static int arm(Sweep *s, int i, int64_t now_ns, double now) {
     slot_t *sl = SLOT(s, i);
     unsigned txid;
-    do {
+    int taken;
+    do { /* an ID no open query to that server on that socket holds */
         txid = random16(s);
-    } while (tab_find(&s->pending, key_of(sl->ip, sl->port, txid), sl->channel));
-    if (tab_put(&s->pending, key_of(sl->ip, sl->port, txid), sl->channel, i, 0)) return -1;
+        taken = tab_set(&s->pending, key_of(sl->ip, sl->port, txid), sl->channel, i, 0, 1);
+        if (taken < 0) return -1;
+    } while (taken);
+    s->await_gen[i] = sl->gen;
     sl->attempt++;
     sl->txid[sl->natt] = txid;
     sl->sent_ns[sl->natt] = now_ns;
@@ -979,6 +997,7 @@ static int on_datagram(Sweep *s, int ch, const unsigned char *data, size_t len,
     if (add_response(s, i, data, len, src, sport, ttl, stamp, attempt)) return -1;
     if (!sl->answered) {
         sl->answered = 1;
+        s->await_gen[i] = 0;
         s->outstanding--;
         if (ring_push(&s->collecting, now + s->window, i, 0, sl->gen)) return -1;
     }
@@ -1137,6 +1156,7 @@ static int expire(Sweep *s, double now) {
     while ((q = ring_head(&s->awaiting)) && q->when <= now) {
         qent_t e = *q;
         s->awaiting.head++;
+        if (s->await_gen[e.slot] != e.gen) continue; /* answered, closed or reused */
         slot_t *sl = SLOT(s, e.slot);
         if (!sl->used || sl->gen != e.gen || sl->answered || sl->closed || sl->attempt != e.attempt) continue;
         if (sl->nicmp || e.attempt >= s->retries || sl->natt >= MAXATT - 1) {
@@ -1276,6 +1296,7 @@ static void Sweep_dealloc(Sweep *s) {
     for (int p = 0; p < s->nslots / PAGE; p++) free(s->pages[p]);
     free(s->pages);
     free(s->freelist);
+    free(s->await_gen);
     free(s->pending.e);
     free(s->recent.e);
     free(s->recent_old.e);
