@@ -274,6 +274,9 @@ def test_a_flood_of_crafted_unsolicited_replies_neither_slows_nor_loses_a_measur
     ms = measurements(records)
     assert len(ms) == 200 and all(m.responses and m.responses[0].answers for m in ms)
     kept = [r for r in records if isinstance(r, Stray)]
-    # Every datagram is accounted for (a crafted ID may by chance match another open query).
-    assert stats.responses == 1200 and stats.strays == len(kept) + stats.strays_unkept >= 990
-    assert stats.strays_unkept > 900  # 256 KB of 64 KB replies: a handful kept
+    # Every datagram is accounted for: read, or counted by the kernel as dropped when 20 MB
+    # of flood outran the socket's buffer between two reads (a crafted ID may by chance
+    # match another open query). No measurement lost its answer (above).
+    assert stats.responses + stats.kernel_drops == 1200
+    assert stats.strays == len(kept) + stats.strays_unkept >= 990 - stats.kernel_drops
+    assert stats.strays_unkept > 900 - stats.kernel_drops  # 256 KB of 64 KB replies: a handful kept
