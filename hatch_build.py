@@ -2,10 +2,11 @@
 (the prober's UDP loop) and ``wallwatch._border`` (the lab border's forwarding), all C, when a
 compiler is there.
 
-Why a hook and not setuptools: the package builds with hatchling; the extension is one C
+Why a hook and not setuptools: the package builds with hatchling; each extension is one C
 file with no dependency but Python's headers, so the compiler Python was built with is
-called directly. Without a compiler or headers the build goes on and wallwatch uses its
-pure-Python twin (``wallwatch.fastwire``), saying so once on stderr.
+called directly. Without a compiler or headers the build goes on and wallwatch uses the
+pure-Python twins (``wallwatch.fastwire``, the prober's and the border's Python loops),
+saying so once on stderr.
 """
 
 from __future__ import annotations

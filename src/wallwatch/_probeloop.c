@@ -1382,6 +1382,18 @@ static int name_wire(PyObject *host, unsigned char *out, int room) {
     return w;
 }
 
+/* cache[key], asking Python's describe(key) the first time: a borrowed reference (the
+   cache holds it), or NULL with the error set. */
+static PyObject *described(PyObject *cache, PyObject *key, PyObject *describe) {
+    PyObject *value = PyDict_GetItemWithError(cache, key);
+    if (value || PyErr_Occurred()) return value;
+    value = PyObject_CallOneArg(describe, key);
+    if (!value) return NULL;
+    int rc = PyDict_SetItem(cache, key, value);
+    Py_DECREF(value);
+    return rc ? NULL : value;
+}
+
 /* start(queries) -> the queries it did not take.
    It takes a Query (a tuple: name, qtype, target, engine, stream, kind, ip_ttl,
    source_port) that is UDP to an IPv4 target, with neither a fixed TTL nor a fixed port;
@@ -1418,15 +1430,8 @@ static PyObject *Sweep_start(Sweep *s, PyObject *queries) {
         if (target == s->last_target) {
             tinfo = s->last_tinfo;
         } else {
-            tinfo = PyDict_GetItemWithError(s->targets, target);
-            if (!tinfo) {
-                if (PyErr_Occurred()) goto fail;
-                tinfo = PyObject_CallOneArg(s->describe_target, target);
-                if (!tinfo) goto fail;
-                int rc = PyDict_SetItem(s->targets, target, tinfo);
-                Py_DECREF(tinfo); /* the dict holds it */
-                if (rc) goto fail;
-            }
+            tinfo = described(s->targets, target, s->describe_target);
+            if (!tinfo) goto fail;
             Py_XSETREF(s->last_target, Py_NewRef(target));
             Py_XSETREF(s->last_tinfo, Py_NewRef(tinfo));
         }
@@ -1436,15 +1441,8 @@ static PyObject *Sweep_start(Sweep *s, PyObject *queries) {
             if (PyErr_Occurred()) goto fail;
             goto python;
         }
-        qtfrag = PyDict_GetItemWithError(s->qtypes, qtype_o);
-        if (!qtfrag) {
-            if (PyErr_Occurred()) goto fail;
-            qtfrag = PyObject_CallOneArg(s->describe_qtype, qtype_o);
-            if (!qtfrag) goto fail;
-            int rc = PyDict_SetItem(s->qtypes, qtype_o, qtfrag);
-            Py_DECREF(qtfrag);
-            if (rc) goto fail;
-        }
+        qtfrag = described(s->qtypes, qtype_o, s->describe_qtype);
+        if (!qtfrag) goto fail;
         long qtype = PyLong_AsLong(qtype_o);
         if (qtype < 0 || qtype > 65535 || !PyBytes_Check(qtfrag) || !PyBytes_Check(kindfrag)) {
             PyErr_Clear();
@@ -1535,18 +1533,20 @@ static PyObject *Sweep_poll(Sweep *s, PyObject *unused) {
     for (int ch = 0; ch < s->nfd; ch++)
         if (drain(s, ch, now)) return NULL;
     if (expire(s, now)) return NULL;
-    return Py_BuildValue("(y#LOOO)", s->out.p ? s->out.p : "", (Py_ssize_t)s->out.n,
-                         s->out_lines, s->fallbacks, s->strays, s->tc);
-}
-
-/* take(): what poll() returned is consumed; the buffers start again */
-static PyObject *Sweep_clear(Sweep *s, PyObject *unused) {
+    /* What is returned is handed over: the lines are copied out, the lists given away. */
+    PyObject *fresh[3] = {PyList_New(0), PyList_New(0), PyList_New(0)};
+    if (!fresh[0] || !fresh[1] || !fresh[2]) {
+        for (int i = 0; i < 3; i++) Py_XDECREF(fresh[i]);
+        return NULL;
+    }
+    PyObject *out = Py_BuildValue("(y#LNNN)", s->out.p ? s->out.p : "", (Py_ssize_t)s->out.n,
+                                  s->out_lines, s->fallbacks, s->strays, s->tc);
+    s->fallbacks = fresh[0];
+    s->strays = fresh[1];
+    s->tc = fresh[2];
     s->out.n = 0;
     s->out_lines = 0;
-    if (PyList_SetSlice(s->fallbacks, 0, PY_SSIZE_T_MAX, NULL) ||
-        PyList_SetSlice(s->strays, 0, PY_SSIZE_T_MAX, NULL) || PyList_SetSlice(s->tc, 0, PY_SSIZE_T_MAX, NULL))
-        return NULL;
-    Py_RETURN_NONE;
+    return out;
 }
 
 /* stream_done(slot, gen, response or None): the TCP retry of a truncated reply ended */
@@ -1596,7 +1596,6 @@ static PyObject *Sweep_outstanding(Sweep *s, void *unused) { return PyLong_FromL
 static PyMethodDef Sweep_methods[] = {
     {"start", (PyCFunction)Sweep_start, METH_O, "Start and send queries; return those it did not take."},
     {"poll", (PyCFunction)Sweep_poll, METH_NOARGS, "Read replies, close what is due: (lines, count, fallbacks, strays, truncated)."},
-    {"clear", (PyCFunction)Sweep_clear, METH_NOARGS, "Forget what poll() returned, once it is taken."},
     {"stream_done", (PyCFunction)Sweep_stream_done, METH_VARARGS, "The TCP retry of a slot ended."},
     {"next_uid", (PyCFunction)Sweep_next_uid, METH_NOARGS, "A measurement UID from the sweep's counter."},
     {"wait", (PyCFunction)Sweep_wait, METH_NOARGS, "Seconds to the next deadline (-1: none)."},

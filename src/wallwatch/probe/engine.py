@@ -753,7 +753,6 @@ class Prober:
             retry = _NativeRetry(slot, gen, sent_ns, attempt, qtype)
             server = StreamServer(Engine.TCP, ip, port)
             self._submit_job(retry, server, _ID.pack(txid) + tail, attempt)
-        core.clear()
 
     def _merge_native_counts(self) -> None:
         """Add what the C loop counted since the last merge to the sweep's Stats (at each
