@@ -208,3 +208,33 @@ def run_under_asan(tmp_path: Path, extension: str, script: str, *args: str) -> t
              "PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     return done.returncode, done.stdout, done.stderr
+
+
+def store_differences(a: Path, b: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Per analysis table: (rows in ``a``, rows in ``b``, rows only in ``a``, rows only in
+    ``b``), two analysed DuckDB stores compared row for row."""
+    from wallwatch import store
+
+    con = store.connect()
+    found = {}
+    try:
+        con.execute(f"ATTACH {store.sql_literal(str(a))} AS a (READ_ONLY)")
+        con.execute(f"ATTACH {store.sql_literal(str(b))} AS b (READ_ONLY)")
+        for table in ANALYSIS_TABLES:
+            x, y = f"a.{table}", f"b.{table}"
+            found[table] = tuple(int(con.execute(sql).fetchone()[0]) for sql in (
+                f"SELECT count(*) FROM {x}", f"SELECT count(*) FROM {y}",
+                f"SELECT count(*) FROM (SELECT * FROM {x} EXCEPT ALL SELECT * FROM {y})",
+                f"SELECT count(*) FROM (SELECT * FROM {y} EXCEPT ALL SELECT * FROM {x})",
+            ))  # fmt: skip
+    finally:
+        con.close()
+    return found  # type: ignore[return-value]
+
+
+def assert_same_stores(a: Path, b: Path) -> None:
+    """Every analysis table of the store ``b`` is ``a``'s, row for row (and not empty)."""
+    found = store_differences(a, b)
+    for table, (x, y, only_a, only_b) in found.items():
+        assert (x, only_a, only_b) == (y, 0, 0), (table, found)
+    assert found["reply_verdicts"][0] > 0, found

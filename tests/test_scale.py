@@ -110,6 +110,21 @@ def test_a_generated_mix_on_two_workers_is_the_embedded_result(tmp_path: Path,
 @needs_data
 def test_the_real_third_party_files_on_the_cluster(tmp_path: Path, dask_client: object) -> None:
     """Every OONI and Censored Planet file of the shared data, imported, as a dataset."""
+    jsonl = _real_jsonl(tmp_path)
+    db = tmp_path / "real.duckdb"
+    store.ingest([jsonl], db)
+    analyze(db)
+    con = store.connect(db, read_only=True)
+    measured, with_asns = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE annotations['answer_asns'] IS NOT NULL) "
+        "FROM measurements").fetchone()  # fmt: skip
+    con.close()
+    assert measured > 100 and with_asns > 0  # the sources' own ASNs are exercised too
+    assert_dask_matches([jsonl], db, tmp_path, dask_client, buckets=8)
+
+
+def _real_jsonl(tmp_path: Path) -> Path:
+    """Every OONI and Censored Planet file of the shared data, imported, as one JSONL file."""
     from wallwatch.interop import ooni, satellite
     from wallwatch.interop.summary import ImportSummary
 
@@ -128,16 +143,7 @@ def test_the_real_third_party_files_on_the_cluster(tmp_path: Path, dask_client: 
             for record in satellite.read(directory):
                 journal.write(record)
     journal.close()
-    db = tmp_path / "real.duckdb"
-    store.ingest([jsonl], db)
-    analyze(db)
-    con = store.connect(db, read_only=True)
-    measured, with_asns = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE annotations['answer_asns'] IS NOT NULL) "
-        "FROM measurements").fetchone()  # fmt: skip
-    con.close()
-    assert measured > 100 and with_asns > 0  # the sources' own ASNs are exercised too
-    assert_dask_matches([jsonl], db, tmp_path, dask_client, buckets=8)
+    return jsonl
 
 
 def _jsonl_of_mix(tmp_path: Path, names: int) -> Path:

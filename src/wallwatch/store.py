@@ -21,6 +21,7 @@ store (same ``measurement_uid``) is not loaded twice.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,24 @@ from wallwatch.records import SCHEMA_VERSION
 from wallwatch.vocab import RecordType
 
 #: DuckDB's memory ceiling for ingest and analysis (``WALLWATCH_MEMORY_LIMIT`` overrides):
-#: past it DuckDB spills to disk instead of growing with the data.
+#: past it DuckDB spills to disk, and the analysis of a store too large for it runs in
+#: slices of names (:func:`wallwatch.analysis.run.slices_for`), instead of growing with
+#: the data.
 MEMORY_LIMIT = os.environ.get("WALLWATCH_MEMORY_LIMIT", "3GB")
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def limit_bytes(limit: str = MEMORY_LIMIT) -> int:
+    """A memory limit as DuckDB takes it (``3GB``, ``800 MiB``), in bytes; ``ValueError``
+    naming it when it is not one."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", limit)
+    unit = found.group(2).lower() if found else ""
+    if found is None or unit not in _UNITS or float(found.group(1)) <= 0:
+        raise ValueError(f"WALLWATCH_MEMORY_LIMIT {limit!r}: a size such as 3GB or 800MiB")
+    return int(float(found.group(1)) * _UNITS[unit])
+
 
 _ANSWER = (
     "STRUCT(answer_type VARCHAR, ttl BIGINT, name VARCHAR, ipv4 VARCHAR, ipv6 VARCHAR, "
@@ -95,29 +112,29 @@ _KEY = ("measurement_uid", "hostname", "query_type", "resolver_address", "target
 TABLES: dict[str, str] = {
     "measurements": (
         f"SELECT {', '.join(_MEASUREMENT_COLS)}, len(responses) AS response_count, "
-        "len(icmp) AS icmp_count, icmp FROM staged WHERE record_type = 'measurement'"
+        "len(icmp) AS icmp_count, icmp FROM _ww_staged WHERE record_type = 'measurement'"
     ),
     "responses": (
         f"SELECT {', '.join(_KEY)}, i - 1 AS response_index, r.* EXCLUDE (answers) FROM ("
         f"SELECT {', '.join(_KEY)}, unnest(responses) AS r, generate_subscripts(responses, 1) AS i "
-        "FROM staged WHERE record_type = 'measurement')"
+        "FROM _ww_staged WHERE record_type = 'measurement')"
     ),
     "answers": (
         f"SELECT {', '.join(_KEY)}, ri - 1 AS response_index, ai - 1 AS answer_index, "
         "a.answer_type, a.ttl, a.name, a.ipv4, a.ipv6, a.hostname AS target, a.rdata FROM ("
         f"SELECT {', '.join(_KEY)}, ri, unnest(r.answers) AS a, generate_subscripts(r.answers, 1) AS ai "
         f"FROM (SELECT {', '.join(_KEY)}, unnest(responses) AS r, "
-        "generate_subscripts(responses, 1) AS ri FROM staged WHERE record_type = 'measurement'))"
+        "generate_subscripts(responses, 1) AS ri FROM _ww_staged WHERE record_type = 'measurement'))"
     ),
     "strays": (
         "SELECT md5(concat_ws('|', report_id, local_port, response.t, response.src, "
         "response.sport, response.raw_response)) AS stray_id, "
         "report_id, measurement_uid, local_port, response.* EXCLUDE (answers), "
-        "response.answers AS answers FROM staged WHERE record_type = 'stray'"
+        "response.answers AS answers FROM _ww_staged WHERE record_type = 'stray'"
     ),
     "input_errors": (
         "SELECT md5(concat_ws('|', report_id, source, line, text, error)) AS input_error_id, "
-        "report_id, source, line, text, error FROM staged WHERE record_type = 'input_error'"
+        "report_id, source, line, text, error FROM _ww_staged WHERE record_type = 'input_error'"
     ),
 }
 
@@ -207,7 +224,7 @@ def connect(db: str | Path = ":memory:", *, read_only: bool = False) -> Any:
     """A DuckDB connection set up as wallwatch uses it (quiet, memory-capped)."""
     con = _duckdb().connect(str(db), read_only=read_only)
     con.execute("SET enable_progress_bar = false")  # stderr belongs to wallwatch's own messages
-    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET memory_limit = '{limit_bytes()}B'")
     return con
 
 
@@ -219,39 +236,49 @@ def ingest_into(con: Any, paths: Sequence[str | Path]) -> IngestReport:
     files = "[" + ", ".join(sql_literal(str(p)) for p in paths) + "]"
     try:
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE staged AS SELECT * FROM read_json({files}, "
+            # A table of the store's file, not a temporary one: DuckDB can then evict
+            # its blocks under the memory cap instead of holding every parsed line.
+            f"CREATE OR REPLACE TABLE _ww_staged AS SELECT * FROM read_json({files}, "
             f"format='newline_delimited', columns={columns})"
         )
     except duckdb.Error as exc:
         validate(paths)  # raises, naming the file and line, when it can
         raise ValueError(f"{', '.join(map(str, paths))}: {exc}") from None
-    kinds = ", ".join(f"'{t.value}'" for t in RecordType)
-    records, strange = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE record_type IS NULL OR record_type NOT IN "
-        f"({kinds}) OR schema_version IS DISTINCT FROM {SCHEMA_VERSION}) FROM staged"
-    ).fetchone()
-    if strange:
-        validate(paths)
-        raise ValueError(f"{', '.join(map(str, paths))}: {strange} lines are not wallwatch records")
-    con.execute(
-        "DELETE FROM staged WHERE record_type = 'measurement' AND measurement_uid IN "
-        "(SELECT measurement_uid FROM measurements)"
-        if "measurements" in _tables(con)
-        else "SELECT 1"
-    )
-    present = _tables(con)
-    for table, query in TABLES.items():
-        key = CONTENT_KEYS.get(table)
-        if key is not None:
-            query = f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
+    try:
+        kinds = ", ".join(f"'{t.value}'" for t in RecordType)
+        records, strange = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE record_type IS NULL OR record_type NOT IN "
+            f"({kinds}) OR schema_version IS DISTINCT FROM {SCHEMA_VERSION}) FROM _ww_staged"
+        ).fetchone()
+        if strange:
+            validate(paths)
+            raise ValueError(
+                f"{', '.join(map(str, paths))}: {strange} lines are not wallwatch records"
+            )
+        con.execute(
+            "DELETE FROM _ww_staged WHERE record_type = 'measurement' AND measurement_uid IN "
+            "(SELECT measurement_uid FROM measurements)"
+            if "measurements" in _tables(con)
+            else "SELECT 1"
+        )
+        present = _tables(con)
+        for table, query in TABLES.items():
+            key = CONTENT_KEYS.get(table)
+            if key is not None:
+                query = (
+                    f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
+                )
+                if table in present:
+                    _add_key(con, table, key)
+                    query = (
+                        f"SELECT * FROM ({query}) WHERE {key} NOT IN (SELECT {key} FROM {table})"
+                    )
             if table in present:
-                _add_key(con, table, key)
-                query = f"SELECT * FROM ({query}) WHERE {key} NOT IN (SELECT {key} FROM {table})"
-        if table in present:
-            con.execute(f"INSERT INTO {table} BY NAME {query}")
-        else:
-            con.execute(f"CREATE TABLE {table} AS {query}")
-    con.execute("DROP TABLE staged")
+                con.execute(f"INSERT INTO {table} BY NAME {query}")
+            else:
+                con.execute(f"CREATE TABLE {table} AS {query}")
+    finally:
+        con.execute("DROP TABLE IF EXISTS _ww_staged")
     after = _counts(con)
     return IngestReport(
         files=len(paths),
@@ -265,9 +292,9 @@ def create_empty(con: Any, table: str) -> None:
     """Create the store table ``table`` with no rows, typed as an ingest would make it
     (a reader of a dataset whose files lack that table still finds its columns)."""
     columns = ", ".join(f'"{k}" {v}' for k, v in COLUMNS.items())
-    con.execute(f"CREATE OR REPLACE TEMP TABLE staged ({columns})")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _ww_staged ({columns})")
     con.execute(f"CREATE OR REPLACE TABLE {table} AS {TABLES[table]}")
-    con.execute("DROP TABLE staged")
+    con.execute("DROP TABLE _ww_staged")
 
 
 def _add_key(con: Any, table: str, key: str) -> None:

@@ -36,10 +36,11 @@ from wallwatch.analysis.attribution import (
     NAME_CHANGES_SQL,
     WINDOW_ATTRIBUTION_SQL,
 )
-from wallwatch.analysis.families import FAMILIES_SQL
+from wallwatch.analysis.families import FAMILIES_FROM_PARTS_SQL, FAMILIES_SQL, FAMILY_PARTS_SQL
 from wallwatch.analysis.netinfo import Netinfo
 from wallwatch.analysis.rules import RULES_VERSION, rules_table, verdict_sql
-from wallwatch.store import MEMORY_LIMIT, sql_literal
+from wallwatch.store import limit_bytes, sql_literal
+from wallwatch.vocab import TargetKind
 
 #: One row of ``ip_asn``: day, address, ASN, AS name, the dataset that said so.
 AsnRow = tuple[date, str, int | None, str | None, str | None]
@@ -62,6 +63,7 @@ def analyze(
     mmdb: str | Path | None = None,
     window: int = 60,
     netinfo: Netinfo | None = None,
+    slices: int | None = None,
 ) -> AnalysisSummary:
     """Compute (or recompute) the analysis tables of the store ``db``.
 
@@ -74,9 +76,10 @@ def analyze(
 
     con: Any = duckdb.connect(str(db))
     con.execute("SET enable_progress_bar = false")  # stderr belongs to wallwatch's own messages
-    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET memory_limit = '{limit_bytes()}B'")
     try:
-        return analyze_connection(con, baseline=baseline, mmdb=mmdb, window=window, netinfo=netinfo)
+        return analyze_connection(con, baseline=baseline, mmdb=mmdb, window=window,
+                                   netinfo=netinfo, slices=slices)  # fmt: skip
     finally:
         con.close()
 
@@ -101,6 +104,7 @@ def analyze_connection(
     preset: Collection[str] = (),
     own_asns: Sequence[AsnRow] | None = None,
     families: bool = True,
+    slices: int | None = None,
 ) -> AnalysisSummary:
     """The analysis on an open DuckDB connection whose store tables are loaded.
 
@@ -113,6 +117,9 @@ def analyze_connection(
     tables are already on the connection (the learned pools, the path baselines),
     ``own_asns`` the sources' own per-answer ASNs of the whole dataset; ``families``
     False leaves the injector families (summed over buckets) to the caller.
+
+    ``slices``: analyse the store in that many slices of names (default:
+    :func:`slices_for`, by the store's size), which bounds memory (:func:`_analyze_in_slices`).
     """
     # A partitioned run's connection may hold the reference tables already (made once).
     version = pools.load()[0] if "known_addresses" in preset else load_reference(con)
@@ -124,20 +131,6 @@ def analyze_connection(
     finally:
         if own and netinfo is not None:
             netinfo.close()
-    *intermediate, (_, final) = signals.steps()
-    for table, sql in intermediate:
-        if table not in preset:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
-    # The last step is not materialised on its own: the verdicts are computed in
-    # the same pass and stored with the evidence columns (one table, one write).
-    con.execute(
-        "CREATE OR REPLACE TABLE reply_verdicts AS "
-        f"SELECT s.*, r.outcome, r.evidence, {RULES_VERSION} AS rules_version, "
-        f"{sql_literal(version)} AS pools_version, "
-        f"{sql_literal('; '.join(datasets) or 'none')} AS netinfo_version "
-        f"FROM (SELECT *, {verdict_sql()} FROM ({final})) s "
-        "JOIN analysis_rules r USING (rule_id)"
-    )
     if baseline is not None:
         con.execute(f"ATTACH {sql_literal(str(baseline))} AS base (READ_ONLY)")
         con.execute(f"CREATE OR REPLACE TEMP TABLE baseline_answers AS {BASELINE_SQL}")
@@ -147,9 +140,6 @@ def analyze_connection(
             "CREATE OR REPLACE TEMP TABLE baseline_answers "
             "(hostname VARCHAR, query_type VARCHAR, ips VARCHAR[])"
         )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE name_changes AS {NAME_CHANGES_SQL}")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE attributions_raw AS {ATTRIBUTION_SQL}")
-    con.execute(f"CREATE OR REPLACE TABLE attributions AS {ATTRIBUTION_FINAL_SQL}")
     con.execute("CREATE OR REPLACE TEMP TABLE injected_before "
                 "(hostname VARCHAR, query_type VARCHAR, first_injected BIGINT)")  # fmt: skip
     values = ", ".join(
@@ -157,12 +147,12 @@ def analyze_connection(
     )
     if values:
         con.execute(f"INSERT INTO injected_before VALUES {values}")
-    con.execute(
-        "CREATE OR REPLACE TABLE window_attributions AS "
-        + WINDOW_ATTRIBUTION_SQL.replace("{window}", str(max(1, int(window))))
-    )
-    if families:
-        con.execute(f"CREATE OR REPLACE TABLE injector_families AS {FAMILIES_SQL}")
+    stamp = Stamp(version, "; ".join(datasets) or "none", max(1, int(window)))
+    count = (slices or slices_for(con)) if not preset else 1
+    if count > 1:
+        _analyze_in_slices(con, count, stamp, families=families)
+    else:
+        _judge(con, stamp, skip=preset, temp=False, families=families)
     replies = int(con.execute("SELECT count(*) FROM reply_verdicts").fetchone()[0])
     counts = dict(
         con.execute("SELECT attribution, count(*) FROM attributions GROUP BY ALL").fetchall()
@@ -171,6 +161,173 @@ def analyze_connection(
         replies, {str(k): int(v) for k, v in counts.items()}, RULES_VERSION, version,
         tuple(datasets),
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What every verdict row carries besides its evidence, and the window width."""
+
+    pools_version: str
+    netinfo_version: str
+    window: int
+
+
+#: The tables :func:`_judge` writes per name (a sliced run appends each slice's rows).
+_PER_NAME_OUTPUTS = ("reply_verdicts", "attributions", "window_attributions")
+#: The base tables a slice holds its own rows of (each carries the measurement's name).
+_BASE_TABLES = ("measurements", "responses", "answers")
+#: Evidence steps that round 2 of a sliced run makes and round 3 reads again.
+_KEPT = ("reply_ips", "control_answers", "reply_base")
+#: Evidence steps that need every name: a sliced run computes them over every slice
+#: first (as a partitioned run does over its buckets, :mod:`.scale`).
+_ACROSS_NAMES = ("learned_forged", "raced_forged", "path_samples", "path_baseline")
+
+
+def _judge(con: Any, stamp: Stamp, *, skip: Collection[str], temp: bool, families: bool) -> None:
+    """The evidence steps not in ``skip``, then the verdicts, attributions and window
+    attributions (and the injector families when ``families``) over the base tables the
+    connection shows. ``temp``: write the per-name outputs as temporary tables (one
+    slice's, which its caller appends to the store's)."""
+    *intermediate, (_, final) = signals.steps()
+    for table, sql in intermediate:
+        if table not in skip:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
+    kind = "TEMP TABLE" if temp else "TABLE"
+    # The last step is not materialised on its own: the verdicts are computed in
+    # the same pass and stored with the evidence columns (one table, one write).
+    con.execute(
+        f"CREATE OR REPLACE {kind} reply_verdicts AS "
+        f"SELECT s.*, r.outcome, r.evidence, {RULES_VERSION} AS rules_version, "
+        f"{sql_literal(stamp.pools_version)} AS pools_version, "
+        f"{sql_literal(stamp.netinfo_version)} AS netinfo_version "
+        f"FROM (SELECT *, {verdict_sql()} FROM ({final})) s "
+        "JOIN analysis_rules r USING (rule_id)"
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE name_changes AS {NAME_CHANGES_SQL}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE attributions_raw AS {ATTRIBUTION_SQL}")
+    con.execute(f"CREATE OR REPLACE {kind} attributions AS {ATTRIBUTION_FINAL_SQL}")
+    con.execute(
+        f"CREATE OR REPLACE {kind} window_attributions AS "
+        + WINDOW_ATTRIBUTION_SQL.replace("{window}", str(stamp.window))
+    )
+    if families:
+        con.execute(f"CREATE OR REPLACE TABLE injector_families AS {FAMILIES_SQL}")
+
+
+#: What the analysis holds per reply while it runs, measured (docs/performance.md): a
+#: store whose replies need more than the memory cap is analysed in slices of names.
+REPLY_BYTES = 1024
+
+
+def slices_for(con: Any, limit: int | None = None) -> int:
+    """How many slices of names the store on ``con`` is analysed in under the memory cap
+    ``limit`` (bytes; default :data:`wallwatch.store.MEMORY_LIMIT`); 1 is in one go."""
+    replies = int(con.execute("SELECT count(*) FROM responses").fetchone()[0])
+    per_slice = max(1, (limit or limit_bytes()) // REPLY_BYTES)
+    return max(1, -(-replies // per_slice))
+
+
+def _analyze_in_slices(con: Any, count: int, stamp: Stamp, *, families: bool) -> None:
+    """The analysis in ``count`` slices of names, in three rounds, so that memory stays
+    flat as the store grows instead of holding every reply's evidence at once.
+
+    A slice holds every reply about its names (:data:`SLICE_SQL`), so the per-name steps
+    need nothing else; the steps that need every name (:data:`_ACROSS_NAMES`: the pool
+    learned from dark hosts, the raced addresses, the path baselines) are computed over
+    every slice first, as the partitioned run does over its buckets (:mod:`.scale`),
+    and the result is the one-go result row for row (tests/test_analysis.py).
+    """
+    steps = dict(signals.steps())
+    held = set(_BASE_TABLES)
+    # The store's own schema, by its catalog: "main" alone would find the temporary
+    # catalog's schema of that name, where the slice's copies live.
+    store = '"' + str(con.execute("SELECT current_database()").fetchone()[0]).replace('"', '""') + '".main'
+
+    try:
+        # Round 1: the addresses dark hosts answered with, from every slice (of which
+        # only the queries to dark hosts are read: the step reads no other).
+        con.execute("CREATE OR REPLACE TEMP TABLE _ww_learned (address VARCHAR)")
+        for index in range(count):
+            _hold_slice(con, store, index, count, dark=True)
+            _steps(con, steps, ("reply_ips", "learned_forged"))
+            con.execute("INSERT INTO _ww_learned SELECT * FROM learned_forged")
+        con.execute("CREATE OR REPLACE TEMP TABLE learned_forged AS "
+                    "SELECT DISTINCT address FROM _ww_learned")  # fmt: skip
+        _steps(con, steps, ("forged_addresses",))
+        # Round 2: the raced addresses and the path samples, from every slice. What
+        # round 3 reads again is kept in the store's file (evicted under memory
+        # pressure), slice after slice, so that a slice's rows are read back alone.
+        con.execute("CREATE OR REPLACE TEMP TABLE _ww_raced (address VARCHAR)")
+        for index in range(count):
+            _hold_slice(con, store, index, count)
+            _steps(con, steps, (*_KEPT, "raced_forged", "path_samples"))
+            con.execute("INSERT INTO _ww_raced SELECT * FROM raced_forged")
+            for table in (*_KEPT, "path_samples"):
+                con.execute(
+                    f"CREATE OR REPLACE TABLE {store}._ww_{table} AS "
+                    f"SELECT {index} AS _ww_slice, * FROM {table}"
+                    if index == 0
+                    else f"INSERT INTO {store}._ww_{table} SELECT {index}, * FROM {table}"
+                )
+        con.execute("CREATE OR REPLACE TEMP TABLE raced_forged AS "
+                    "SELECT DISTINCT address FROM _ww_raced")  # fmt: skip
+        con.execute("CREATE OR REPLACE TEMP TABLE path_samples AS "
+                    f"SELECT * EXCLUDE (_ww_slice) FROM {store}._ww_path_samples")  # fmt: skip
+        _steps(con, steps, ("path_baseline",))
+        con.execute("DROP TABLE path_samples")
+        # Round 3: every rule per slice, the tables above preset; each slice's rows
+        # appended to the store's tables, and its family counts kept to sum at the end.
+        held |= set(_PER_NAME_OUTPUTS)
+        for index in range(count):
+            _hold_slice(con, store, index, count)
+            for table in _KEPT:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * EXCLUDE "
+                            f"(_ww_slice) FROM {store}._ww_{table} WHERE _ww_slice = {index}")  # fmt: skip
+            _judge(con, stamp, skip={*_ACROSS_NAMES, "forged_addresses", *_KEPT}, temp=True,
+                   families=False)  # fmt: skip
+            for table in _PER_NAME_OUTPUTS:
+                con.execute(
+                    f"CREATE OR REPLACE TABLE {store}.{table} AS SELECT * FROM temp.{table}"
+                    if index == 0
+                    else f"INSERT INTO {store}.{table} SELECT * FROM temp.{table}"
+                )
+            if families:
+                parts = f"SELECT * FROM ({FAMILY_PARTS_SQL})"
+                con.execute(f"CREATE OR REPLACE TEMP TABLE _ww_family_parts AS {parts}"
+                            if index == 0 else f"INSERT INTO _ww_family_parts {parts}")  # fmt: skip
+        if families:
+            con.execute("CREATE OR REPLACE TABLE injector_families AS "
+                        + FAMILIES_FROM_PARTS_SQL.replace("{parts}", "_ww_family_parts"))  # fmt: skip
+    finally:
+        for table in held:  # the store's own tables are seen again
+            kind = "VIEW" if table in _BASE_TABLES else "TABLE"
+            con.execute(f"DROP {kind} IF EXISTS temp.{table}")
+        for table in ("_ww_learned", "_ww_raced", "_ww_family_parts"):
+            con.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        for table in (*_KEPT, "path_samples"):
+            con.execute(f"DROP TABLE IF EXISTS {store}._ww_{table}")
+
+
+#: The rows of one slice of names (``{count}`` and ``{index}`` filled in): every row
+#: about a name falls in one slice.
+SLICE_SQL = "hash(coalesce(hostname, '')) % {count} = {index}"
+
+
+def _hold_slice(con: Any, store: str, index: int, count: int, *, dark: bool = False) -> None:
+    """Views of the base tables with one slice's rows (``dark``: only its queries to dark
+    hosts), under the same names: the steps' SQL, unchanged, then reads the slice
+    (temporary objects are found first)."""
+    where = SLICE_SQL.format(count=count, index=index)
+    if dark:
+        where += f" AND target_kind = {sql_literal(TargetKind.DARK.value)}"
+    for table in _BASE_TABLES:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS "
+                    f"SELECT * FROM {store}.{table} WHERE {where}")  # fmt: skip
+
+
+def _steps(con: Any, steps: dict[str, str], names: Sequence[str]) -> None:
+    for name in names:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {steps[name]}")
 
 
 def load_reference(con: Any) -> str:
