@@ -6,19 +6,24 @@ answered by two forgeries), loads them into a fresh store with ``wallwatch inges
 and runs the analysis, timing both. The baseline parses each reply with dnspython and
 applies the same rules in Python, row by row, on a sample.
 
-The last line is machine-readable:
+Each size runs in a child process (as the CLI runs; its peak RSS is that run's): a
+quarter, a half and all of ``--names`` (the cost curve), and with ``--growth`` four times
+as many (memory must stay flat as the data grows: the analysis runs in slices of names
+once the store outgrows ``WALLWATCH_MEMORY_LIMIT``). The last line is machine-readable:
 
-    analyze replies_per_s=<n> baseline_replies_per_s=<n> ratio=<n> peak_rss_mb=<n>
+    analyze replies_per_s=<n> baseline_replies_per_s=<n> ratio=<n> peak_rss_mb=<n> ...
 
 (``replies_per_s`` is end to end: ingest plus analysis.)
-Usage: ``.venv/bin/python bench/analyze.py [--names 650000]``
+Usage: ``WALLWATCH_MEMORY_LIMIT=800MB .venv/bin/python bench/analyze.py [--names 650000] [--growth]``
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +33,7 @@ import dns.message
 import dns.rrset
 
 from wallwatch import records, store, wire
-from wallwatch.analysis.run import analyze
+from wallwatch.analysis.run import analyze, slices_for
 from wallwatch.journal import Journal
 from wallwatch.lab.forge import forge_reply
 from wallwatch.names import QueryName
@@ -146,33 +151,73 @@ def baseline(path: Path, sample: int) -> float:
     return done / (time.perf_counter() - start)
 
 
+def run_one(path: Path, work: Path) -> dict[str, float]:
+    """Ingest and analyse ``path`` in this process (a child: its peak RSS is this run's)."""
+    db = work / "ww.duckdb"
+    t1 = time.perf_counter()
+    store.ingest([path], db)
+    t2 = time.perf_counter()
+    con = store.connect(db, read_only=True)
+    slices = slices_for(con)
+    con.close()
+    summary = analyze(db)
+    t3 = time.perf_counter()
+    db.unlink()
+    print(f"  {summary.replies} verdicts: ingest {t2 - t1:.1f} s, analysis {t3 - t2:.1f} s "
+          f"({summary.replies / (t3 - t2):.0f} replies/s) in {slices} slice(s); "
+          f"attributions {summary.attributions}", file=sys.stderr)  # fmt: skip
+    return {"seconds": t3 - t1, "ingest": t2 - t1, "analysis": t3 - t2, "slices": slices,
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+
+
+def measure(path: Path, replies: int) -> dict[str, float]:
+    """:func:`run_one` in a child process, as the CLI would run it."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--one", str(path)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["us_per_reply"] = result["seconds"] / replies * 1e6
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", type=int, default=650_000)
     parser.add_argument("--sample", type=int, default=30_000)
+    parser.add_argument("--growth", action="store_true",
+                        help="also run at 4x the names (the memory-growth check)")  # fmt: skip
+    parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(run_one(args.one, args.one.parent)))
+        return
     build_templates()
+    sizes = {"quarter": args.names // 4, "half": args.names // 2, "": args.names}
+    if args.growth:
+        sizes["4x"] = args.names * 4
+    results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="ww-bench-") as tmp:
         work = Path(tmp)
-        path = work / "records.jsonl"
-        t0 = time.perf_counter()
-        replies = generate(path, args.names)
-        t1 = time.perf_counter()
-        print(
-            f"generated {replies} replies ({path.stat().st_size >> 20} MiB) in {t1 - t0:.1f} s",
-            file=sys.stderr,
-        )
-        store.ingest([path], work / "ww.duckdb")
-        t2 = time.perf_counter()
-        summary = analyze(work / "ww.duckdb")
-        t3 = time.perf_counter()
-        print(f"ingest {t2 - t1:.1f} s, analysis {t3 - t2:.1f} s ({summary.replies / (t3 - t2):.0f} replies/s); "
-              f"attributions {summary.attributions}", file=sys.stderr)  # fmt: skip
-        base = baseline(path, args.sample)
-    rate = replies / (t3 - t1)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        for label, names in sizes.items():
+            path = work / f"records-{label or 'full'}.jsonl"
+            replies = generate(path, names)
+            print(f"{label or 'full'}: {replies} replies ({path.stat().st_size >> 20} MiB)",
+                  file=sys.stderr)  # fmt: skip
+            results[label] = {**measure(path, replies), "replies": replies}
+            if label == "":
+                base = baseline(path, args.sample)
+            path.unlink()
+    full = results[""]
+    rate = full["replies"] / full["seconds"]
+    curve = " ".join(f"us_per_reply_at_{k}={v['us_per_reply']:.2f} peak_rss_mb_at_{k}={v['rss_mb']:.0f}"
+                     for k, v in results.items() if k)  # fmt: skip
+    growth = f" growth_4x={results['4x']['rss_mb'] / full['rss_mb']:.2f}" if "4x" in results else ""
     print(f"analyze replies_per_s={rate:.0f} baseline_replies_per_s={base:.0f} ratio={rate / base:.1f} "
-          f"peak_rss_mb={rss:.0f}")  # fmt: skip
+          f"peak_rss_mb={full['rss_mb']:.0f} us_per_reply={full['us_per_reply']:.2f} {curve}{growth} "
+          f"slices={full['slices']:.0f} memory_limit={store.MEMORY_LIMIT}")  # fmt: skip
 
 
 if __name__ == "__main__":

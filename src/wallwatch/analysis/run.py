@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import tempfile
 import tomllib
 from collections.abc import Collection, Iterable, Sequence
@@ -187,31 +188,43 @@ def _judge(con: Any, stamp: Stamp, *, skip: Collection[str], temp: bool, familie
     """The evidence steps not in ``skip``, then the verdicts, attributions and window
     attributions (and the injector families when ``families``) over the base tables the
     connection shows. ``temp``: write the per-name outputs as temporary tables (one
-    slice's, which its caller appends to the store's)."""
+    slice's, which its caller appends to the store's).
+
+    Each working table made here is dropped once the last statement that reads it has
+    run: the evidence steps' tables are most of what the analysis holds, and they are
+    not all needed at once.
+    """
     *intermediate, (_, final) = signals.steps()
-    for table, sql in intermediate:
-        if table not in skip:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
     kind = "TEMP TABLE" if temp else "TABLE"
-    # The last step is not materialised on its own: the verdicts are computed in
-    # the same pass and stored with the evidence columns (one table, one write).
-    con.execute(
-        f"CREATE OR REPLACE {kind} reply_verdicts AS "
-        f"SELECT s.*, r.outcome, r.evidence, {RULES_VERSION} AS rules_version, "
-        f"{sql_literal(stamp.pools_version)} AS pools_version, "
-        f"{sql_literal(stamp.netinfo_version)} AS netinfo_version "
-        f"FROM (SELECT *, {verdict_sql()} FROM ({final})) s "
-        "JOIN analysis_rules r USING (rule_id)"
-    )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE name_changes AS {NAME_CHANGES_SQL}")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE attributions_raw AS {ATTRIBUTION_SQL}")
-    con.execute(f"CREATE OR REPLACE {kind} attributions AS {ATTRIBUTION_FINAL_SQL}")
-    con.execute(
-        f"CREATE OR REPLACE {kind} window_attributions AS "
-        + WINDOW_ATTRIBUTION_SQL.replace("{window}", str(stamp.window))
-    )
+    # (table, its kind, its query); the last evidence step is not materialised on its
+    # own: the verdicts are computed in the same pass and stored with the evidence
+    # columns (one table, one write).
+    plan = [(table, "TEMP TABLE", sql) for table, sql in intermediate if table not in skip]
+    plan += [
+        ("reply_verdicts", kind,
+         f"SELECT s.*, r.outcome, r.evidence, {RULES_VERSION} AS rules_version, "
+         f"{sql_literal(stamp.pools_version)} AS pools_version, "
+         f"{sql_literal(stamp.netinfo_version)} AS netinfo_version "
+         f"FROM (SELECT *, {verdict_sql()} FROM ({final})) s JOIN analysis_rules r USING (rule_id)"),
+        ("name_changes", "TEMP TABLE", NAME_CHANGES_SQL),
+        ("attributions_raw", "TEMP TABLE", ATTRIBUTION_SQL),
+        ("attributions", kind, ATTRIBUTION_FINAL_SQL),
+        ("window_attributions", kind, WINDOW_ATTRIBUTION_SQL.replace("{window}", str(stamp.window))),
+    ]  # fmt: skip
     if families:
-        con.execute(f"CREATE OR REPLACE TABLE injector_families AS {FAMILIES_SQL}")
+        plan.append(("injector_families", "TABLE", FAMILIES_SQL))
+    working = {table for table, made, _ in plan if made == "TEMP TABLE"} - set(_PER_NAME_OUTPUTS)
+    last = {table: max(i for i, (_, _, sql) in enumerate(plan) if _reads(sql, table))
+            for table in working if any(_reads(sql, table) for _, _, sql in plan)}  # fmt: skip
+    for index, (table, made, sql) in enumerate(plan):
+        con.execute(f"CREATE OR REPLACE {made} {table} AS {sql}")
+        for done in sorted(t for t, at in last.items() if at == index):
+            con.execute(f"DROP TABLE IF EXISTS temp.{done}")
+
+
+def _reads(sql: str, table: str) -> bool:
+    """Whether ``sql`` names the table ``table`` (as a whole word)."""
+    return re.search(rf"\b{re.escape(table)}\b", sql) is not None
 
 
 #: What the analysis holds per reply while it runs, measured (docs/performance.md): a
