@@ -137,19 +137,19 @@ STEPS: tuple[tuple[str, str], ...] = (
         # but its address is one the injector was caught using on another path.
         "raced_forged",
         """
-        SELECT DISTINCT unnest(ips) AS address
-        FROM (SELECT ips, control_ips, response_index,
-                     max(CASE WHEN len(list_intersect(ips, control_ips)) > 0 THEN response_index END)
-                         OVER (PARTITION BY measurement_uid) AS last_genuine
-              FROM reply_base WHERE len(control_ips) > 0 AND len(ips) > 0)
-        WHERE response_index < last_genuine AND len(list_intersect(ips, control_ips)) = 0
+        SELECT DISTINCT unnest(b.ips) AS address
+        FROM reply_base b
+        JOIN (SELECT measurement_uid, max(response_index) AS last_genuine FROM reply_base
+              WHERE len(list_intersect(ips, control_ips)) > 0 GROUP BY ALL) g
+             ON g.measurement_uid = b.measurement_uid
+        WHERE b.response_index < g.last_genuine AND len(b.control_ips) > 0 AND len(b.ips) > 0
+              AND len(list_intersect(b.ips, b.control_ips)) = 0
         UNION
-        SELECT DISTINCT unnest(ips) AS address
-        FROM (SELECT ips, response_index,
-                     max(CASE WHEN s_referral THEN response_index END)
-                         OVER (PARTITION BY measurement_uid) AS last_referral
-              FROM reply_base)
-        WHERE response_index < last_referral AND len(ips) > 0
+        SELECT DISTINCT unnest(b.ips) AS address
+        FROM reply_base b
+        JOIN (SELECT measurement_uid, max(response_index) AS last_referral FROM reply_base
+              WHERE s_referral GROUP BY ALL) g ON g.measurement_uid = b.measurement_uid
+        WHERE b.response_index < g.last_referral AND len(b.ips) > 0
         """,
     ),
     (
@@ -282,16 +282,19 @@ STEPS: tuple[tuple[str, str], ...] = (
         "reply_signals",
         """
         SELECT m.*,
-               coalesce(m.response_index < max(
-                   CASE WHEN m.s_control_match OR (m.s_control_nx AND m.rcode = 3)
-                        THEN m.response_index END)
-                   OVER (PARTITION BY m.measurement_uid), false) AS s_later_genuine,
-               coalesce(m.s_has_answer AND m.response_index < max(
-                   CASE WHEN m.s_referral THEN m.response_index END)
-                   OVER (PARTITION BY m.measurement_uid), false) AS s_later_referral,
+               coalesce(m.response_index < g.last_genuine, false) AS s_later_genuine,
+               coalesce(m.s_has_answer AND m.response_index < g.last_referral, false)
+                   AS s_later_referral,
                coalesce(m.rtt < {fast_share} * p.base_rtt, false) AS s_fast,
                coalesce(abs(m.ip_ttl - p.base_ttl) > {ttl_slack}, false) AS s_ttl_off
         FROM reply_matched m
+        -- The last genuine and the last referral reply of each query, by a narrow
+        -- aggregate joined back: a window over the query would sort every wide row.
+        LEFT JOIN (SELECT measurement_uid,
+                          max(response_index) FILTER (
+                              WHERE s_control_match OR (s_control_nx AND rcode = 3)) AS last_genuine,
+                          max(response_index) FILTER (WHERE s_referral) AS last_referral
+                   FROM reply_matched GROUP BY ALL) g ON g.measurement_uid = m.measurement_uid
         LEFT JOIN path_baseline p ON p.vantage = m.vantage AND p.resolver_address = m.resolver_address
         """,
     ),
