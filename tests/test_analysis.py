@@ -13,6 +13,7 @@ import pytest
 
 from conftest import SHARED, assert_same_stores, probe_into_store, udp_query
 from wallwatch import store
+from wallwatch.analysis import run
 from wallwatch.analysis.rules import RULES, RULES_VERSION, verdict_sql
 from wallwatch.analysis.run import REPLY_BYTES, analyze, analyze_connection, slices_for
 from wallwatch.lab.loopback import Forgery, Request, authoritative, racing_injector
@@ -243,9 +244,12 @@ def test_a_store_analysed_in_slices_is_the_one_go_result(dataset: Path) -> None:
     assert_same_stores(dataset, sliced)
 
 
-def test_a_generated_mix_in_slices_is_the_one_go_result(tmp_path: Path) -> None:
+def test_a_generated_mix_in_slices_is_the_one_go_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Names whose verdicts need other slices: a pool learned from another slice's dark
-    hosts, path baselines over every slice's samples."""
+    hosts, path baselines over every slice's samples. The slices come from the store's
+    size against the memory cap, as they would for a store too large for it."""
     db = tmp_path / "mix.duckdb"
     con = store.connect(db)
     try:
@@ -253,13 +257,16 @@ def test_a_generated_mix_in_slices_is_the_one_go_result(tmp_path: Path) -> None:
     finally:
         con.close()
     sliced = _copy(db, "sliced.duckdb")
-    analyze(db, slices=1)
+    analyze(db)
     con = store.connect(sliced)
     try:
-        assert slices_for(con, limit=REPLY_BYTES * 1000) == -(-int(
-            con.execute("SELECT count(*) FROM responses").fetchone()[0]) // 1000)  # fmt: skip
+        replies = int(con.execute("SELECT count(*) FROM responses").fetchone()[0])
+        assert slices_for(con, limit=REPLY_BYTES * 1000) == -(-replies // 1000)
         assert slices_for(con) == 1  # the default cap holds this store in one go
-        analyze_connection(con, slices=5)
+        # A reply taking as much as 1/2000 of the cap: the store no longer fits it.
+        monkeypatch.setattr(run, "REPLY_BYTES", store.limit_bytes() // 2000)
+        assert slices_for(con) == -(-replies // 2000) >= 4
+        analyze_connection(con)
         # The slices' copies are gone: the connection sees the whole store again, and
         # the store holds no working table of the run.
         assert con.execute("SELECT count(*) FROM measurements").fetchone()[0] == 4000 * 2 + 1200

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from wallwatch import store
 from wallwatch.journal import Journal
 from wallwatch.records import SCHEMA_VERSION, InputError, Response, Stray
@@ -48,3 +50,19 @@ def test_a_store_from_before_content_keys_is_upgraded_and_deduplicated(tmp_path:
         db, "SELECT (SELECT count(*) FROM strays), (SELECT count(*) FROM input_errors)"
     )
     assert counts == [(3, 3)]
+
+
+def test_a_refused_file_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    """The parsed lines are staged in a table of the store's file (evictable under the
+    memory cap); a file refused for a bad line leaves neither rows nor that table."""
+    db = tmp_path / "s.duckdb"
+    store.ingest([_file(tmp_path / "a.jsonl")], db)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(_file(tmp_path / "b.jsonl").read_bytes() + b'{"record_type": "stray"}\n')
+    with pytest.raises(ValueError, match=f"{bad}:7: not a wallwatch record"):
+        store.ingest([bad], db)
+    tables = {row[0] for row in store.query(db, "SELECT table_name FROM duckdb_tables()")}
+    assert tables == set(store.TABLES)
+    assert store.query(
+        db, "SELECT (SELECT count(*) FROM strays), (SELECT count(*) FROM input_errors)"
+    ) == [(3, 3)]
