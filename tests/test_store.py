@@ -53,8 +53,8 @@ def test_a_store_from_before_content_keys_is_upgraded_and_deduplicated(tmp_path:
 
 
 def test_a_refused_file_leaves_the_store_as_it_was(tmp_path: Path) -> None:
-    """The parsed lines are staged in a table of the store's file (evictable under the
-    memory cap); a file refused for a bad line leaves neither rows nor that table."""
+    """A file refused for a bad line leaves neither rows nor the table its parsed lines
+    were staged in."""
     db = tmp_path / "s.duckdb"
     store.ingest([_file(tmp_path / "a.jsonl")], db)
     bad = tmp_path / "bad.jsonl"

@@ -236,9 +236,9 @@ def ingest_into(con: Any, paths: Sequence[str | Path]) -> IngestReport:
     files = "[" + ", ".join(sql_literal(str(p)) for p in paths) + "]"
     try:
         con.execute(
-            # A table of the store's file, not a temporary one: DuckDB can then evict
-            # its blocks under the memory cap instead of holding every parsed line.
-            f"CREATE OR REPLACE TABLE _ww_staged AS SELECT * FROM read_json({files}, "
+            # A temporary table: under the memory cap DuckDB spills it to disk rather
+            # than holding every parsed line (measured in docs/performance.md).
+            f"CREATE OR REPLACE TEMP TABLE _ww_staged AS SELECT * FROM read_json({files}, "
             f"format='newline_delimited', columns={columns})"
         )
     except duckdb.Error as exc:
