@@ -254,7 +254,8 @@ def _analyze_in_slices(con: Any, count: int, stamp: Stamp, *, families: bool) ->
     held = set(_BASE_TABLES)
     # The store's own schema, by its catalog: "main" alone would find the temporary
     # catalog's schema of that name, where the slice's copies live.
-    store = '"' + str(con.execute("SELECT current_database()").fetchone()[0]).replace('"', '""') + '".main'
+    catalog = str(con.execute("SELECT current_database()").fetchone()[0])
+    store = '"' + catalog.replace('"', '""') + '".main'
 
     try:
         # Round 1: the addresses dark hosts answered with, from every slice (of which
