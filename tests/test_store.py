@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,27 @@ def test_a_refused_file_leaves_the_store_as_it_was(tmp_path: Path) -> None:
     assert store.query(
         db, "SELECT (SELECT count(*) FROM strays), (SELECT count(*) FROM input_errors)"
     ) == [(3, 3)]
+
+
+def test_an_ingest_stopped_between_its_tables_loads_nothing_and_the_next_loads_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Measurements go in with their replies or not at all: a failure after the
+    measurements' table was written (here: the last table's statement) rolls it back, so
+    the next ingest of the file does not skip them as loaded and loses no reply."""
+    import duckdb
+
+    from test_scale import _jsonl_of_mix
+
+    jsonl = _jsonl_of_mix(tmp_path, 300)
+    db = tmp_path / "s.duckdb"
+    broken = dict(store.TABLES, input_errors="SELECT error('the disk is full') AS input_error_id")
+    monkeypatch.setattr(store, "TABLES", broken)
+    with pytest.raises(duckdb.Error, match="the disk is full"):
+        store.ingest([jsonl], db)
+    assert {r[0] for r in store.query(db, "SELECT table_name FROM duckdb_tables()")} == set()
+    monkeypatch.undo()
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    report = store.ingest([jsonl], db)
+    assert report.measurements == len(lines) > 0
+    assert report.responses == sum(len(m["responses"]) for m in lines) > 0

@@ -14,8 +14,9 @@ Tables (one row per ...), documented in docs/schema.md:
 * ``input_errors``: input line that was not a name.
 
 Every file is validated line by line first (a bad line is named by file and line
-number and nothing of that file is loaded), and a measurement already in the
-store (same ``measurement_uid``) is not loaded twice.
+number and nothing of that file is loaded), a measurement already in the
+store (same ``measurement_uid``) is not loaded twice, and the tables are written in one
+transaction (a measurement is loaded with all its replies or not at all).
 """
 
 from __future__ import annotations
@@ -255,28 +256,33 @@ def ingest_into(con: Any, paths: Sequence[str | Path]) -> IngestReport:
             raise ValueError(
                 f"{', '.join(map(str, paths))}: {strange} lines are not wallwatch records"
             )
-        con.execute(
-            "DELETE FROM _ww_staged WHERE record_type = 'measurement' AND measurement_uid IN "
-            "(SELECT measurement_uid FROM measurements)"
-            if "measurements" in _tables(con)
-            else "SELECT 1"
-        )
-        present = _tables(con)
-        for table, query in TABLES.items():
-            key = CONTENT_KEYS.get(table)
-            if key is not None:
-                query = (
-                    f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
-                )
+        # One transaction for every table: a process killed (or a statement failing)
+        # between them would leave measurements without their replies, and the next
+        # ingest would skip those measurements as loaded.
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                "DELETE FROM _ww_staged WHERE record_type = 'measurement' AND measurement_uid IN "
+                "(SELECT measurement_uid FROM measurements)"
+                if "measurements" in _tables(con)
+                else "SELECT 1"
+            )
+            present = _tables(con)
+            for table, query in TABLES.items():
+                key = CONTENT_KEYS.get(table)
+                if key is not None:
+                    query = f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
+                    if table in present:
+                        _add_key(con, table, key)
+                        query = f"SELECT * FROM ({query}) WHERE {key} NOT IN (SELECT {key} FROM {table})"
                 if table in present:
-                    _add_key(con, table, key)
-                    query = (
-                        f"SELECT * FROM ({query}) WHERE {key} NOT IN (SELECT {key} FROM {table})"
-                    )
-            if table in present:
-                con.execute(f"INSERT INTO {table} BY NAME {query}")
-            else:
-                con.execute(f"CREATE TABLE {table} AS {query}")
+                    con.execute(f"INSERT INTO {table} BY NAME {query}")
+                else:
+                    con.execute(f"CREATE TABLE {table} AS {query}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
     finally:
         con.execute("DROP TABLE IF EXISTS _ww_staged")
     after = _counts(con)
