@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import socket
 import struct
 import time
 
@@ -276,3 +277,41 @@ def test_a_pointer_chain_reply_costs_linear_work() -> None:
                                                 [f"ns{i}.example.com." for i in range(400)]))  # fmt: skip
     parsed = parse_reply(many.to_wire())
     assert parsed.failure is None and len(parsed.answers) == 400
+
+
+@pytest.mark.parametrize("rdclass", [4, 257])
+@pytest.mark.parametrize(("rdtype", "size"), [(1, 4), (28, 16)])
+def test_an_address_record_outside_the_internet_class_is_no_address(
+    rdclass: int, rdtype: int, size: int
+) -> None:
+    """Found by the mangling test above: an A record of class 257 was read as an address,
+    where dnspython (and a resolver) reads generic data. Every reader now agrees."""
+    from wallwatch import fastwire
+    from wallwatch.probe.reply import make_response
+
+    query = wire.build_query(7, "www.example.com", rdtype, edns_payload=None)
+    reply = bytearray(query)
+    reply[2] |= 0x80
+    reply[7] = 1  # one answer
+    rdata = bytes(range(1, size + 1))
+    reply += b"\xc0\x0c" + struct.pack("!HHIH", rdtype, rdclass, 60, size) + rdata
+    data = bytes(reply)
+    parsed = parse_reply(data)
+    expected = dns.message.from_wire(data).answer[0]
+    assert [(a.rtype, a.rclass, a.data) for a in parsed.answers] == [
+        (rdtype, rdclass, expected[0].to_text())
+    ]
+    assert [a.address for a in parsed.answers] == [None]
+    (answer,) = make_response(data, parsed, src="192.0.2.1", sport=53, ip_ttl=60, t=0.0,
+                              rtt=0.0).answers  # fmt: skip
+    assert (answer.ipv4, answer.ipv6, answer.rdata) == (None, None, expected[0].to_text())
+    assert fastwire.py_summary(data) is None  # declined: the full parser reads it
+    native = fastwire.native_module()
+    if native is not None:
+        assert native.summary(data) is None
+    # In the Internet class the same record is an address, read by every path.
+    reply[-(size + 8) : -(size + 6)] = b"\x00\x01"
+    inside = parse_reply(bytes(reply))
+    family = socket.AF_INET if rdtype == 1 else socket.AF_INET6
+    assert [a.address for a in inside.answers] == [socket.inet_ntop(family, rdata)]
+    assert fastwire.py_summary(bytes(reply)) is not None

@@ -122,10 +122,13 @@ static int read_summary(const unsigned char *m, Py_ssize_t n, csum_t *s, char *n
         off = skip_name(m, n, off);
         if (off < 0 || off + 10 > n) return 0;
         unsigned rtype = rd16(m + off);
+        unsigned rclass = rd16(m + off + 2);
         uint32_t ttl = rd32(m + off + 4);
         unsigned rdlen = rd16(m + off + 8);
         off += 10;
         if (off + rdlen > n) return 0;
+        /* An A or AAAA record outside the Internet class is not an address: declined. */
+        if (i < s->an && (rtype == 1 || rtype == 28) && rclass != 1) return 0;
         if (i < s->an && ((rtype == 1 && rdlen == 4) || (rtype == 28 && rdlen == 16))) {
             if (rtype == 28) {
                 /* IPv4-compatible and -mapped forms print a dotted tail: the full parser's. */

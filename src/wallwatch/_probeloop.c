@@ -302,6 +302,7 @@ static int encode_response(buf_t *b, const names_t *nm, const unsigned char *m, 
             goto decline_answers;
         }
         unsigned rtype = (m[off] << 8) | m[off + 1];
+        unsigned rclass = (m[off + 2] << 8) | m[off + 3];
         uint32_t rttl = ((uint32_t)m[off + 4] << 24) | (m[off + 5] << 16) | (m[off + 6] << 8) | m[off + 7];
         size_t rdlen = (m[off + 8] << 8) | m[off + 9];
         off += 10;
@@ -323,7 +324,8 @@ static int encode_response(buf_t *b, const names_t *nm, const unsigned char *m, 
             owner.p = NULL;
             char addr[INET6_ADDRSTRLEN];
             if (rtype == 1 || rtype == 28) {
-                if (rdlen != (rtype == 1 ? 4u : 16u)) goto decline_answers;
+                /* Outside the Internet class the data is no address (wire.CLASS_IN). */
+                if (rdlen != (rtype == 1 ? 4u : 16u) || rclass != 1) goto decline_answers;
                 inet_ntop(rtype == 1 ? AF_INET : AF_INET6, m + off, addr, sizeof addr);
                 if ((rtype == 1 ? PUTS(&answers, "\",\"ipv4\":\"") : PUTS(&answers, "\",\"ipv6\":\"")) ||
                     put(&answers, addr, strlen(addr)) || PUTS(&answers, "\"}"))

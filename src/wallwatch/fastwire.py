@@ -99,10 +99,12 @@ def py_summary(msg: bytes) -> Summary | None:
         off = _skip_name(msg, n, off)
         if off < 0 or off + 10 > n:
             return None
-        rtype, _, ttl, rdlen = _RR.unpack_from(msg, off)
+        rtype, rclass, ttl, rdlen = _RR.unpack_from(msg, off)
         off += 10
         if off + rdlen > n:
             return None
+        if i < an and rtype in (1, 28) and rclass != 1:
+            return None  # not an address: the full parser keeps it as rendered
         if i < an and ((rtype == 1 and rdlen == 4) or (rtype == 28 and rdlen == 16)):
             if rtype == 28 and not any(msg[off : off + 10]) and msg[off + 10 : off + 12] in (
                 b"\0\0", b"\xff\xff",

@@ -38,6 +38,9 @@ _TYPE_CLASS = struct.Struct("!HH")
 QR, AA, TC, RD, RA, AD, CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0020, 0x0010
 
 TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_PTR, TYPE_AAAA, TYPE_DNAME, TYPE_OPT = 1, 2, 5, 12, 28, 39, 41
+#: The Internet class: only there are A and AAAA data addresses (dnspython renders an A
+#: record of another class in the generic form, and so does the record).
+CLASS_IN = 1
 _NAME_TYPES = frozenset({TYPE_NS, TYPE_CNAME, TYPE_PTR, TYPE_DNAME})
 TYPE_RRSIG = 46
 #: RRSIG's fixed part: type covered, algorithm, labels, original TTL, expiration,
@@ -77,6 +80,14 @@ class WireAnswer:
     rclass: int
     ttl: int
     data: str
+
+    @property
+    def address(self) -> str | None:
+        """The address the record gives: an A or AAAA record's data in the Internet class
+        (in another class the same bytes are no address), else None."""
+        if self.rtype in (TYPE_A, TYPE_AAAA) and self.rclass == CLASS_IN:
+            return self.data
+        return None
 
 
 @dataclass(slots=True)
@@ -252,7 +263,10 @@ def _name_text(labels: list[bytes]) -> str:
     return ".".join(_label_text(label) for label in labels) + "."
 
 
-def _rdata_text(msg: bytes, rtype: int, off: int, rdlen: int, budget: list[int], memo: Memo) -> str:
+def _rdata_text(msg: bytes, rtype: int, rclass: int, off: int, rdlen: int, budget: list[int],
+                memo: Memo) -> str:  # fmt: skip
+    if rtype in (TYPE_A, TYPE_AAAA) and rclass != CLASS_IN:
+        raise _Decline
     if rtype == TYPE_A:
         if rdlen != 4:
             raise _Malformed(ParseFailure.BAD_RDATA)
@@ -323,7 +337,7 @@ def _parse_fast(msg: bytes, out: ParsedReply) -> None:
             raise _Malformed(ParseFailure.SECTION_TRUNCATED)
         if i < an:
             try:
-                data = _rdata_text(msg, rtype, off, rdlen, budget, memo)
+                data = _rdata_text(msg, rtype, rclass, off, rdlen, budget, memo)
             except _Decline:
                 # Finish the walk first: dnspython only sees messages whose structure
                 # was read within the work budget.

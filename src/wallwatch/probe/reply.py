@@ -33,7 +33,9 @@ def _answers(parsed: ParsedReply) -> tuple[Answer, ...]:
     out = []
     for a in parsed.answers:
         rtype = a.rtype
-        if rtype == 1:
+        if rtype in (1, 28) and a.address is None:  # not an address: kept as rendered
+            out.append(Answer(type_text(rtype), a.ttl, a.name, rdata=a.data))
+        elif rtype == 1:
             out.append(Answer("A", a.ttl, a.name, a.data))
         elif rtype == 28:
             out.append(Answer("AAAA", a.ttl, a.name, None, a.data))

@@ -541,7 +541,7 @@ class Shield:
         rtt = max(0.0, (received - pending.sent_ns) / 1e9)
         parsed = parse_reply(data)
         query = pending.query
-        addresses = tuple(a.data for a in parsed.answers if a.rtype in (1, 28))
+        addresses = tuple(a.address for a in parsed.answers if a.address is not None)
         question_end = 12 + len(query.question)
         seen = Seen(
             qtype=query.qtype,
@@ -694,8 +694,8 @@ class Shield:
             pending.secure_done = True
             payload = self._reply_of(f, wire, server)
             if payload is not None:
-                addresses = tuple(a.data for a in parse_reply(payload).answers
-                                  if a.rtype in (1, 28))  # fmt: skip
+                addresses = tuple(a.address for a in parse_reply(payload).answers
+                                  if a.address is not None)  # fmt: skip
                 # A secure channel can serve a poisoned cache too ([dnscrypt-proxy-1315]).
                 if any(self.forged(a) for a in addresses):
                     payload = None
