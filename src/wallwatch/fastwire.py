@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Container
 from typing import Any
 
-from wallwatch.wire import AA
+from wallwatch.wire import AA, CLASS_IN
 
 
 def referral(flags: int, rcode: int, ancount: int) -> bool:
@@ -103,7 +103,7 @@ def py_summary(msg: bytes) -> Summary | None:
         off += 10
         if off + rdlen > n:
             return None
-        if i < an and rtype in (1, 28) and rclass != 1:
+        if i < an and rtype in (1, 28) and rclass != CLASS_IN:
             return None  # not an address: the full parser keeps it as rendered
         if i < an and ((rtype == 1 and rdlen == 4) or (rtype == 28 and rdlen == 16)):
             if rtype == 28 and not any(msg[off : off + 10]) and msg[off + 10 : off + 12] in (

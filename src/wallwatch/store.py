@@ -261,13 +261,12 @@ def ingest_into(con: Any, paths: Sequence[str | Path]) -> IngestReport:
         # ingest would skip those measurements as loaded.
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(
-                "DELETE FROM _ww_staged WHERE record_type = 'measurement' AND measurement_uid IN "
-                "(SELECT measurement_uid FROM measurements)"
-                if "measurements" in _tables(con)
-                else "SELECT 1"
-            )
             present = _tables(con)
+            if "measurements" in present:
+                con.execute(
+                    "DELETE FROM _ww_staged WHERE record_type = 'measurement' AND "
+                    "measurement_uid IN (SELECT measurement_uid FROM measurements)"
+                )
             for table, query in TABLES.items():
                 key = CONTENT_KEYS.get(table)
                 if key is not None:

@@ -40,7 +40,7 @@ from wallwatch.analysis.attribution import (
 from wallwatch.analysis.families import FAMILIES_FROM_PARTS_SQL, FAMILIES_SQL, FAMILY_PARTS_SQL
 from wallwatch.analysis.netinfo import Netinfo
 from wallwatch.analysis.rules import RULES_VERSION, rules_table, verdict_sql
-from wallwatch.store import limit_bytes, sql_literal
+from wallwatch.store import connect, limit_bytes, sql_literal
 from wallwatch.vocab import TargetKind
 
 #: One row of ``ip_asn``: day, address, ASN, AS name, the dataset that said so.
@@ -73,11 +73,7 @@ def analyze(
     :mod:`.attribution`). Origin ASes come from the bundled table, or first from
     ``mmdb``, a directory of dated MMDB snapshots (or one file) (:mod:`.netinfo`).
     """
-    import duckdb
-
-    con: Any = duckdb.connect(str(db))
-    con.execute("SET enable_progress_bar = false")  # stderr belongs to wallwatch's own messages
-    con.execute(f"SET memory_limit = '{limit_bytes()}B'")
+    con = connect(db)
     try:
         return analyze_connection(con, baseline=baseline, mmdb=mmdb, window=window,
                                    netinfo=netinfo, slices=slices)  # fmt: skip
@@ -250,7 +246,6 @@ def _analyze_in_slices(con: Any, count: int, stamp: Stamp, *, families: bool) ->
     every slice first, as the partitioned run does over its buckets (:mod:`.scale`),
     and the result is the one-go result row for row (tests/test_analysis.py).
     """
-    steps = dict(signals.steps())
     held = set(_BASE_TABLES)
     # The store's own schema, by its catalog: "main" alone would find the temporary
     # catalog's schema of that name, where the slice's copies live.
@@ -263,18 +258,18 @@ def _analyze_in_slices(con: Any, count: int, stamp: Stamp, *, families: bool) ->
         con.execute("CREATE OR REPLACE TEMP TABLE _ww_learned (address VARCHAR)")
         for index in range(count):
             _hold_slice(con, store, index, count, dark=True)
-            _steps(con, steps, ("reply_ips", "learned_forged"))
+            make_steps(con, ("reply_ips", "learned_forged"))
             con.execute("INSERT INTO _ww_learned SELECT * FROM learned_forged")
         con.execute("CREATE OR REPLACE TEMP TABLE learned_forged AS "
                     "SELECT DISTINCT address FROM _ww_learned")  # fmt: skip
-        _steps(con, steps, ("forged_addresses",))
+        make_steps(con, ("forged_addresses",))
         # Round 2: the raced addresses and the path samples, from every slice. What
         # round 3 reads again is kept in the store's file (evicted under memory
         # pressure), slice after slice, so that a slice's rows are read back alone.
         con.execute("CREATE OR REPLACE TEMP TABLE _ww_raced (address VARCHAR)")
         for index in range(count):
             _hold_slice(con, store, index, count)
-            _steps(con, steps, (*_KEPT, "raced_forged", "path_samples"))
+            make_steps(con, (*_KEPT, "raced_forged", "path_samples"))
             con.execute("INSERT INTO _ww_raced SELECT * FROM raced_forged")
             for table in (*_KEPT, "path_samples"):
                 con.execute(
@@ -287,7 +282,7 @@ def _analyze_in_slices(con: Any, count: int, stamp: Stamp, *, families: bool) ->
                     "SELECT DISTINCT address FROM _ww_raced")  # fmt: skip
         con.execute("CREATE OR REPLACE TEMP TABLE path_samples AS "
                     f"SELECT * EXCLUDE (_ww_slice) FROM {store}._ww_path_samples")  # fmt: skip
-        _steps(con, steps, ("path_baseline",))
+        make_steps(con, ("path_baseline",))
         con.execute("DROP TABLE path_samples")
         # Round 3: every rule per slice, the tables above preset; each slice's rows
         # appended to the store's tables, and its family counts kept to sum at the end.
@@ -339,9 +334,16 @@ def _hold_slice(con: Any, store: str, index: int, count: int, *, dark: bool = Fa
                     f"SELECT * FROM {store}.{table} WHERE {where}")  # fmt: skip
 
 
-def _steps(con: Any, steps: dict[str, str], names: Sequence[str]) -> None:
-    for name in names:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {steps[name]}")
+def make_steps(con: Any, names: Collection[str], made: set[str] | None = None) -> None:
+    """The named evidence steps not yet ``made``, in the order :func:`signals.steps`
+    runs them (each added to ``made``); a sliced run's rounds and a partitioned run's
+    (:mod:`.scale`) make the steps they need with it."""
+    wanted = set(names) - (made or set())
+    for table, sql in signals.steps():
+        if table in wanted:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
+            if made is not None:
+                made.add(table)
 
 
 def load_reference(con: Any) -> str:

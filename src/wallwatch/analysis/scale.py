@@ -40,7 +40,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from wallwatch.analysis import signals
 from wallwatch.analysis.families import FAMILIES_FROM_PARTS_SQL, FAMILY_PARTS_SQL
 from wallwatch.analysis.netinfo import Netinfo
 from wallwatch.analysis.rules import RULES_VERSION
@@ -49,6 +48,7 @@ from wallwatch.analysis.run import (
     AsnRow,
     analyze_connection,
     load_reference,
+    make_steps,
     open_netinfo,
     own_asns,
 )
@@ -266,7 +266,7 @@ def _race_steps(con: Any, made: set[str], learned: Sequence[str]) -> None:
         made.add("known_addresses")
     _addresses(con, "learned_forged", learned)
     made.add("learned_forged")
-    _steps(con, _RACE_STEPS, made)
+    make_steps(con, _RACE_STEPS, made)
     made.add(_RACED)
 
 
@@ -300,7 +300,7 @@ def release(run: str) -> None:
 def learn(run: str, dataset: Dataset, bucket: int) -> tuple[str, tuple[list[str], list[AsnRow]]]:
     """Round 1: the bucket's addresses from dark hosts, and its sources' own ASNs."""
     con, made = _hold(run, dataset, bucket)
-    _steps(con, ("reply_ips", "learned_forged"), made)
+    make_steps(con, ("reply_ips", "learned_forged"), made)
     learned = [str(r[0]) for r in con.execute("SELECT address FROM learned_forged").fetchall()]
     return _here(), (learned, own_asns(con))
 
@@ -354,7 +354,7 @@ def path_baselines(samples: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
               samples)  # fmt: skip
         con.execute("CREATE TABLE path_samples AS SELECT vantage, resolver_address, rtt, ip_ttl "
                     "FROM (SELECT *, unnest(range(n)) FROM grouped)")  # fmt: skip
-        _steps(con, ("path_baseline",))
+        make_steps(con, ("path_baseline",))
         return [tuple(r) for r in con.execute("SELECT * FROM path_baseline").fetchall()]
     finally:
         con.close()
@@ -375,17 +375,6 @@ def _write_reduced(out: Dataset, parts: Sequence[tuple[Any, ...]]) -> None:
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def _steps(con: Any, names: Sequence[str], made: set[str] | None = None) -> None:
-    """The named evidence steps not yet ``made``, in the order :func:`signals.steps`
-    runs them (each added to ``made``)."""
-    wanted = set(names) - (made or set())
-    for table, sql in signals.steps():
-        if table in wanted:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
-            if made is not None:
-                made.add(table)
 
 
 #: Column names and types of the tables handed between the rounds.

@@ -33,12 +33,10 @@ def _answers(parsed: ParsedReply) -> tuple[Answer, ...]:
     out = []
     for a in parsed.answers:
         rtype = a.rtype
-        if rtype in (1, 28) and a.address is None:  # not an address: kept as rendered
-            out.append(Answer(type_text(rtype), a.ttl, a.name, rdata=a.data))
-        elif rtype == 1:
-            out.append(Answer("A", a.ttl, a.name, a.data))
-        elif rtype == 28:
-            out.append(Answer("AAAA", a.ttl, a.name, None, a.data))
+        address = a.address  # None for an A or AAAA record outside the Internet class
+        if address is not None:
+            out.append(Answer("A", a.ttl, a.name, address) if rtype == 1
+                       else Answer("AAAA", a.ttl, a.name, None, address))  # fmt: skip
         elif rtype in (2, 5, 12, 39):
             out.append(Answer(type_text(rtype), a.ttl, a.name, hostname=a.data))
         else:
