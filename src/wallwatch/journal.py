@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from wallwatch import records
+from wallwatch import columns, records
 from wallwatch.records import InputError, Measurement, Record
 
 
@@ -47,14 +47,23 @@ class Journal:
         self._chunked = 0
         self._last = time.monotonic()
         self.records = 0
+        #: Writes the Parquet twin of what is appended (``columns.Writer``), when asked.
+        self.columns: columns.Writer | None = None
 
     @classmethod
-    def open(cls, path: str | Path | None) -> Journal:
-        """Append to ``path`` (created if missing), or write to stdout when None/``-``."""
+    def open(cls, path: str | Path | None, *, twin: bool | None = None) -> Journal:
+        """Append to ``path`` (created if missing), or write to stdout when None/``-``.
+
+        ``twin`` writes the file's Parquet twin beside it (:mod:`wallwatch.columns`, so
+        ingest reads columns); by default it does when DuckDB is installed.
+        """
         if path is None or str(path) == "-":
             return cls(sys.stdout.fileno())
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        return cls(fd)
+        journal = cls(fd)
+        if twin or (twin is None and columns.available()):
+            journal.columns = columns.Writer(path, fd)
+        return journal
 
     def write(self, record: Record) -> None:
         records.encode_into(record, self._buf)
@@ -87,6 +96,8 @@ class Journal:
             chunks, self._chunks, self._chunked = self._chunks, [], 0
             # One writev, no joined copy; what a short write left goes out joined.
             done = os.writev(self.fd, chunks) if len(chunks) <= 1024 else 0
+            if done and self.columns is not None:
+                self._twin(chunks, done)
             for chunk in chunks:
                 if done >= len(chunk):
                     done -= len(chunk)
@@ -102,10 +113,26 @@ class Journal:
         with memoryview(data) as view:
             done = 0
             while done < len(view):
-                done += os.write(self.fd, view[done:])
+                wrote = os.write(self.fd, view[done:])
+                if self.columns is not None:
+                    self.columns.wrote(view[done : done + wrote], os.lseek(self.fd, 0, os.SEEK_CUR))
+                done += wrote
+
+    def _twin(self, chunks: list[bytes], done: int) -> None:
+        """Tell the twin the first ``done`` bytes of ``chunks`` were appended (one writev)."""
+        assert self.columns is not None
+        end = os.lseek(self.fd, 0, os.SEEK_CUR)
+        for chunk in chunks:
+            if done <= 0:
+                break
+            piece = chunk[:done] if done < len(chunk) else chunk
+            done -= len(piece)
+            self.columns.wrote(piece, end - done)
 
     def close(self) -> None:
         self.flush()
+        if self.columns is not None:
+            self.columns.close()
         if self.fd > 2:
             os.close(self.fd)
 
@@ -166,6 +193,7 @@ def recover(path: str | Path) -> Recovered:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+        columns.discard(target)  # every byte after the first torn line moved
     return out
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 import msgspec
 
+from wallwatch import columns
 from wallwatch.journal import iter_lines
 from wallwatch.records import SCHEMA_VERSION
 from wallwatch.vocab import RecordType
@@ -229,68 +231,136 @@ def connect(db: str | Path = ":memory:", *, read_only: bool = False) -> Any:
     return con
 
 
-def ingest_into(con: Any, paths: Sequence[str | Path]) -> IngestReport:
-    """:func:`ingest` on an open connection (an in-memory store of the Python API too)."""
+def ingest_into(con: Any, paths: Sequence[str | Path], *, twin: bool = True) -> IngestReport:
+    """:func:`ingest` on an open connection (an in-memory store of the Python API too).
+
+    A file with a Parquet twin (:mod:`wallwatch.columns`, which the prober writes) is read
+    from the twin's parts where they hold its bytes, and as JSON elsewhere (``twin=False``:
+    as JSON only). The twin is a cache: when its parts cannot be read, the files are
+    ingested again as JSON.
+    """
     duckdb = _duckdb()
     before = _counts(con)
-    columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
-    files = "[" + ", ".join(sql_literal(str(p)) for p in paths) + "]"
-    try:
-        con.execute(
-            # A temporary table: under the memory cap DuckDB spills it to disk rather
-            # than holding every parsed line (measured in docs/performance.md).
-            f"CREATE OR REPLACE TEMP TABLE _ww_staged AS SELECT * FROM read_json({files}, "
-            f"format='newline_delimited', columns={columns})"
-        )
-    except duckdb.Error as exc:
-        validate(paths)  # raises, naming the file and line, when it can
-        raise ValueError(f"{', '.join(map(str, paths))}: {exc}") from None
-    try:
-        kinds = ", ".join(f"'{t.value}'" for t in RecordType)
-        records, strange = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE record_type IS NULL OR record_type NOT IN "
-            f"({kinds}) OR schema_version IS DISTINCT FROM {SCHEMA_VERSION}) FROM _ww_staged"
-        ).fetchone()
-        if strange:
-            validate(paths)
-            raise ValueError(
-                f"{', '.join(map(str, paths))}: {strange} lines are not wallwatch records"
-            )
-        # One transaction for every table: a process killed (or a statement failing)
-        # between them would leave measurements without their replies, and the next
-        # ingest would skip those measurements as loaded.
-        con.execute("BEGIN TRANSACTION")
+    with tempfile.TemporaryDirectory(prefix="ww-ingest-") as scratch:
+        json_files, parts = _sources(paths, Path(scratch)) if twin else (list(paths), [])
         try:
-            present = _tables(con)
-            if "measurements" in present:
-                con.execute(
-                    "DELETE FROM _ww_staged WHERE record_type = 'measurement' AND "
-                    "measurement_uid IN (SELECT measurement_uid FROM measurements)"
-                )
-            for table, query in TABLES.items():
-                key = CONTENT_KEYS.get(table)
-                if key is not None:
-                    query = f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
-                    if table in present:
-                        _add_key(con, table, key)
-                        query = f"SELECT * FROM ({query}) WHERE {key} NOT IN (SELECT {key} FROM {table})"
-                if table in present:
-                    con.execute(f"INSERT INTO {table} BY NAME {query}")
-                else:
-                    con.execute(f"CREATE TABLE {table} AS {query}")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
+            read = _stage(con, json_files, parts)
+        except duckdb.Error as exc:
+            if parts:
+                return ingest_into(con, paths, twin=False)
+            validate(paths)  # raises, naming the file and line, when it can
+            raise ValueError(f"{', '.join(map(str, paths))}: {exc}") from None
+    try:
+        records = _load(con, paths, read)
+    except duckdb.Error:
+        if not parts:
             raise
+        records = -1
     finally:
-        con.execute("DROP TABLE IF EXISTS _ww_staged")
+        con.execute(f"DROP {'TABLE' if read is None else 'VIEW'} IF EXISTS _ww_staged")
+    if records < 0:
+        return ingest_into(con, paths, twin=False)
     after = _counts(con)
     return IngestReport(
         files=len(paths),
-        records=int(records),
+        records=records,
         measurements=after["measurements"] - before.get("measurements", 0),
         responses=after["responses"] - before.get("responses", 0),
     )
+
+
+def _load(con: Any, paths: Sequence[str | Path], read: str | None) -> int:
+    """Check the staged records and write them into the tables; return their count."""
+    kinds = ", ".join(f"'{t.value}'" for t in RecordType)
+    records, strange = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE record_type IS NULL OR record_type NOT IN "
+        f"({kinds}) OR schema_version IS DISTINCT FROM {SCHEMA_VERSION}) FROM _ww_staged"
+    ).fetchone()
+    if strange:
+        validate(paths)
+        raise ValueError(f"{', '.join(map(str, paths))}: {strange} lines are not wallwatch records")
+    # One transaction for every table: a process killed (or a statement failing)
+    # between them would leave measurements without their replies, and the next
+    # ingest would skip those measurements as loaded.
+    con.execute("BEGIN TRANSACTION")
+    try:
+        present = _tables(con)
+        if "measurements" in present and read is None:
+            con.execute(
+                "DELETE FROM _ww_staged WHERE record_type = 'measurement' AND "
+                "measurement_uid IN (SELECT measurement_uid FROM measurements)"
+            )
+        elif "measurements" in present:
+            # The same rows the DELETE leaves, on a view (NOT EXISTS keeps a NULL id as IN does).
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW _ww_staged AS SELECT * FROM ({read}) AS s WHERE "
+                "s.record_type <> 'measurement' OR NOT EXISTS (SELECT 1 FROM measurements m "
+                "WHERE m.measurement_uid = s.measurement_uid)"
+            )
+        for table, query in TABLES.items():
+            key = CONTENT_KEYS.get(table)
+            if key is not None:
+                query = (
+                    f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
+                )
+                if table in present:
+                    _add_key(con, table, key)
+                    query = (
+                        f"SELECT * FROM ({query}) WHERE {key} NOT IN (SELECT {key} FROM {table})"
+                    )
+            if table in present:
+                con.execute(f"INSERT INTO {table} BY NAME {query}")
+            else:
+                con.execute(f"CREATE TABLE {table} AS {query}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return int(records)
+
+
+def _sources(paths: Sequence[str | Path], scratch: Path) -> tuple[list[str | Path], list[Path]]:
+    """The JSON files and Parquet parts that together hold ``paths`` (gaps copied out)."""
+    json_files: list[str | Path] = []
+    parts: list[Path] = []
+    for path in paths:
+        found = columns.plan(path)
+        if not found.parts:
+            json_files.append(path)
+            continue
+        parts.extend(found.parts)
+        for start, end in found.gaps:
+            gap = scratch / f"{len(json_files)}-{columns.gap_name(path, start, end)}"
+            columns.copy_range(path, start, end, gap)
+            json_files.append(gap)
+    return json_files, parts
+
+
+def _stage(con: Any, json_files: Sequence[str | Path], parts: Sequence[Path]) -> str | None:
+    """Show the records of the files and parts as ``_ww_staged``; return the query of its
+    view, or None when it is a table.
+
+    JSON is parsed once into a temporary table, which DuckDB spills to disk under the
+    memory cap rather than holding every parsed line (measured in docs/performance.md).
+    Parts alone are a view: each table reads only its columns of the Parquet, and copying
+    them into a table first was slower (docs/performance.md).
+    """
+    reads = []
+    if json_files or not parts:
+        names = "[" + ", ".join(sql_literal(str(p)) for p in json_files) + "]"
+        spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
+        reads.append(
+            f"SELECT * FROM read_json({names}, format='newline_delimited', columns={spec})"
+        )
+    if parts:
+        names = "[" + ", ".join(sql_literal(str(p)) for p in parts) + "]"
+        listed = ", ".join(f'"{k}"' for k in COLUMNS)
+        reads.append(f"SELECT {listed} FROM read_parquet({names})")
+    if len(reads) == 1 and not json_files:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _ww_staged AS {reads[0]}")
+        return str(reads[0])
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _ww_staged AS {' UNION ALL BY NAME '.join(reads)}")
+    return None
 
 
 def create_empty(con: Any, table: str) -> None:

@@ -1,0 +1,269 @@
+"""Parquet twins of a JSONL output, written while it grows, so ingest reads columns.
+
+Why: parsing JSON is most of ``wallwatch ingest``'s time, and the records were JSON only
+because the prober had just encoded them (docs/performance.md). The JSONL stays the truth:
+it is append-only, survives ``kill -9`` and is what ``--resume`` reads. Beside it, in
+``<output>.columns/``, the writer of the JSONL (:class:`~wallwatch.journal.Journal`) leaves
+*parts*: each one is the Parquet twin of one byte range of the file, converted by DuckDB
+from exactly those bytes in a background thread while the prober goes on measuring.
+
+The parts are a cache, so they are used only where they provably describe the file as it
+is (:func:`plan`): a part names the file's inode, its byte range and the CRC-32 of those
+bytes, and ingest checks all three against the file before trusting it (reading the file
+once for the checksums costs about a tenth of parsing it; docs/performance.md). What no part covers (a range whose conversion a kill interrupted, or a file copied
+elsewhere) is read as JSON, as before. Nothing measured can be lost through the twin: at
+worst ingest is as slow as without it. ``--resume``'s rewrite of a torn file moves every
+later byte, so it removes the twin (:func:`discard`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import re
+import shutil
+import sys
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: A part is cut once this many bytes of JSONL wait for conversion (and at close).
+PART_BYTES = 64 << 20
+
+_PART = re.compile(r"(\d+)-(\d+)-(\d+)-([0-9a-f]{8})\.parquet")
+
+
+def directory(path: str | Path) -> Path:
+    """Where the twin of the JSONL file ``path`` lives."""
+    target = Path(path)
+    return target.with_name(target.name + ".columns")
+
+
+def range_crc(fd: int, start: int, end: int) -> int:
+    """CRC-32 of bytes ``[start, end)`` of the open file ``fd`` (what a part's name carries)."""
+    crc = 0
+    while start < end:
+        chunk = os.pread(fd, min(end - start, 8 << 20), start)
+        if not chunk:
+            return -1  # the file is shorter than the range
+        crc = zlib.crc32(chunk, crc)
+        start += len(chunk)
+    return crc
+
+
+def available() -> bool:
+    """True when DuckDB (the ``store`` extra) can be imported to write the twin."""
+    try:
+        import duckdb  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How ingest reads one JSONL file: which parts, and which byte ranges as JSON."""
+
+    parts: tuple[Path, ...]
+    #: (start, end) ranges of the file no part covers; the whole file when no part is usable.
+    gaps: tuple[tuple[int, int], ...]
+
+
+def plan(path: str | Path) -> Plan:
+    """The usable parts of ``path``'s twin and the gaps between them.
+
+    A part is used only when the file still has its inode and its bytes in the part's
+    range have the CRC-32 the part was made from; parts must not overlap. Anything else
+    leaves those bytes to be read as JSON. The checksums are computed in two threads
+    (zlib releases the GIL).
+    """
+    target = Path(path)
+    stat = target.stat()
+    whole = Plan((), ((0, stat.st_size),))
+    folder = directory(target)
+    if not folder.is_dir():
+        return whole
+    found: list[tuple[int, int, int, Path]] = []
+    for entry in folder.iterdir():
+        match = _PART.fullmatch(entry.name)
+        if match is None:
+            continue
+        inode, start, end, crc = match.groups()
+        if int(inode) != stat.st_ino or int(end) > stat.st_size or int(start) >= int(end):
+            continue
+        found.append((int(start), int(end), int(crc, 16), entry))
+    found.sort()
+    if any(a[1] > b[0] for a, b in itertools.pairwise(found)):
+        return whole  # overlapping parts: not a twin wallwatch wrote for this file
+    with open(target, "rb") as handle, ThreadPoolExecutor(2) as pool:
+        sums = list(pool.map(lambda f: range_crc(handle.fileno(), f[0], f[1]), found))
+    parts: list[Path] = []
+    gaps: list[tuple[int, int]] = []
+    at = 0
+    for (start, end, crc, entry), got in zip(found, sums, strict=True):
+        if got != crc:
+            continue  # the bytes changed since: read them as JSON
+        if start > at:
+            gaps.append((at, start))
+        parts.append(entry)
+        at = end
+    if not parts:
+        return whole
+    if at < stat.st_size:
+        gaps.append((at, stat.st_size))
+    return Plan(tuple(parts), tuple(gaps))
+
+
+def copy_range(path: str | Path, start: int, end: int, target: Path) -> None:
+    """Copy bytes ``[start, end)`` of ``path`` into the file ``target`` (a gap to parse)."""
+    with open(path, "rb") as src, open(target, "wb") as dst:
+        src.seek(start)
+        left = end - start
+        while left:
+            chunk = src.read(min(left, 8 << 20))
+            if not chunk:
+                raise ValueError(f"{path}: shorter than {end} bytes while reading it")
+            dst.write(chunk)
+            left -= len(chunk)
+
+
+def discard(path: str | Path) -> None:
+    """Remove ``path``'s twin (its byte offsets no longer describe the file)."""
+    shutil.rmtree(directory(path), ignore_errors=True)
+
+
+class Writer:
+    """Converts ranges of a JSONL file, as they are appended, into parts.
+
+    :meth:`wrote` is told each range the journal appended (the bytes and where they
+    ended, which ``O_APPEND`` leaves as the descriptor's offset, even with other writers
+    appending to the same file); contiguous ranges gather into one part of about
+    :data:`PART_BYTES`. One thread converts them, one part at a time, with a one-thread
+    DuckDB: the queue holds two parts, so a prober outrunning the conversion waits rather
+    than holding its output in memory. A conversion that fails (a full disk) stops the
+    twin for this run with one message on stderr; the JSONL goes on.
+    """
+
+    def __init__(self, path: str | Path, fd: int, *, part_bytes: int = PART_BYTES) -> None:
+        self.path = Path(path)
+        self.folder = directory(self.path)
+        self.inode = os.fstat(fd).st_ino
+        self.part_bytes = part_bytes
+        self._pending: list[bytes] = []
+        self._start = self._end = -1
+        self._queue: queue.Queue[tuple[int, int, list[bytes]] | None] = queue.Queue(maxsize=2)
+        self._thread: threading.Thread | None = None
+        self.failed: str | None = None
+        self.parts = 0
+        self._sweep_stale()
+
+    def wrote(self, data: bytes | bytearray | memoryview, end: int) -> None:
+        """``data`` now ends at offset ``end`` of the file."""
+        if self.failed is not None or not data:
+            return
+        start = end - len(data)
+        if self._pending and start != self._end:
+            self._submit()  # another writer's lines came between: a part of its own
+        if not self._pending:
+            self._start = start
+        self._pending.append(bytes(data))
+        self._end = end
+        if self._end - self._start >= self.part_bytes:
+            self._submit()
+
+    def close(self) -> None:
+        """Convert what is pending and wait for the conversions to finish."""
+        self._submit()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _submit(self) -> None:
+        if not self._pending:
+            return
+        item = (self._start, self._end, self._pending)
+        self._pending = []
+        if self.failed is not None:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ww-columns", daemon=True)
+            self._thread.start()
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        con: Any = None
+        while (item := self._queue.get()) is not None:
+            if self.failed is not None:
+                continue
+            try:
+                if con is None:
+                    con = _connect()
+                self._convert(con, *item)
+                self.parts += 1
+            except Exception as exc:  # noqa: BLE001 - any failure only stops the cache
+                self.failed = str(exc)
+                print(f"wallwatch: {self.folder}: columns stopped ({exc}); "
+                      f"ingest reads {self.path.name} as JSON", file=sys.stderr)  # fmt: skip
+        if con is not None:
+            con.close()
+
+    def _convert(self, con: Any, start: int, end: int, pieces: list[bytes]) -> None:
+        from wallwatch.store import COLUMNS, sql_literal
+
+        self.folder.mkdir(exist_ok=True)
+        data = b"".join(pieces)
+        name = f"{self.inode}-{start:015d}-{end:015d}-{zlib.crc32(data):08x}.parquet"
+        scratch = self.folder / f".{os.getpid()}-{start}.jsonl.tmp"
+        made = self.folder / f".{os.getpid()}-{start}.parquet.tmp"
+        try:
+            scratch.write_bytes(data)
+            del data
+            columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
+            con.execute(
+                f"COPY (SELECT * FROM read_json({sql_literal(str(scratch))}, "
+                f"format='newline_delimited', columns={columns})) "
+                f"TO {sql_literal(str(made))} (FORMAT parquet)"
+            )
+            os.replace(made, self.folder / name)
+        finally:
+            scratch.unlink(missing_ok=True)
+            made.unlink(missing_ok=True)
+
+    def _sweep_stale(self) -> None:
+        """Remove scratch files a killed writer left (only those of dead processes)."""
+        if not self.folder.is_dir():
+            return
+        for entry in self.folder.glob(".*.tmp"):
+            pid = entry.name[1:].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _connect() -> Any:
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    con.execute("SET enable_progress_bar = false")
+    con.execute("SET threads = 1")  # the prober owns the other cores
+    con.execute("SET memory_limit = '512MB'")
+    return con
+
+
+def gap_name(path: str | Path, start: int, end: int) -> str:
+    """A gap's scratch file name (kept readable in DuckDB's errors)."""
+    return f"{Path(path).name}.{start}-{end}.jsonl"
