@@ -220,3 +220,38 @@ def assert_same_stores(a: Path, b: Path) -> None:
     """Every analysis table of the store ``b`` is ``a``'s, row for row (and not empty)."""
     assert_same(a, b)
     assert differences(a, b)["reply_verdicts"][0] > 0
+
+
+INGEST_TABLES = ("measurements", "responses", "answers", "strays", "input_errors")
+
+
+def _same_ingest(twin_db: Path, json_db: Path) -> int:
+    """Every table of both stores, row for row (EXCEPT ALL both ways); the reply count."""
+    from wallwatch import store
+
+    con = store.connect(twin_db)
+    con.execute(f"ATTACH '{json_db}' AS j (READ_ONLY)")
+    for table in INGEST_TABLES:
+        for a, b in ((f"main.{table}", f"j.{table}"), (f"j.{table}", f"main.{table}")):
+            extra = con.execute(f"SELECT count(*) FROM (SELECT * FROM {a} EXCEPT ALL SELECT * FROM {b})").fetchone()[0]  # fmt: skip
+            assert extra == 0, f"{a} has {extra} rows {b} lacks"
+    replies = int(con.execute("SELECT count(*) FROM main.responses").fetchone()[0])
+    con.close()
+    return replies
+
+
+def ingest_both(out: Path, tmp_path: Path) -> int:
+    """Ingest ``out`` through its twin and as JSON only; the stores must be equal."""
+    from wallwatch import store
+
+    a, b = tmp_path / "twin.duckdb", tmp_path / "json.duckdb"
+    for db in (a, b):
+        db.unlink(missing_ok=True)
+    con = store.connect(a)
+    report = store.ingest_into(con, [out])
+    con.close()
+    con = store.connect(b)
+    plain = store.ingest_into(con, [out], twin=False)
+    con.close()
+    assert report == plain
+    return _same_ingest(a, b)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ingest_both
 from wallwatch import store
 from wallwatch.lab.loopback import LoopbackServer, authoritative
 
@@ -101,6 +102,8 @@ def test_kill_9_at_random_points_then_resume_loses_and_doubles_nothing(
     assert kills >= 1
     assert len(counts) == NAMES, f"lost {NAMES - len(counts)}"
     assert max(counts.values()) == 1, f"doubled {sum(1 for c in counts.values() if c > 1)}"
+    # Whatever the kills left of the Parquet twin, ingest through it gives the JSONL's store.
+    assert ingest_both(out, tmp_path) >= NAMES
 
 
 def test_kill_9_during_ingest_then_ingest_again_loads_everything_once(

@@ -296,6 +296,12 @@ def _pairs(values: tuple[str, ...], hint: str) -> dict[str, str]:
     is_flag=True,
     help="Also record IP ID and DF of replies (packet socket; needs root).",
 )
+@click.option(
+    "--columns/--no-columns",
+    default=None,
+    help="Also write a Parquet twin of --output (OUTPUT.columns/) so ingest reads columns "
+    "[default: when DuckDB is installed].",
+)
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def probe(
     name_files: tuple[str, ...], names: tuple[str, ...], target_specs: tuple[str, ...],
@@ -303,7 +309,7 @@ def probe(
     stream_workers: int, engine: str, rate: float, max_inflight: int, timeout: float, window: float, retries: int,
     rd: bool, edns_payload: int, ip_ttl: int | None, source_port: int | None, ports: int,
     tcp_fallback: bool, procs: int, output: str, resume: bool, vantage: str | None,
-    annotations: tuple[str, ...], raw_capture: bool, quiet: bool,
+    annotations: tuple[str, ...], raw_capture: bool, columns: bool | None, quiet: bool,
 ) -> None:  # fmt: skip
     """Sweep names x targets x qtypes, keeping every reply to every query."""
     targets = _targets(target_specs, target_files)
@@ -326,7 +332,7 @@ def probe(
     with _progress(quiet) as show:
         try:
             result = run_sweep(
-                plan, config, output, resume=resume, procs=procs, progress=show,
+                plan, config, output, resume=resume, procs=procs, progress=show, twin=columns,
                 warn=lambda text: err.print(f"[yellow]{console_text(text)}[/]", highlight=False),
             )  # fmt: skip
         except ValueError as exc:

@@ -109,8 +109,10 @@ def run_sweep(
     procs: int = 1,
     progress: Callable[[Stats, int], None] | None = None,
     warn: Callable[[str], None] = lambda text: print(text, file=sys.stderr),
+    twin: bool | None = None,
 ) -> SweepResult:
-    """Run the whole plan; records go to ``output`` (a path, or None for stdout)."""
+    """Run the whole plan; records go to ``output`` (a path, or None for stdout), with its
+    Parquet twin when ``twin`` (by default, when DuckDB is installed: ``Journal.open``)."""
     if procs > 1 and (output is None or output == "-"):
         raise ValueError("--procs > 1 needs an output file (-o): workers append to it")
     done: set[Key] = set()
@@ -124,7 +126,7 @@ def run_sweep(
         for number, reason in dropped:
             warn(f"{output}:{number}: dropped a torn record ({reason}); it will be re-measured")
     report_id = make_report_id(config.vantage, time.time_ns())
-    journal = Journal.open(output)
+    journal = Journal.open(output, twin=twin)
     for bad in plan.bad_lines:
         if (bad.source, bad.line) in seen_errors:
             continue
@@ -150,7 +152,7 @@ def run_sweep(
         return result
     journal.close()
     return _run_sharded(
-        plan, config, output or "-", procs, done, report_id, total, progress, result
+        plan, config, output or "-", procs, done, report_id, total, progress, result, twin
     )
 
 
@@ -164,6 +166,7 @@ def _run_sharded(
     total: int,
     progress: Callable[[Stats, int], None] | None,
     result: SweepResult,
+    twin: bool | None,
 ) -> SweepResult:
     ctx = multiprocessing.get_context("fork")
     counters = ctx.Array("q", procs * len(_STAT_FIELDS), lock=False)
@@ -174,7 +177,18 @@ def _run_sharded(
     for shard in range(procs):
         worker = ctx.Process(
             target=_worker,
-            args=(plan, shard_config, output, shard, procs, done, report_id, counters, parent),
+            args=(
+                plan,
+                shard_config,
+                output,
+                shard,
+                procs,
+                done,
+                report_id,
+                counters,
+                parent,
+                twin,
+            ),
             name=f"ww-probe-{shard}",
         )
         worker.start()
@@ -211,6 +225,7 @@ def _worker(
     report_id: str,
     counters: list[int],
     parent: int,
+    twin: bool | None,
 ) -> None:
     # A worker outliving a killed parent would race the resumed sweep (doubled records).
     die_with_parent(parent)
@@ -220,7 +235,7 @@ def _worker(
         for i, name in enumerate(_STAT_FIELDS):
             counters[shard * width + i] = getattr(stats, name)
 
-    journal = Journal.open(output)
+    journal = Journal.open(output, twin=twin)
     try:
         stats = Prober(config, journal, report_id=report_id, progress=publish).run(
             plan.queries(shard, procs, done)
