@@ -13,7 +13,11 @@ once the store outgrows ``WALLWATCH_MEMORY_LIMIT``). The last line is machine-re
 
     analyze replies_per_s=<n> baseline_replies_per_s=<n> ratio=<n> peak_rss_mb=<n> ...
 
-(``replies_per_s`` is end to end: ingest plus analysis.)
+(``replies_per_s`` is end to end: ingest plus analysis. The records are written with their
+Parquet twin, as ``wallwatch probe`` writes them, so ingest reads columns; the line also
+gives the full size ingested from the JSON alone (``json_ingest_s``, ``json_replies_per_s``)
+and what the twin cost its writer, converting in a background thread
+(``twin_us_per_reply``).)
 Usage: ``WALLWATCH_MEMORY_LIMIT=800MB .venv/bin/python bench/analyze.py [--names 650000] [--growth]``
 """
 
@@ -23,6 +27,7 @@ import argparse
 import base64
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,9 +78,10 @@ def measurement(
     )  # fmt: skip
 
 
-def generate(path: Path, count: int) -> int:
-    """Write the records for ``count`` names; return the number of replies."""
-    journal = Journal.open(path)
+def generate(path: Path, count: int) -> tuple[int, float]:
+    """Write the records for ``count`` names, with their Parquet twin as the prober writes
+    it; return the number of replies and the seconds the twin's conversion took."""
+    journal = Journal.open(path, twin=True)
     replies = uid = 0
     # Replies come from templates: the analysis reads addresses, timing and TTLs, which the
     # templates vary; the name inside the raw bytes is not re-read.
@@ -92,7 +98,8 @@ def generate(path: Path, count: int) -> int:
             replies += len(responses)
             journal.write(measurement(uid, name, kind, engine, responses))
     journal.close()
-    return replies
+    assert journal.columns is not None and journal.columns.failed is None
+    return replies, journal.columns.seconds
 
 
 _templates: dict[
@@ -151,11 +158,12 @@ def baseline(path: Path, sample: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-def run_one(path: Path, work: Path) -> dict[str, float]:
-    """Ingest and analyse ``path`` in this process (a child: its peak RSS is this run's)."""
+def run_one(path: Path, work: Path, twin: bool) -> dict[str, float]:
+    """Ingest (through the twin, or the JSON) and analyse ``path`` in this process (a
+    child: its peak RSS is this run's)."""
     db = work / "ww.duckdb"
     t1 = time.perf_counter()
-    store.ingest([path], db)
+    store.ingest([path], db, twin=twin)
     t2 = time.perf_counter()
     con = store.connect(db, read_only=True)
     slices = slices_for(con)
@@ -163,17 +171,17 @@ def run_one(path: Path, work: Path) -> dict[str, float]:
     summary = analyze(db)
     t3 = time.perf_counter()
     db.unlink()
-    print(f"  {summary.replies} verdicts: ingest {t2 - t1:.1f} s, analysis {t3 - t2:.1f} s "
+    print(f"  {summary.replies} verdicts: ingest {t2 - t1:.1f} s ({'twin' if twin else 'JSON'}), analysis {t3 - t2:.1f} s "
           f"({summary.replies / (t3 - t2):.0f} replies/s) in {slices} slice(s); "
           f"attributions {summary.attributions}", file=sys.stderr)  # fmt: skip
     return {"seconds": t3 - t1, "ingest": t2 - t1, "analysis": t3 - t2, "slices": slices,
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
 
 
-def measure(path: Path, replies: int) -> dict[str, float]:
+def measure(path: Path, replies: int, *, twin: bool = True) -> dict[str, float]:
     """:func:`run_one` in a child process, as the CLI would run it."""
     done = subprocess.run(
-        [sys.executable, __file__, "--one", str(path)],
+        [sys.executable, __file__, "--one", str(path), *([] if twin else ["--json"])],
         check=True,
         stdout=subprocess.PIPE,
         text=True,
@@ -190,9 +198,10 @@ def main() -> None:
     parser.add_argument("--growth", action="store_true",
                         help="also run at 4x the names (the memory-growth check)")  # fmt: skip
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(run_one(args.one, args.one.parent)))
+        print(json.dumps(run_one(args.one, args.one.parent, not args.json)))
         return
     build_templates()
     sizes = {"quarter": args.names // 4, "half": args.names // 2, "": args.names}
@@ -203,13 +212,15 @@ def main() -> None:
         work = Path(tmp)
         for label, names in sizes.items():
             path = work / f"records-{label or 'full'}.jsonl"
-            replies = generate(path, names)
-            print(f"{label or 'full'}: {replies} replies ({path.stat().st_size >> 20} MiB)",
-                  file=sys.stderr)  # fmt: skip
-            results[label] = {**measure(path, replies), "replies": replies}
+            replies, converted = generate(path, names)
+            print(f"{label or 'full'}: {replies} replies ({path.stat().st_size >> 20} MiB), "
+                  f"twin converted in {converted:.1f} s", file=sys.stderr)  # fmt: skip
+            results[label] = {**measure(path, replies), "replies": replies, "twin_s": converted}
             if label == "":
                 base = baseline(path, args.sample)
+                plain = measure(path, replies, twin=False)
             path.unlink()
+            shutil.rmtree(f"{path}.columns")
     full = results[""]
     rate = full["replies"] / full["seconds"]
     curve = " ".join(f"us_per_reply_at_{k}={v['us_per_reply']:.2f} peak_rss_mb_at_{k}={v['rss_mb']:.0f}"
@@ -217,7 +228,10 @@ def main() -> None:
     growth = f" growth_4x={results['4x']['rss_mb'] / full['rss_mb']:.2f}" if "4x" in results else ""
     print(f"analyze replies_per_s={rate:.0f} baseline_replies_per_s={base:.0f} ratio={rate / base:.1f} "
           f"peak_rss_mb={full['rss_mb']:.0f} us_per_reply={full['us_per_reply']:.2f} {curve}{growth} "
-          f"slices={full['slices']:.0f} memory_limit={store.MEMORY_LIMIT}")  # fmt: skip
+          f"slices={full['slices']:.0f} memory_limit={store.MEMORY_LIMIT} "
+          f"ingest_s={full['ingest']:.1f} json_ingest_s={plain['ingest']:.1f} "
+          f"json_replies_per_s={full['replies'] / plain['seconds']:.0f} "
+          f"twin_us_per_reply={full['twin_s'] / full['replies'] * 1e6:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

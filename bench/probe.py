@@ -100,11 +100,14 @@ def run_dnsperf(port: int, names: Path, seconds: int) -> float:
     return float(match.group(1))
 
 
-def run_probe(port: int, names: Path, out: Path, procs: int) -> tuple[float, float, int, int, int]:
+def run_probe(
+    port: int, names: Path, out: Path, procs: int, columns: bool
+) -> tuple[float, float, int, int, int]:
     wallwatch = Path(sys.executable).with_name("wallwatch")
     cmd = [str(wallwatch), "probe", "-f", str(names), "-t", f"127.0.0.1:{port}", "-o", str(out),
            "--rate", "0", "--max-inflight", "500", "--window", "0.05", "--timeout", "1",
-           "--retries", "0", "--procs", str(procs), "--quiet"]  # fmt: skip
+           "--retries", "0", "--procs", str(procs), "--quiet",
+           "--columns" if columns else "--no-columns"]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -130,6 +133,7 @@ def run_probe(port: int, names: Path, out: Path, procs: int) -> tuple[float, flo
     # is included). The whole-command rate goes to stderr for comparison.
     print(f"whole command: {measured / elapsed:.0f} q/s over {elapsed:.1f} s", file=sys.stderr)
     out.unlink()
+    shutil.rmtree(f"{out}.columns", ignore_errors=True)
     return measured / (last_t - first_t0), cpu, measured, unmatched, drops
 
 
@@ -154,6 +158,8 @@ def main() -> None:
         default=0,
         help="names for the prober (default: ~dnsperf rate x seconds)",
     )
+    parser.add_argument("--columns", action=argparse.BooleanOptionalAction, default=False,
+                        help="also write the Parquet twin (probe --columns; default: JSONL only)")  # fmt: skip
     args = parser.parse_args()
     if not shutil.which("unbound") or not shutil.which("dnsperf"):
         sys.exit(
@@ -175,7 +181,7 @@ def main() -> None:
             for share in (4, 2, 1):
                 names = work / "names.txt"
                 names.write_text("".join(f"n{i}.test\n" for i in range(count // share)))
-                curve[share] = run_probe(port, names, work / "out.jsonl", args.procs)
+                curve[share] = run_probe(port, names, work / "out.jsonl", args.procs, args.columns)
             qps, cpu, measured, unmatched, drops = curve[1]
         finally:
             server.terminate()
@@ -188,7 +194,10 @@ def main() -> None:
             responder_dnsperf = max(run_dnsperf(rport, perf_names, span) for _ in range(3))
             names = work / "names.txt"
             names.write_text("".join(f"n{i}.test\n" for i in range(int(responder_dnsperf * span))))
-            runs = [run_probe(rport, names, work / "out.jsonl", args.procs) for _ in range(3)]
+            runs = [
+                run_probe(rport, names, work / "out.jsonl", args.procs, args.columns)
+                for _ in range(3)
+            ]
             responder_qps = max(r[0] for r in runs)
             r_unmatched = sum(r[3] for r in runs)
             r_drops = sum(r[4] for r in runs)
@@ -207,7 +216,7 @@ def main() -> None:
         f"responder_qps={responder_qps:.0f} responder_dnsperf_qps={responder_dnsperf:.0f} "
         f"us_per_query_at_quarter={1e6 / curve[4][0]:.2f} "
         f"us_per_query_at_half={1e6 / curve[2][0]:.2f} us_per_query={1e6 / qps:.2f} "
-        f"native={native.module is not None}"
+        f"native={native.module is not None} columns={args.columns}"
     )
 
 

@@ -450,8 +450,11 @@ def with_dataset_options(f: Any) -> Any:
 @with_dataset_options
 @click.option("--buckets", type=click.IntRange(1, 4096), default=None,
               help="Name buckets of a new dataset [default: 64]; an existing one keeps its own.")  # fmt: skip
+@click.option("--columns/--no-columns", default=True, show_default=True,
+              help="Read a file's Parquet twin (FILE.columns/, written by probe) where it holds "
+                   "the file's bytes.")  # fmt: skip
 def ingest(files: tuple[str, ...], db: str | None, parquet_dir: str | None, dataset: str | None,
-           storage_option: tuple[str, ...], buckets: int | None) -> None:  # fmt: skip
+           storage_option: tuple[str, ...], buckets: int | None, columns: bool) -> None:  # fmt: skip
     """Load JSONL records into the DuckDB store (and Parquet, or a partitioned dataset)."""
     from wallwatch import store
     from wallwatch.dataset import write
@@ -461,7 +464,7 @@ def ingest(files: tuple[str, ...], db: str | None, parquet_dir: str | None, data
     if dataset is None or db is not None:
         db = db or "wallwatch.duckdb"
         try:
-            report = store.ingest(list(files), db, parquet_dir=parquet_dir)
+            report = store.ingest(list(files), db, parquet_dir=parquet_dir, twin=columns)
         except (ValueError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from None
         err.print(
@@ -474,7 +477,7 @@ def ingest(files: tuple[str, ...], db: str | None, parquet_dir: str | None, data
     target = Dataset(dataset, _pairs(storage_option, "--storage-option"))
     con = store.connect()
     try:
-        report = store.ingest_into(con, list(files))
+        report = store.ingest_into(con, list(files), twin=columns)
         added = write(con, target, buckets=buckets)
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.ClickException(f"{console_text(dataset)}: {exc}") from None

@@ -205,9 +205,14 @@ def sql_literal(text: str) -> str:
 
 
 def ingest(
-    paths: Sequence[str | Path], db: str | Path, *, parquet_dir: str | Path | None = None
+    paths: Sequence[str | Path],
+    db: str | Path,
+    *,
+    parquet_dir: str | Path | None = None,
+    twin: bool = True,
 ) -> IngestReport:
-    """Load JSONL files into the DuckDB file ``db`` (created if missing).
+    """Load JSONL files into the DuckDB file ``db`` (created if missing), through their
+    Parquet twins where they have one (``twin``; :func:`ingest_into`).
 
     DuckDB parses the files once, against :data:`COLUMNS`; only when it refuses them, or
     finds lines that are not wallwatch records, does :func:`validate` read them again to
@@ -215,7 +220,7 @@ def ingest(
     """
     con = connect(db)
     try:
-        report = ingest_into(con, paths)
+        report = ingest_into(con, paths, twin=twin)
         if parquet_dir is not None:
             export_parquet(con, parquet_dir)
     finally:
