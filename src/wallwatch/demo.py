@@ -131,7 +131,8 @@ def _summarise(db: Path, console: Console) -> None:
         FROM (
             SELECT m.measurement_uid, m.hostname, m.target_kind, m.response_count AS n_replies,
                    (SELECT a.ipv4 FROM answers a WHERE a.measurement_uid = m.measurement_uid
-                      AND a.response_index = 0 AND a.answer_type = 'A' LIMIT 1) AS first_ip
+                      AND a.response_index = 0 AND a.answer_type = 'A'
+                    ORDER BY a.answer_index LIMIT 1) AS first_ip
             FROM measurements m)
         GROUP BY ALL ORDER BY tld, target_kind
     """
