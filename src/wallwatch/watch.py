@@ -43,6 +43,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from wallwatch import columns
 from wallwatch.delivery import Deliverer
 from wallwatch.events.detector import Change, Detector, Event, EventChange, Level, minute_iso
 from wallwatch.events.minute import (
@@ -452,6 +453,7 @@ class Watch:
                     # Half a sweep is not a quiet minute: set aside, measured again.
                     for p in paths:
                         p.replace(p.with_name(p.name + ".torn"))
+                        columns.discard(p)  # its twin is a cache of what is set aside
                     print(f"watch: round {number} (minute {minute}) was torn by a crash with "
                           f"{len(measurements)} measurements; set aside as *.torn, not judged",
                           file=sys.stderr)  # fmt: skip
