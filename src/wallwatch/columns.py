@@ -144,22 +144,35 @@ class Writer:
     ended, which ``O_APPEND`` leaves as the descriptor's offset, even with other writers
     appending to the same file); contiguous ranges gather into one part of about
     :data:`PART_BYTES`. One thread converts them, one part at a time, with a one-thread
-    DuckDB: the queue holds two parts, so a prober outrunning the conversion waits rather
-    than holding its output in memory. A conversion that fails (a full disk) stops the
-    twin for this run with one message on stderr; the JSONL goes on.
+    DuckDB. The measurement comes first: a part that would bring what waits for
+    conversion past ``queue_bytes`` (two parts' worth) is left out (``skipped``; ingest
+    parses that range from the JSONL) rather than making the prober wait or hold its
+    output in memory, unless ``wait`` is set. A conversion that
+    fails (a full disk) stops the twin for this run with one message on stderr; the JSONL
+    goes on.
     """
 
-    def __init__(self, path: str | Path, fd: int, *, part_bytes: int = PART_BYTES) -> None:
+    def __init__(
+        self, path: str | Path, fd: int, *, part_bytes: int = PART_BYTES, wait: bool = False
+    ) -> None:
         self.path = Path(path)
         self.folder = directory(self.path)
         self.inode = os.fstat(fd).st_ino
         self.part_bytes = part_bytes
         self._pending: list[bytes] = []
         self._start = self._end = -1
-        self._queue: queue.Queue[tuple[int, int, list[bytes]] | None] = queue.Queue(maxsize=2)
+        self._queue: queue.SimpleQueue[tuple[int, int, list[bytes]] | None] = queue.SimpleQueue()
+        #: JSONL bytes handed to the converter and not yet converted, and their bound.
+        self._queued = 0
+        self.queue_bytes = 2 * part_bytes
+        self._room = threading.Condition()
         self._thread: threading.Thread | None = None
         self.failed: str | None = None
         self.parts = 0
+        #: Parts left out because the conversion was behind (read as JSON by ingest).
+        self.skipped = 0
+        #: Wait for the conversion instead of leaving parts out (a complete twin).
+        self.wait = wait
         #: Seconds the conversions took (the twin's cost, which the benchmarks report).
         self.seconds = 0.0
         self._sweep_stale()
@@ -180,13 +193,13 @@ class Writer:
 
     def close(self) -> None:
         """Convert what is pending and wait for the conversions to finish."""
-        self._submit()
+        self._submit(wait=True)
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
 
-    def _submit(self) -> None:
+    def _submit(self, *, wait: bool = False) -> None:
         if not self._pending:
             return
         item = (self._start, self._end, self._pending)
@@ -196,29 +209,42 @@ class Writer:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="ww-columns", daemon=True)
             self._thread.start()
+        size = item[1] - item[0]
+        with self._room:
+            if self._queued and self._queued + size > self.queue_bytes:
+                if not (wait or self.wait):
+                    self.skipped += 1
+                    return
+                self._room.wait_for(
+                    lambda: not self._queued or self._queued + size <= self.queue_bytes
+                )
+            self._queued += size
         self._queue.put(item)
 
     def _run(self) -> None:
         con: Any = None
         while (item := self._queue.get()) is not None:
-            if self.failed is not None:
-                continue
             try:
-                began = time.perf_counter()
-                if con is None:
-                    con = _connect()
-                self._convert(con, *item)
-                self.parts += 1
-                self.seconds += time.perf_counter() - began
+                if self.failed is None:
+                    began = time.perf_counter()
+                    if con is None:
+                        con = _connect()
+                    self._convert(con, *item)
+                    self.parts += 1
+                    self.seconds += time.perf_counter() - began
             except Exception as exc:  # noqa: BLE001 - any failure only stops the cache
                 self.failed = str(exc)
                 print(f"wallwatch: {self.folder}: columns stopped ({exc}); "
                       f"ingest reads {self.path.name} as JSON", file=sys.stderr)  # fmt: skip
+            finally:
+                with self._room:
+                    self._queued -= item[1] - item[0]
+                    self._room.notify_all()
         if con is not None:
             con.close()
 
     def _convert(self, con: Any, start: int, end: int, pieces: list[bytes]) -> None:
-        from wallwatch.store import COLUMNS, sql_literal
+        from wallwatch.store import read_json_sql, sql_literal
 
         self.folder.mkdir(exist_ok=True)
         data = b"".join(pieces)
@@ -228,10 +254,8 @@ class Writer:
         try:
             scratch.write_bytes(data)
             del data
-            columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
             con.execute(
-                f"COPY (SELECT * FROM read_json({sql_literal(str(scratch))}, "
-                f"format='newline_delimited', columns={columns})) "
+                f"COPY (SELECT * FROM {read_json_sql([scratch])}) "
                 f"TO {sql_literal(str(made))} (FORMAT parquet)"
             )
             os.replace(made, self.folder / name)

@@ -103,6 +103,15 @@ COLUMNS: dict[str, str] = {
     "error": "VARCHAR",
 }
 
+
+def read_json_sql(files: Sequence[str | Path]) -> str:
+    """DuckDB's reader of wallwatch JSONL ``files``, typed by :data:`COLUMNS` (what ingest
+    stages and what the Parquet twin holds, so both parse a line the same way)."""
+    names = "[" + ", ".join(sql_literal(str(p)) for p in files) + "]"
+    spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
+    return f"read_json({names}, format='newline_delimited', columns={spec})"
+
+
 _MEASUREMENT_COLS = [
     "measurement_uid", "report_id", "measurement_start_time", "vantage", "hostname",
     "query_type", "engine", "resolver_address", "target_kind", "transaction_id", "source_port",
@@ -364,11 +373,7 @@ def _stage(con: Any, json_files: Sequence[str | Path], parts: Sequence[Path]) ->
     """
     reads = []
     if json_files or not parts:
-        names = "[" + ", ".join(sql_literal(str(p)) for p in json_files) + "]"
-        spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
-        reads.append(
-            f"SELECT * FROM read_json({names}, format='newline_delimited', columns={spec})"
-        )
+        reads.append(f"SELECT * FROM {read_json_sql(json_files)}")
     if parts:
         names = "[" + ", ".join(sql_literal(str(p)) for p in parts) + "]"
         listed = ", ".join(f'"{k}"' for k in COLUMNS)
