@@ -132,6 +132,14 @@ def run_probe(
     # reading the name list and interpreter exit are excluded; the last 0.05 s window
     # is included). The whole-command rate goes to stderr for comparison.
     print(f"whole command: {measured / elapsed:.0f} q/s over {elapsed:.1f} s", file=sys.stderr)
+    if columns:
+        from wallwatch import columns as twin
+
+        size = out.stat().st_size
+        found = twin.plan(out)
+        left = sum(end - start for start, end in found.gaps)
+        print(f"twin: {len(found.parts)} parts hold {(size - left) / size:.0%} of the "
+              f"{size >> 20} MiB (the rest is left to the JSON)", file=sys.stderr)  # fmt: skip
     out.unlink()
     shutil.rmtree(f"{out}.columns", ignore_errors=True)
     return measured / (last_t - first_t0), cpu, measured, unmatched, drops

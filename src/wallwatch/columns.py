@@ -18,6 +18,7 @@ later byte, so it removes the twin (:func:`discard`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
@@ -222,6 +223,11 @@ class Writer:
         self._queue.put(item)
 
     def _run(self) -> None:
+        # The lowest CPU priority, for this thread only (a Linux thread is a task of its
+        # own): the sweep and the servers it measures come first, and the twin takes what
+        # they leave (with one-thread DuckDB the work runs in this thread).
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         con: Any = None
         while (item := self._queue.get()) is not None:
             try:
