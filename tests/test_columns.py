@@ -187,3 +187,14 @@ def test_a_slow_conversion_never_holds_the_writer_back(
     assert found.gaps
     assert ingest_both(out, tmp_path) == 0
     assert store.query(tmp_path / "twin.duckdb", "SELECT count(*) FROM input_errors") == [(6,)]
+
+
+def test_a_file_replaced_at_the_same_path_does_not_take_the_old_twin(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    out = _sweep(serve, tmp_path, part_bytes=16 << 10)
+    old = set(columns.directory(out).iterdir())
+    out.unlink()  # the twin stays; a new file at the path may get the old inode number
+    out = _sweep(serve, tmp_path, part_bytes=1 << 30)
+    found = columns.plan(out)
+    assert len(found.parts) == 1 and found.gaps == ()
+    assert not old & set(columns.directory(out).iterdir())  # the old parts were removed
+    assert ingest_both(out, tmp_path) > 300

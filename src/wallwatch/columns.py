@@ -10,8 +10,9 @@ from exactly those bytes in a background thread while the prober goes on measuri
 The parts are a cache, so they are used only where they provably describe the file as it
 is (:func:`plan`): a part names the file's inode, its byte range and the CRC-32 of those
 bytes, and ingest checks all three against the file before trusting it (reading the file
-once for the checksums costs about a tenth of parsing it; docs/performance.md). What no part covers (a range whose conversion a kill interrupted, or a file copied
-elsewhere) is read as JSON, as before. Nothing measured can be lost through the twin: at
+once for the checksums costs about a tenth of parsing it; docs/performance.md). What no
+part covers (a range whose conversion a kill interrupted, or a file copied elsewhere) is
+read as JSON, as before. Nothing measured can be lost through the twin: at
 worst ingest is as slow as without it. ``--resume``'s rewrite of a torn file moves every
 later byte, so it removes the twin (:func:`discard`).
 """
@@ -99,16 +100,16 @@ def plan(path: str | Path) -> Plan:
             continue
         found.append((int(start), int(end), int(crc, 16), entry))
     found.sort()
-    if any(a[1] > b[0] for a, b in itertools.pairwise(found)):
-        return whole  # overlapping parts: not a twin wallwatch wrote for this file
     with open(target, "rb") as handle, ThreadPoolExecutor(2) as pool:
         sums = list(pool.map(lambda f: range_crc(handle.fileno(), f[0], f[1]), found))
+    # A part whose bytes changed since is left out: they are read as JSON.
+    good = [f for f, got in zip(found, sums, strict=True) if got == f[2]]
+    if any(a[1] > b[0] for a, b in itertools.pairwise(good)):
+        return whole  # overlapping parts that both match: not a twin wallwatch wrote
     parts: list[Path] = []
     gaps: list[tuple[int, int]] = []
     at = 0
-    for (start, end, crc, entry), got in zip(found, sums, strict=True):
-        if got != crc:
-            continue  # the bytes changed since: read them as JSON
+    for start, end, _, entry in good:
         if start > at:
             gaps.append((at, start))
         parts.append(entry)
@@ -176,7 +177,7 @@ class Writer:
         self.wait = wait
         #: Seconds the conversions took (the twin's cost, which the benchmarks report).
         self.seconds = 0.0
-        self._sweep_stale()
+        self._sweep_stale(fd)
 
     def wrote(self, data: bytes | bytearray | memoryview, end: int) -> None:
         """``data`` now ends at offset ``end`` of the file."""
@@ -269,13 +270,24 @@ class Writer:
             scratch.unlink(missing_ok=True)
             made.unlink(missing_ok=True)
 
-    def _sweep_stale(self) -> None:
-        """Remove scratch files a killed writer left (only those of dead processes)."""
+    def _sweep_stale(self, fd: int) -> None:
+        """Remove what cannot serve the file as it is now: scratch files a killed writer
+        left (only those of dead processes), and parts made for another file at this path
+        (another inode, or a range past the end: the file was replaced, and a new file may
+        reuse the old one's inode). The size is read after the listing, so a part another
+        writer of the same file has just made is never taken for one past the end."""
         if not self.folder.is_dir():
             return
-        for entry in self.folder.glob(".*.tmp"):
-            pid = entry.name[1:].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+        entries = list(self.folder.iterdir())
+        size = os.fstat(fd).st_size
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                pid = entry.name[1:].split("-", 1)[0]
+                if pid.isdigit() and not _alive(int(pid)):
+                    entry.unlink(missing_ok=True)
+                continue
+            match = _PART.fullmatch(entry.name)
+            if match is not None and (int(match[1]) != self.inode or int(match[3]) > size):
                 entry.unlink(missing_ok=True)
 
 
