@@ -30,6 +30,7 @@ def _sweep(serve, tmp_path: Path, *, part_bytes: int, count: int = 300) -> Path:
     assert journal.columns is not None
     journal.columns.part_bytes = part_bytes
     journal.columns.wait = True  # every part converted, whatever the machine's speed
+    journal.flush_bytes = 4096  # appends of a few KB, as a long sweep's are, in either loop
     queries = [udp_query(server, n) for n in names] + [
         udp_query(silent, n) for n in list(names)[:20]
     ]
