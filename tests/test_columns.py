@@ -58,6 +58,11 @@ def test_a_sweep_by_two_workers_leaves_a_twin_that_ingests_as_its_json(
     # together they hold every byte (the parent's input error included).
     assert found.parts and found.gaps == (), found
     assert ingest_both(out, tmp_path) == 600
+    loaded = subprocess.run([sys.executable, "-m", "wallwatch", "ingest", str(out), "--db", str(tmp_path / "cli.duckdb")],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert loaded.returncode == 0 and "(100% read from their Parquet twin)" in loaded.stderr, (
+        loaded.stderr
+    )
 
 
 def test_no_columns_writes_no_twin(serve, tmp_path: Path) -> None:  # noqa: ANN001

@@ -467,9 +467,11 @@ def ingest(files: tuple[str, ...], db: str | None, parquet_dir: str | None, data
             report = store.ingest(list(files), db, parquet_dir=parquet_dir, twin=columns)
         except (ValueError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from None
+        twin = (f" ({report.twin_bytes / report.file_bytes:.0%} read from their Parquet twin)"
+                if report.twin_bytes else "")  # fmt: skip
         err.print(
             f"{db}: +{report.measurements} measurements, +{report.responses} replies "
-            f"from {report.records} records in {report.files} file(s)",
+            f"from {report.records} records in {report.files} file(s){twin}",
             highlight=False,
         )
     if dataset is None:

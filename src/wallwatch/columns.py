@@ -74,6 +74,8 @@ class Plan:
     parts: tuple[Path, ...]
     #: (start, end) ranges of the file no part covers; the whole file when no part is usable.
     gaps: tuple[tuple[int, int], ...]
+    #: The file's size when planned.
+    size: int
 
 
 def plan(path: str | Path) -> Plan:
@@ -86,7 +88,7 @@ def plan(path: str | Path) -> Plan:
     """
     target = Path(path)
     stat = target.stat()
-    whole = Plan((), ((0, stat.st_size),))
+    whole = Plan((), ((0, stat.st_size),), stat.st_size)
     folder = directory(target)
     if not folder.is_dir():
         return whole
@@ -118,7 +120,7 @@ def plan(path: str | Path) -> Plan:
         return whole
     if at < stat.st_size:
         gaps.append((at, stat.st_size))
-    return Plan(tuple(parts), tuple(gaps))
+    return Plan(tuple(parts), tuple(gaps), stat.st_size)
 
 
 def copy_range(path: str | Path, start: int, end: int, target: Path) -> None:

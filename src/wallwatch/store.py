@@ -163,6 +163,10 @@ class IngestReport:
     records: int
     measurements: int
     responses: int
+    #: Bytes of JSONL the files hold, and how many of them were read from their Parquet
+    #: twins (:mod:`wallwatch.columns`) rather than parsed.
+    file_bytes: int = 0
+    twin_bytes: int = 0
 
 
 def _duckdb() -> Any:
@@ -268,7 +272,7 @@ def _ingest(con: Any, paths: Sequence[str | Path], twin: bool) -> IngestReport:
     duckdb = _duckdb()
     before = _counts(con)
     with tempfile.TemporaryDirectory(prefix="ww-ingest-") as scratch:
-        json_files, parts = _sources(paths, Path(scratch)) if twin else (list(paths), [])
+        json_files, parts, held = _sources(paths, Path(scratch)) if twin else (list(paths), [], 0)
         try:
             read = _stage(con, json_files, parts)
         except duckdb.Error as exc:
@@ -292,6 +296,8 @@ def _ingest(con: Any, paths: Sequence[str | Path], twin: bool) -> IngestReport:
         records=records,
         measurements=after["measurements"] - before.get("measurements", 0),
         responses=after["responses"] - before.get("responses", 0),
+        file_bytes=sum(os.stat(p).st_size for p in paths),
+        twin_bytes=held,
     )
 
 
@@ -345,21 +351,26 @@ def _load(con: Any, paths: Sequence[str | Path], read: str | None) -> int:
     return int(records)
 
 
-def _sources(paths: Sequence[str | Path], scratch: Path) -> tuple[list[str | Path], list[Path]]:
-    """The JSON files and Parquet parts that together hold ``paths`` (gaps copied out)."""
+def _sources(
+    paths: Sequence[str | Path], scratch: Path
+) -> tuple[list[str | Path], list[Path], int]:
+    """The JSON files and Parquet parts that together hold ``paths`` (gaps copied out),
+    and how many of the files' bytes the parts hold."""
     json_files: list[str | Path] = []
     parts: list[Path] = []
+    held = 0
     for path in paths:
         found = columns.plan(path)
         if not found.parts:
             json_files.append(path)
             continue
         parts.extend(found.parts)
+        held += found.size - sum(end - start for start, end in found.gaps)
         for start, end in found.gaps:
             gap = scratch / f"{len(json_files)}-{columns.gap_name(path, start, end)}"
             columns.copy_range(path, start, end, gap)
             json_files.append(gap)
-    return json_files, parts
+    return json_files, parts, held
 
 
 def _stage(con: Any, json_files: Sequence[str | Path], parts: Sequence[Path]) -> str | None:
