@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 #: A part is cut once this many bytes of JSONL wait for conversion (and at close).
-PART_BYTES = 64 << 20
+PART_BYTES = 32 << 20
 
 _PART = re.compile(r"(\d+)-(\d+)-(\d+)-([0-9a-f]{8})\.parquet")
 
@@ -256,13 +256,16 @@ class Writer:
         from wallwatch.store import read_json_sql, sql_literal
 
         self.folder.mkdir(exist_ok=True)
-        data = b"".join(pieces)
-        name = f"{self.inode}-{start:015d}-{end:015d}-{zlib.crc32(data):08x}.parquet"
         scratch = self.folder / f".{os.getpid()}-{start}.jsonl.tmp"
         made = self.folder / f".{os.getpid()}-{start}.parquet.tmp"
         try:
-            scratch.write_bytes(data)
-            del data
+            crc = 0
+            with open(scratch, "wb") as handle:  # piece by piece: no joined copy in memory
+                for piece in pieces:
+                    crc = zlib.crc32(piece, crc)
+                    handle.write(piece)
+            pieces.clear()
+            name = f"{self.inode}-{start:015d}-{end:015d}-{crc:08x}.parquet"
             con.execute(
                 f"COPY (SELECT * FROM {read_json_sql([scratch])}) "
                 f"TO {sql_literal(str(made))} (FORMAT parquet)"
