@@ -218,7 +218,7 @@ def main() -> None:
             path = work / f"records-{label or 'full'}.jsonl"
             replies, converted = generate(path, names)
             print(f"{label or 'full'}: {replies} replies ({path.stat().st_size >> 20} MiB), "
-                  f"twin converted in {converted:.1f} s", file=sys.stderr)  # fmt: skip
+                  f"twin converted in {converted:.1f} s of CPU", file=sys.stderr)  # fmt: skip
             results[label] = {**measure(path, replies), "replies": replies, "twin_s": converted}
             if label == "":
                 base = baseline(path, args.sample)
