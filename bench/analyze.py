@@ -27,7 +27,6 @@ import argparse
 import base64
 import json
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 import dns.message
 import dns.rrset
 
-from wallwatch import records, store, wire
+from wallwatch import columns, records, store, wire
 from wallwatch.analysis.run import analyze, slices_for
 from wallwatch.journal import Journal
 from wallwatch.lab.forge import forge_reply
@@ -224,7 +223,7 @@ def main() -> None:
                 base = baseline(path, args.sample)
                 plain = measure(path, replies, twin=False)
             path.unlink()
-            shutil.rmtree(f"{path}.columns")
+            columns.discard(path)
     full = results[""]
     rate = full["replies"] / full["seconds"]
     curve = " ".join(f"us_per_reply_at_{k}={v['us_per_reply']:.2f} peak_rss_mb_at_{k}={v['rss_mb']:.0f}"

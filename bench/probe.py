@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from wallwatch import columns as twin
+
 UNBOUND_CONF = """
 server:
     interface: 127.0.0.1
@@ -133,15 +135,13 @@ def run_probe(
     # is included). The whole-command rate goes to stderr for comparison.
     print(f"whole command: {measured / elapsed:.0f} q/s over {elapsed:.1f} s", file=sys.stderr)
     if columns:
-        from wallwatch import columns as twin
-
         size = out.stat().st_size
         found = twin.plan(out)
         left = sum(end - start for start, end in found.gaps)
         print(f"twin: {len(found.parts)} parts hold {(size - left) / size:.0%} of the "
               f"{size >> 20} MiB (the rest is left to the JSON)", file=sys.stderr)  # fmt: skip
     out.unlink()
-    shutil.rmtree(f"{out}.columns", ignore_errors=True)
+    twin.discard(out)
     return measured / (last_t - first_t0), cpu, measured, unmatched, drops
 
 

@@ -20,6 +20,7 @@ later byte, so it removes the twin (:func:`discard`).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import os
 import queue
@@ -59,12 +60,10 @@ def range_crc(fd: int, start: int, end: int) -> int:
 
 
 def available() -> bool:
-    """True when DuckDB (the ``store`` extra) can be imported to write the twin."""
-    try:
-        import duckdb  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """True when DuckDB (the ``store`` extra) is installed to write the twin. Found, not
+    imported: every sweep (each ``watch`` round's too) asks at start, and the converter
+    thread imports DuckDB only when it has a part to convert."""
+    return importlib.util.find_spec("duckdb") is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -380,7 +380,7 @@ def _stage(con: Any, json_files: Sequence[str | Path], parts: Sequence[Path]) ->
     JSON is parsed once into a temporary table, which DuckDB spills to disk under the
     memory cap rather than holding every parsed line (measured in docs/performance.md).
     Parts alone are a view: each table reads only its columns of the Parquet, and copying
-    them into a table first was slower (docs/performance.md).
+    them into a table first was slower (12 s against 9 s for 2.08M replies).
     """
     reads = []
     if json_files or not parts:
@@ -391,7 +391,7 @@ def _stage(con: Any, json_files: Sequence[str | Path], parts: Sequence[Path]) ->
         reads.append(f"SELECT {listed} FROM read_parquet({names})")
     if len(reads) == 1 and not json_files:
         con.execute(f"CREATE OR REPLACE TEMP VIEW _ww_staged AS {reads[0]}")
-        return str(reads[0])
+        return reads[0]
     con.execute(f"CREATE OR REPLACE TEMP TABLE _ww_staged AS {' UNION ALL BY NAME '.join(reads)}")
     return None
 
