@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import itertools
 import os
 import queue
 import random
@@ -270,13 +271,10 @@ class Prober:
                 if source is not None:
                     room = self.config.max_inflight - self._inflight()
                     if room > 0:
-                        batch: list[Query] = []
-                        for _ in range(bucket.take(now, min(room, self.config.burst))):
-                            query = next(source, None)
-                            if query is None:
-                                source = None
-                                break
-                            batch.append(query)
+                        want = bucket.take(now, min(room, self.config.burst))
+                        batch = list(itertools.islice(source, want))
+                        if len(batch) < want:
+                            source = None
                         if self._native_ok and batch:
                             # the C loop takes the plain IPv4 UDP queries, Python the rest
                             batch = self._native_core().start(batch)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import operator
 import os
 import sys
 import time
@@ -70,8 +71,35 @@ class SweepPlan:
                                target.kind, self.ip_ttl, self.source_port))
             for target, address in targets
         ]  # fmt: skip
+        names = itertools.islice(self.names, shard, None, shards)
+        if not controls and not skip:
+            # The common plan (no controls, nothing to skip): the queries come from an
+            # iterator built of itertools alone, with no Python frame per query (the
+            # generator below cost about a tenth of a native sweep's CPU).
+            combos = [(qtype, *rest) for qtype, _ in qtypes for _, rest in rests]
+            if not combos:
+                return iter(())
+            pairs = (
+                zip(zip(names), itertools.repeat(combos[0]))
+                if len(combos) == 1
+                else itertools.product(zip(names), combos)
+            )
+            return map(
+                tuple.__new__, itertools.repeat(Query), itertools.starmap(operator.add, pairs)
+            )
+        return self._each_query(names, qtypes, controls, rests, skip)
+
+    def _each_query(
+        self,
+        names: Iterator[QueryName],
+        qtypes: list[tuple[int, str]],
+        controls: list[tuple[StreamServer, str]],
+        rests: Sequence[tuple[str, tuple[object, ...]]],
+        skip: set[Key],
+    ) -> Iterator[Query]:
+        """:meth:`queries` one by one, for a plan with controls or keys to skip."""
         make = tuple.__new__
-        for name in itertools.islice(self.names, shard, None, shards):
+        for name in names:
             host = name.hostname
             for qtype, qtext in qtypes:
                 for control, address in controls:
