@@ -156,6 +156,9 @@ def test_the_c_loop_writes_msgspecs_bytes_and_the_python_loops_records(
     queries += [udp_query(racing, name) for name in ZONE]
     queries += [udp_query(f"127.0.0.1:{refused_port}", "icmp.example.com")]
     queries += [udp_query(server, f"n{i}.bulk.example.com") for i in range(300)]
+    # a host name whose JSON escapes bytes (the C loop asks msgspec for it); no reply,
+    # so the C loop writes its record
+    queries += [udp_query(server, 'silent.q"uo\\te.example.com')]
 
     native_out, native_stats, counts = sweep(tmp_path, queries, use_native=True)
     python_out, python_stats, _ = sweep(tmp_path, queries, use_native=False)

@@ -1389,14 +1389,19 @@ static void Sweep_dealloc(Sweep *s) {
 
 /* JSON of a str: quoted as is when it is printable ASCII without `"` or `\` (what
    msgspec writes unchanged), else msgspec's own bytes (s->json). */
+static int json_plain(const char *text, Py_ssize_t n) {
+    const unsigned char *p = (const unsigned char *)text;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i] < 0x20 || p[i] == '"' || p[i] == '\\' || p[i] == 0x7F) return 0;
+    return 1;
+}
+
 static PyObject *json_str(Sweep *s, PyObject *text) {
     if (text == Py_None) return Py_NewRef(s->null);
     if (PyUnicode_Check(text) && PyUnicode_IS_ASCII(text)) {
         const unsigned char *p = PyUnicode_1BYTE_DATA(text);
-        Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 0;
-        for (; i < n; i++)
-            if (p[i] < 0x20 || p[i] == '"' || p[i] == '\\' || p[i] == 0x7F) break;
-        if (i == n) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+        if (json_plain((const char *)p, n)) {
             PyObject *out = PyBytes_FromStringAndSize(NULL, n + 2);
             if (!out) return NULL;
             char *o = PyBytes_AS_STRING(out);
@@ -1517,25 +1522,37 @@ static PyObject *Sweep_start(Sweep *s, PyObject *queries) {
         if (wlen < 0) goto python;
         PyObject *ip4 = s->last_ip4, *frag = s->last_frag;
         int port = s->last_port;
-        hjson = json_str(s, PyTuple_GET_ITEM(name, 0));
-        ijson = hjson ? json_str(s, PyTuple_GET_ITEM(name, 1)) : NULL;
+        /* The host name's JSON: name_wire took it as ASCII; quoted in place when JSON
+           needs no escape in it (no bytes object of its own), else msgspec's. */
+        PyObject *host = PyTuple_GET_ITEM(name, 0);
+        const char *hp = (const char *)PyUnicode_1BYTE_DATA(host);
+        Py_ssize_t hn = PyUnicode_GET_LENGTH(host);
+        if (!json_plain(hp, hn)) {
+            hjson = json_str(s, host);
+            if (!hjson) goto fail_json;
+            hp = PyBytes_AS_STRING(hjson);
+            hn = PyBytes_GET_SIZE(hjson);
+        }
+        ijson = json_str(s, PyTuple_GET_ITEM(name, 1));
         if (!ijson) goto fail_json;
         /* '"hostname":H,"query_type":Q,"engine":..,"resolver_address":R,"target_kind":K' */
-        Py_ssize_t fl = 11 + PyBytes_GET_SIZE(hjson) + PyBytes_GET_SIZE(qtfrag) + PyBytes_GET_SIZE(frag) +
+        Py_ssize_t fl = 11 + hn + (hjson ? 0 : 2) + PyBytes_GET_SIZE(qtfrag) + PyBytes_GET_SIZE(frag) +
                         PyBytes_GET_SIZE(kindfrag);
         PyObject *qfrag = PyBytes_FromStringAndSize(NULL, fl);
         if (!qfrag) goto fail_json;
         char *o = PyBytes_AS_STRING(qfrag);
         memcpy(o, "\"hostname\":", 11);
         o += 11;
-        memcpy(o, PyBytes_AS_STRING(hjson), PyBytes_GET_SIZE(hjson));
-        o += PyBytes_GET_SIZE(hjson);
+        if (!hjson) *o++ = '"';
+        memcpy(o, hp, hn);
+        o += hn;
+        if (!hjson) *o++ = '"';
         memcpy(o, PyBytes_AS_STRING(qtfrag), PyBytes_GET_SIZE(qtfrag));
         o += PyBytes_GET_SIZE(qtfrag);
         memcpy(o, PyBytes_AS_STRING(frag), PyBytes_GET_SIZE(frag));
         o += PyBytes_GET_SIZE(frag);
         memcpy(o, PyBytes_AS_STRING(kindfrag), PyBytes_GET_SIZE(kindfrag));
-        Py_DECREF(hjson);
+        Py_CLEAR(hjson);
         int i = slot_new(s);
         if (i < 0) {
             Py_DECREF(qfrag);
