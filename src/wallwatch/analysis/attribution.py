@@ -58,7 +58,10 @@ TAMPERED = frozenset(
 ATTRIBUTION_SQL = f"""
 SELECT hostname, query_type,
        count(*) FILTER (WHERE response_index IS NOT NULL) AS replies,
-       count(DISTINCT measurement_uid) AS measurements,
+       -- A measurement's rows are its replies, numbered from 0, or one row with no
+       -- reply (NULL): counting its first row counts it once, without the per-name
+       -- hash set of count(DISTINCT), which was most of this statement's time.
+       count(*) FILTER (WHERE coalesce(response_index, 0) = 0) AS measurements,
        count(DISTINCT vantage) AS vantages,
        CASE
          WHEN bool_or(outcome IN {_PATH}) THEN {_A[Attribution.ON_PATH_INJECTOR]}
@@ -119,7 +122,7 @@ per AS (
            bool_or(outcome IN {_LIE}) AS lie,
            bool_and(outcome IN {_GENUINE} OR outcome IN {_SILENT})
                AND bool_or(outcome IN {_GENUINE}) AS clean,
-           list(DISTINCT rule_id ORDER BY rule_id) AS reasons
+           list_sort(list_distinct(list(rule_id))) AS reasons
     FROM w GROUP BY ALL
 ),
 seen AS (

@@ -56,11 +56,14 @@ TTL_SLACK = 1
 
 STEPS: tuple[tuple[str, str], ...] = (
     (
+        # Lists are made distinct and sorted after the aggregate (list_sort(list_distinct(
+        # list(x)))): DuckDB's list(DISTINCT x ORDER BY x) keeps and sorts every group's
+        # rows on its own, which took twice as long over 2M replies.
         "reply_ips",
         """
         SELECT measurement_uid, response_index,
-               list(DISTINCT lower(coalesce(ipv4, ipv6)) ORDER BY lower(coalesce(ipv4, ipv6)))
-                   FILTER (WHERE coalesce(ipv4, ipv6) IS NOT NULL) AS ips,
+               list_sort(list_distinct(list(lower(coalesce(ipv4, ipv6)))
+                   FILTER (WHERE coalesce(ipv4, ipv6) IS NOT NULL))) AS ips,
                bool_or(answer_type = 'A') AS has_a
         FROM answers GROUP BY ALL
         """,
@@ -90,9 +93,9 @@ STEPS: tuple[tuple[str, str], ...] = (
         "control_answers",
         """
         SELECT hostname, query_type,
-               coalesce(list(DISTINCT ip ORDER BY ip) FILTER (
+               coalesce(list_sort(list_distinct(list(ip) FILTER (
                    WHERE ip IS NOT NULL AND ip NOT IN (SELECT address FROM forged_addresses)
-                         AND NOT regexp_matches(ip, '{teredo}')), []) AS ips,
+                         AND NOT regexp_matches(ip, '{teredo}')))), []) AS ips,
                bool_or(rcode = 3) AS nxdomain
         FROM (SELECT m.hostname, m.query_type, r.rcode,
                      unnest(CASE WHEN len(coalesce(ri.ips, [])) = 0 THEN [NULL] ELSE ri.ips END) AS ip
