@@ -516,8 +516,10 @@ def test_injector_families_in_gfw_steady(lab, tmp_path, sweep_and_analyze) -> No
                            ("outside", "-t", "dark:10.10.3.7", "--raw-capture"))  # fmt: skip
     families = store.query(db, "SELECT profile, df, ip_id_zero FROM injector_families")
     profiles = {p for p, _, _ in families}
-    assert {"injector1", "injector2", "injector3"} <= profiles
-    assert "unknown" not in profiles
+    # On failure, every family with its features (a family no profile fits is the lead).
+    shown = store.query(db, "SELECT * FROM injector_families ORDER BY family")
+    assert {"injector1", "injector2", "injector3"} <= profiles, shown
+    assert "unknown" not in profiles, shown
     # With the IP header captured: injector 2 sets DF, injector 3 sends IP ID 0 (Triplet Table 3).
     assert {df for p, df, _ in families if p == "injector2"} == {True}
     assert {zero for p, _, zero in families if p == "injector3"} == {True}

@@ -222,41 +222,6 @@ STEPS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
-        "reply_matched",
-        """
-        SELECT b.*,
-               len(b.ips) > 0 AS s_has_answer,
-               b.target_kind = 'dark' AS s_dark,
-               b.query_type NOT IN ('A', 'ANY') AND b.has_a AS s_type_mismatch,
-               coalesce(b.edns_payload IS NOT NULL AND NOT b.edns AND b.parse_failure IS NULL
-                        AND b.engine = 'udp', false) AS s_no_opt,
-               coalesce(f.s_forged_pool, false) AS s_forged_pool,
-               coalesce(f.s_nx_redirect, false) AS s_nx_redirect,
-               coalesce(f.s_bogon, false) AS s_bogon,
-               coalesce(len(list_intersect(ra.asns, ca.asns)) > 0, false) AS s_asn_match,
-               coalesce(len(rp.platforms) > 0, false) AS s_unrelated_platform,
-               coalesce(len(b.ips) > 0 AND (
-                   -- A verified handshake vouches for the *content*, not the lookup: a
-                   -- transparent proxy passes it through (OONI's dnsHijackingToProxy QA
-                   -- case). So it counts only where no control answer can be compared.
-                   (coalesce(len(b.control_ips), 0) = 0 AND len(list_intersect(
-                       b.ips, string_split(coalesce(b.tls_validated, ''), ' '))) > 0)
-                   OR list_bool_or(list_transform(b.ips, lambda ip: coalesce(len(list_intersect(
-                       CAST(json_extract(b.source_tags, '$."' || ip || '"') AS VARCHAR[]),
-                       ['ip', 'cert', 'http', 'asnum'])) > 0, false)))), false) AS s_source_match,
-               coalesce(rp.platforms, []) AS unrelated_platforms,
-               coalesce(ra.asns, []) AS answer_asns
-        FROM reply_base b
-        LEFT JOIN known_flags f ON f.measurement_uid = b.measurement_uid
-             AND f.response_index IS NOT DISTINCT FROM b.response_index
-        LEFT JOIN reply_asn ra ON ra.measurement_uid = b.measurement_uid
-             AND ra.response_index IS NOT DISTINCT FROM b.response_index
-        LEFT JOIN control_asn ca ON ca.hostname = b.hostname AND ca.query_type = b.query_type
-        LEFT JOIN reply_platform rp ON rp.measurement_uid = b.measurement_uid
-             AND rp.response_index IS NOT DISTINCT FROM b.response_index
-        """,
-    ),
-    (
         # The replies that teach each path's RTT and IP TTL: the control-matching ones.
         "path_samples",
         """
@@ -284,6 +249,41 @@ STEPS: tuple[tuple[str, str], ...] = (
     (
         "reply_signals",
         """
+        -- Each reply's base evidence with its per-address flags, ASes and source checks,
+        -- in this one pass (not a table of its own: written and read back whole, that
+        -- wide table cost about a second over 2M replies).
+        WITH reply_matched AS (
+            SELECT b.*,
+                   len(b.ips) > 0 AS s_has_answer,
+                   b.target_kind = 'dark' AS s_dark,
+                   b.query_type NOT IN ('A', 'ANY') AND b.has_a AS s_type_mismatch,
+                   coalesce(b.edns_payload IS NOT NULL AND NOT b.edns AND b.parse_failure IS NULL
+                            AND b.engine = 'udp', false) AS s_no_opt,
+                   coalesce(f.s_forged_pool, false) AS s_forged_pool,
+                   coalesce(f.s_nx_redirect, false) AS s_nx_redirect,
+                   coalesce(f.s_bogon, false) AS s_bogon,
+                   coalesce(len(list_intersect(ra.asns, ca.asns)) > 0, false) AS s_asn_match,
+                   coalesce(len(rp.platforms) > 0, false) AS s_unrelated_platform,
+                   coalesce(len(b.ips) > 0 AND (
+                       -- A verified handshake vouches for the *content*, not the lookup: a
+                       -- transparent proxy passes it through (OONI's dnsHijackingToProxy QA
+                       -- case). So it counts only where no control answer can be compared.
+                       (coalesce(len(b.control_ips), 0) = 0 AND len(list_intersect(
+                           b.ips, string_split(coalesce(b.tls_validated, ''), ' '))) > 0)
+                       OR list_bool_or(list_transform(b.ips, lambda ip: coalesce(len(list_intersect(
+                           CAST(json_extract(b.source_tags, '$."' || ip || '"') AS VARCHAR[]),
+                           ['ip', 'cert', 'http', 'asnum'])) > 0, false)))), false) AS s_source_match,
+                   coalesce(rp.platforms, []) AS unrelated_platforms,
+                   coalesce(ra.asns, []) AS answer_asns
+            FROM reply_base b
+            LEFT JOIN known_flags f ON f.measurement_uid = b.measurement_uid
+                 AND f.response_index IS NOT DISTINCT FROM b.response_index
+            LEFT JOIN reply_asn ra ON ra.measurement_uid = b.measurement_uid
+                 AND ra.response_index IS NOT DISTINCT FROM b.response_index
+            LEFT JOIN control_asn ca ON ca.hostname = b.hostname AND ca.query_type = b.query_type
+            LEFT JOIN reply_platform rp ON rp.measurement_uid = b.measurement_uid
+                 AND rp.response_index IS NOT DISTINCT FROM b.response_index
+        )
         SELECT m.*,
                coalesce(m.response_index < g.last_genuine, false) AS s_later_genuine,
                coalesce(m.s_has_answer AND m.response_index < g.last_referral, false)
@@ -292,12 +292,13 @@ STEPS: tuple[tuple[str, str], ...] = (
                coalesce(abs(m.ip_ttl - p.base_ttl) > {ttl_slack}, false) AS s_ttl_off
         FROM reply_matched m
         -- The last genuine and the last referral reply of each query, by a narrow
-        -- aggregate joined back: a window over the query would sort every wide row.
+        -- aggregate (of reply_base: the columns it reads are there) joined back: a
+        -- window over the query would sort every wide row.
         LEFT JOIN (SELECT measurement_uid,
                           max(response_index) FILTER (
                               WHERE s_control_match OR (s_control_nx AND rcode = 3)) AS last_genuine,
                           max(response_index) FILTER (WHERE s_referral) AS last_referral
-                   FROM reply_matched GROUP BY ALL) g ON g.measurement_uid = m.measurement_uid
+                   FROM reply_base GROUP BY ALL) g ON g.measurement_uid = m.measurement_uid
         LEFT JOIN path_baseline p ON p.vantage = m.vantage AND p.resolver_address = m.resolver_address
         """,
     ),
