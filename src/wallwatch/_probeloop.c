@@ -380,15 +380,17 @@ static int encode_response(buf_t *b, const names_t *nm, const unsigned char *m, 
             if (rtype == 1 || rtype == 28) {
                 /* Outside the Internet class the data is no address (wire.CLASS_IN). */
                 if (rdlen != (rtype == 1 ? 4u : 16u) || rclass != 1) goto decline_answers;
+                size_t alen;
                 if (rtype == 1) {
                     uint32_t a4;
                     memcpy(&a4, m + off, 4);
-                    ip4_text(a4, addr);
+                    alen = ip4_text(a4, addr);
                 } else {
                     inet_ntop(AF_INET6, m + off, addr, sizeof addr);
+                    alen = strlen(addr);
                 }
                 if ((rtype == 1 ? PUTS(&answers, "\",\"ipv4\":\"") : PUTS(&answers, "\",\"ipv6\":\"")) ||
-                    put(&answers, addr, strlen(addr)) || PUTS(&answers, "\"}"))
+                    put(&answers, addr, alen) || PUTS(&answers, "\"}"))
                     goto err;
             } else {
                 size_t o2 = off;
@@ -648,9 +650,10 @@ typedef struct {
     /* what start() needs to take a Query: see Sweep_start */
     PyObject *udp_engine, *kinds, *targets, *qtypes, *describe_target, *describe_qtype, *json;
     PyObject *last_target, *last_tinfo, *null;
-    /* last_tinfo's fields, parsed once per target rather than per query (borrowed:
-       last_tinfo holds them) */
-    PyObject *last_ip4, *last_frag;
+    /* last_tinfo's fields, parsed once per target rather than per query (last_frag is
+       borrowed: last_tinfo holds it) */
+    PyObject *last_frag;
+    uint32_t last_ip;
     int last_port;
     unsigned char qhead[10], opt[16];
     int optlen;
@@ -739,7 +742,6 @@ static PyObject *uid_text(Sweep *s, unsigned long long counter) {
     snprintf(hex, sizeof hex, "%08llx", counter);
     return PyUnicode_FromFormat("%U%s", s->uid_prefix, hex);
 }
-
 
 static PyObject *ip_str(uint32_t ip) {
     char t[INET_ADDRSTRLEN];
@@ -1387,8 +1389,8 @@ static void Sweep_dealloc(Sweep *s) {
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
-/* JSON of a str: quoted as is when it is printable ASCII without `"` or `\` (what
-   msgspec writes unchanged), else msgspec's own bytes (s->json). */
+/* Whether ASCII text is JSON as it stands between quotes: no control byte, `"` or `\`
+   (what msgspec writes unchanged). */
 static int json_plain(const char *text, Py_ssize_t n) {
     const unsigned char *p = (const unsigned char *)text;
     for (Py_ssize_t i = 0; i < n; i++)
@@ -1396,6 +1398,8 @@ static int json_plain(const char *text, Py_ssize_t n) {
     return 1;
 }
 
+/* JSON of a str: quoted as is when it is plain (json_plain), else msgspec's own bytes
+   (s->json). */
 static PyObject *json_str(Sweep *s, PyObject *text) {
     if (text == Py_None) return Py_NewRef(s->null);
     if (PyUnicode_Check(text) && PyUnicode_IS_ASCII(text)) {
@@ -1497,7 +1501,7 @@ static PyObject *Sweep_start(Sweep *s, PyObject *queries) {
                     PyErr_SetString(PyExc_ValueError, "describe_target: not 4 address bytes");
                     goto fail;
                 }
-                s->last_ip4 = ip4;
+                memcpy(&s->last_ip, PyBytes_AS_STRING(ip4), 4);
                 s->last_port = port;
                 s->last_frag = frag;
             }
@@ -1520,8 +1524,7 @@ static PyObject *Sweep_start(Sweep *s, PyObject *queries) {
         unsigned char wire[QMAX];
         int wlen = name_wire(PyTuple_GET_ITEM(name, 0), wire, QMAX - 10 - 4 - (int)sizeof s->opt);
         if (wlen < 0) goto python;
-        PyObject *ip4 = s->last_ip4, *frag = s->last_frag;
-        int port = s->last_port;
+        PyObject *frag = s->last_frag;
         /* The host name's JSON: name_wire took it as ASCII; quoted in place when JSON
            needs no escape in it (no bytes object of its own), else msgspec's. */
         PyObject *host = PyTuple_GET_ITEM(name, 0);
@@ -1573,8 +1576,8 @@ static PyObject *Sweep_start(Sweep *s, PyObject *queries) {
         sl->qlen = 14 + wlen + s->optlen;
         sl->namelen = wlen;
         sl->qtype = (int)qtype;
-        memcpy(&sl->ip, PyBytes_AS_STRING(ip4), 4);
-        sl->port = port;
+        sl->ip = s->last_ip;
+        sl->port = s->last_port;
         sl->channel = s->rr++ % s->nfd;
         sl->t0_ns = t0_ns;
         s->outstanding++;

@@ -251,7 +251,7 @@ STEPS: tuple[tuple[str, str], ...] = (
         """
         -- Each reply's base evidence with its per-address flags, ASes and source checks,
         -- in this one pass (not a table of its own: written and read back whole, that
-        -- wide table cost about a second over 2M replies).
+        -- wide table cost about half a second over 2M replies).
         WITH reply_matched AS (
             SELECT b.*,
                    len(b.ips) > 0 AS s_has_answer,
