@@ -13,7 +13,10 @@ once the store outgrows ``WALLWATCH_MEMORY_LIMIT``). The last line is machine-re
 
     analyze replies_per_s=<n> baseline_replies_per_s=<n> ratio=<n> peak_rss_mb=<n> ...
 
-(``replies_per_s`` is end to end: ingest plus analysis. The records are written with their
+(``replies_per_s`` is end to end: ingest plus analysis. ``write_floor_s`` is what only
+writing the tables costs, nothing computed: the full size's store tables and verdicts
+copied as they are into the same store (:func:`write_floor`), and ``floor_replies_per_s``
+the end-to-end rate that alone allows. The records are written with their
 Parquet twin, as ``wallwatch probe`` writes them, so ingest reads columns; the line also
 gives the full size ingested from the JSON alone (``json_ingest_s``, ``json_replies_per_s``)
 and what the twin cost its writer, converting in a background thread
@@ -162,9 +165,10 @@ def baseline(path: Path, sample: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-def run_one(path: Path, work: Path, twin: bool) -> dict[str, float]:
+def run_one(path: Path, work: Path, twin: bool, floor_too: bool = False) -> dict[str, float]:
     """Ingest (through the twin, or the JSON) and analyse ``path`` in this process (a
-    child: its peak RSS is this run's)."""
+    child: its peak RSS is this run's); ``floor_too``: then, with the peak read, measure
+    :func:`write_floor` on the same store."""
     db = work / "ww.duckdb"
     t1 = time.perf_counter()
     store.ingest([path], db, twin=twin)
@@ -174,18 +178,50 @@ def run_one(path: Path, work: Path, twin: bool) -> dict[str, float]:
     con.close()
     summary = analyze(db)
     t3 = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    floor = write_floor(db) if floor_too else 0.0
     db.unlink()
     print(f"  {summary.replies} verdicts: ingest {t2 - t1:.1f} s ({'twin' if twin else 'JSON'}), analysis {t3 - t2:.1f} s "
           f"({summary.replies / (t3 - t2):.0f} replies/s) in {slices} slice(s); "
           f"attributions {summary.attributions}", file=sys.stderr)  # fmt: skip
     return {"seconds": t3 - t1, "ingest": t2 - t1, "analysis": t3 - t2, "slices": slices,
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+            "rss_mb": peak, "floor": floor}  # fmt: skip
 
 
-def measure(path: Path, replies: int, *, twin: bool = True) -> dict[str, float]:
+#: The tables an ingest and an analysis must write, whatever they compute: the store's
+#: three and the per-reply verdicts (the other outputs are per name, and small).
+FLOOR_TABLES = ("measurements", "responses", "answers", "reply_verdicts")
+
+
+def write_floor(db: Path) -> float:
+    """Seconds to copy :data:`FLOOR_TABLES` as they are into new tables of the same store,
+    with nothing computed: the least an ingest plus analysis that writes them can take in
+    this design (a measured bound, not an estimate; docs/performance.md)."""
+    con = store.connect(db)
+    try:
+        con.execute("SET preserve_insertion_order = false")  # as ingest writes
+        start = time.perf_counter()
+        for table in FLOOR_TABLES:
+            con.execute(f"CREATE TABLE _floor_{table} AS SELECT * FROM {table}")
+        con.execute("CHECKPOINT")
+        return time.perf_counter() - start
+    finally:
+        con.close()
+
+
+def measure(
+    path: Path, replies: int, *, twin: bool = True, floor: bool = False
+) -> dict[str, float]:
     """:func:`run_one` in a child process, as the CLI would run it."""
     done = subprocess.run(
-        [sys.executable, __file__, "--one", str(path), *([] if twin else ["--json"])],
+        [
+            sys.executable,
+            __file__,
+            "--one",
+            str(path),
+            *([] if twin else ["--json"]),
+            *(["--floor"] if floor else []),
+        ],
         check=True,
         stdout=subprocess.PIPE,
         text=True,
@@ -203,9 +239,10 @@ def main() -> None:
                         help="also run at 4x the names (the memory-growth check)")  # fmt: skip
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(run_one(args.one, args.one.parent, not args.json)))
+        print(json.dumps(run_one(args.one, args.one.parent, not args.json, args.floor)))
         return
     build_templates()
     sizes = {"quarter": args.names // 4, "half": args.names // 2, "": args.names}
@@ -223,7 +260,11 @@ def main() -> None:
             os.sync()
             print(f"{label or 'full'}: {replies} replies ({path.stat().st_size >> 20} MiB), "
                   f"twin converted in {converted:.1f} s of CPU", file=sys.stderr)  # fmt: skip
-            results[label] = {**measure(path, replies), "replies": replies, "twin_s": converted}
+            results[label] = {
+                **measure(path, replies, floor=label == ""),
+                "replies": replies,
+                "twin_s": converted,
+            }
             if label == "":
                 base = baseline(path, args.sample)
                 plain = measure(path, replies, twin=False)
@@ -239,7 +280,8 @@ def main() -> None:
           f"slices={full['slices']:.0f} memory_limit={store.MEMORY_LIMIT} "
           f"ingest_s={full['ingest']:.1f} json_ingest_s={plain['ingest']:.1f} "
           f"json_replies_per_s={full['replies'] / plain['seconds']:.0f} "
-          f"twin_us_per_reply={full['twin_s'] / full['replies'] * 1e6:.2f}")  # fmt: skip
+          f"twin_us_per_reply={full['twin_s'] / full['replies'] * 1e6:.2f} "
+          f"write_floor_s={full['floor']:.1f} floor_replies_per_s={full['replies'] / full['floor']:.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ The last line is machine-readable:
     injector offered_qps=<n> forged_qps=<n> drops=<n> forged_first_pct=<n>
 
 (the highest offered rate with no kernel drop, or the highest tried).
-Usage: ``sudo .venv/bin/python bench/injector.py [--seconds 4] [--rates 5000,10000,20000]``
+Usage: ``sudo .venv/bin/python bench/injector.py [--seconds 4] [--rates 15000,30000,60000,80000]``
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def dnsperf(target: str, names: Path, rate: int, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--rates", default="5000,10000,20000,40000")
+    parser.add_argument("--rates", default="15000,30000,60000,80000")
     parser.add_argument(
         "--driver",
         choices=["dnsperf", "wallwatch"],
