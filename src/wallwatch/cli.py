@@ -15,27 +15,31 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from wallwatch import __version__
-from wallwatch.dataset import Dataset
 from wallwatch.escape import console as console_text
 from wallwatch.escape import terminal
 from wallwatch.interop.dnstap import ClientPolicy
 from wallwatch.journal import read_records
 from wallwatch.names import BadLine, QueryName, parse_lines, read_names
-from wallwatch.probe.engine import ProbeConfig, Stats
-from wallwatch.probe.stream import StreamServer, parse_stream_server
-from wallwatch.probe.sweep import SweepPlan, run_sweep
 from wallwatch.records import Measurement, Record
 from wallwatch.render import RENDERERS, Format
 from wallwatch.targets import Target, parse_target
 from wallwatch.vocab import Axis, Engine
 from wallwatch.wire import qtype_value
+
+if TYPE_CHECKING:
+    from wallwatch.dataset import Dataset
+    from wallwatch.probe.engine import Stats
+    from wallwatch.probe.stream import StreamServer
+
+# The prober, the datasets and the progress bar are imported by the commands that use
+# them: every command starts by importing this module (`import ooni` pays its start-up
+# in bench/importer.py's ratio).
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -312,6 +316,10 @@ def probe(
     annotations: tuple[str, ...], raw_capture: bool, columns: bool | None, quiet: bool,
 ) -> None:  # fmt: skip
     """Sweep names x targets x qtypes, keeping every reply to every query."""
+    from wallwatch.probe.engine import ProbeConfig
+    from wallwatch.probe.stream import parse_stream_server
+    from wallwatch.probe.sweep import SweepPlan, run_sweep
+
     targets = _targets(target_specs, target_files)
     try:
         types = [qtype_value(q) for q in qtypes]
@@ -362,6 +370,14 @@ class _progress:
     """A rich progress bar on stderr driven by the prober's callbacks."""
 
     def __init__(self, quiet: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.quiet = quiet or not err.is_terminal
         self.bar = Progress(
             TextColumn("[bold]probe"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -476,6 +492,8 @@ def ingest(files: tuple[str, ...], db: str | None, parquet_dir: str | None, data
         )
     if dataset is None:
         return
+    from wallwatch.dataset import Dataset
+
     target = Dataset(dataset, _pairs(storage_option, "--storage-option"))
     con = store.connect()
     try:
@@ -646,6 +664,7 @@ def _on_cluster(spec: str | None, root: str | None, storage_option: tuple[str, .
     """``--dask`` with ``--dataset`` checked; (the scheduler, the dataset, where its
     analysis tables are: ``analysis``, or DATASET/analysis)."""
     from wallwatch.analysis import scale
+    from wallwatch.dataset import Dataset
 
     if spec is None or root is None:
         raise click.UsageError("--dask and --dataset go together (the cluster reads the dataset)")
@@ -1085,6 +1104,8 @@ def serve(data_dir: str, listen: str, uds: str | None, webhooks: tuple[str, ...]
     where = f"unix:{uds}" if uds else f"http://{listen}/"
     target = None
     if dataset is not None:
+        from wallwatch.dataset import Dataset
+
         target = Dataset(dataset, _pairs(storage_option, "--storage-option"))
         try:
             target.meta()  # reachable, and a wallwatch dataset if anything is there
