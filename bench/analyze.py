@@ -188,9 +188,9 @@ def run_one(path: Path, work: Path, twin: bool, floor_too: bool = False) -> dict
             "rss_mb": peak, "floor": floor}  # fmt: skip
 
 
-#: The tables an ingest and an analysis must write, whatever they compute: the store's
-#: three and the per-reply verdicts (the other outputs are per name, and small).
-FLOOR_TABLES = ("measurements", "responses", "answers", "reply_verdicts")
+#: The tables an ingest and an analysis must write, whatever they compute: every table
+#: ingest writes and the per-reply verdicts (the other outputs are per name, and small).
+FLOOR_TABLES = (*store.TABLES, "reply_verdicts")
 
 
 def write_floor(db: Path) -> float:

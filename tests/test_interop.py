@@ -289,7 +289,7 @@ def test_commented_json_and_test_keys_alone_are_read(tmp_path: Path) -> None:
 @needs_data
 def test_an_import_writes_its_records_without_a_parquet_twin(tmp_path: Path) -> None:
     # The twin's converter is slower than an importer: it held `import ooni` back at its
-    # end and quadrupled its memory (bench/importer.py: 38 -> 188 MB), for a cache that
+    # end and took its memory from 38 to 188 MB (bench/importer.py), for a cache that
     # ingest does not need (it parses the JSONL instead).
     code, _, got = _import(tmp_path, REAL)
     assert code == 0 and got

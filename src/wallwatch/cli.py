@@ -730,8 +730,8 @@ def _import_run(records: Any, output: str, summary: Any, what: str) -> None:
     from wallwatch.journal import Journal
     from wallwatch.records import InputError
 
-    # No Parquet twin: an importer reads JSON faster than the twin's one-thread DuckDB
-    # converts it, so the twin would hold the import back at its end (0.4 s and 150 MB
+    # No Parquet twin: an importer writes its JSONL faster than the twin's one-thread
+    # DuckDB converts it, so the twin would hold the import back at its end (0.4 s and 150 MB
     # more for 300 MB of OONI) or miss most of the file; ingest parses the JSON instead.
     journal = Journal.open(None if output == "-" else output, twin=False)
     err = Console(stderr=True)
